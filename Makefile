@@ -1,0 +1,44 @@
+# Fine-Tuning & Distillation Workbook. Two commands do all the set-up: `make lab` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# torch's pin is read from requirements.txt (the one place versions live) and installed first,
+# so nothing that depends on torch can pull a CUDA build.
+TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup lab test bench-data clean-venv
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet setuptools==80.9.0
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/workbook doctor
+	@touch $(STAMP)
+
+## setup: create .venv and install everything (idempotent; instant when nothing changed)
+setup: $(STAMP)
+
+## lab: set up, then open JupyterLab on notebooks/
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+## test: set up, then run the whole test suite, offline
+test: setup
+	$(PY) -m pytest
+
+## bench-data: validate + count tokens of a generated 1,000,000-example file
+bench-data: setup
+	$(PY) benchmarks/bench_data.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,56 @@
+"""The model catalogue (``data/models.json``): tokenizer, per-example training limit, methods."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from helpers.paths import DATA_DIR
+
+_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    encoding: str
+    training_max_tokens_per_example: int | None
+    fine_tunable: bool
+    methods: tuple[str, ...]
+
+
+@lru_cache(maxsize=1)
+def _catalogue() -> dict:
+    return json.loads((DATA_DIR / "models.json").read_text(encoding="utf-8"))
+
+
+def default_model() -> str:
+    """The model the course assumes when none is named."""
+    return _catalogue()["default_model"]
+
+
+def known_models() -> list[str]:
+    return list(_catalogue()["models"])
+
+
+def base_model_name(model: str) -> str:
+    """``ft:gpt-4.1-mini-2025-04-14:org::abc`` -> ``gpt-4.1-mini``; ``gpt-4o-2024-08-06`` -> ``gpt-4o``."""
+    if model.startswith("ft:"):
+        model = model.split(":")[1]
+    return _SNAPSHOT.sub("", model)
+
+
+def model_info(model: str) -> ModelInfo:
+    """Catalogue entry of a model name, snapshot or ``ft:`` name; a clear error for unknown names."""
+    name = base_model_name(model)
+    entry = _catalogue()["models"].get(name)
+    if entry is None:
+        raise ValueError(f"Unknown model {model!r}. Known models: {', '.join(known_models())} (see data/models.json).")
+    return ModelInfo(
+        name=name,
+        encoding=entry["encoding"],
+        training_max_tokens_per_example=entry["training_max_tokens_per_example"],
+        fine_tunable=entry["fine_tunable"],
+        methods=tuple(entry["methods"]),
+    )
