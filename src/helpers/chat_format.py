@@ -154,7 +154,7 @@ def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *,
                     errors.append(Issue("weight_not_allowed", f"{where}: 'weight' is only allowed on assistant messages. Remove it."))
                 else:
                     allowed = ", ".join(sorted(MESSAGE_KEYS[role]))
-                    errors.append(Issue("unexpected_message_key", f"{where}: unknown key {key!r}. A {role} message may have: {allowed}."))
+                    errors.append(Issue("unexpected_message_key", f"{where}: unknown key {key!r}. Allowed keys on a {role} message: {allowed}."))
         content = message.get("content")
         calls = message.get("tool_calls")
         function_call = message.get("function_call")

@@ -166,6 +166,11 @@ def _encode_lengths(encoding: tiktoken.Encoding, texts: list[str]) -> np.ndarray
     return np.fromiter((len(encode(t)) for t in texts), dtype=np.int64, count=len(texts))
 
 
+def duplicate_key(text: str) -> str:
+    """The text two examples share when they are near-duplicates: lower case, words only."""
+    return _NORMALIZE.sub(" ", text.lower()).strip()
+
+
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb", buffering=1 << 20) as handle:
         for number, raw in enumerate(handle, start=1):
@@ -258,8 +263,7 @@ class _Validator:
         chunk.texts.extend(parts.texts)
         chunk.owners.extend([slot] * len(parts.texts))
         chunk.trained.extend(parts.trained)
-        normal = _NORMALIZE.sub(" ", " ".join(parts.texts).lower()).strip()
-        self.near_hashes.append(hash(normal))
+        self.near_hashes.append(hash(duplicate_key(" ".join(parts.texts))))
         self.hash_lines.append(number)
 
     def finish_chunk(self, chunk: _Chunk, lengths: np.ndarray) -> None:
