@@ -69,8 +69,8 @@ def ensure_offline_encodings() -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     for name, (url, expected) in ENCODING_BLOBS.items():
         target = cache / hashlib.sha1(url.encode()).hexdigest()  # tiktoken's cache key
-        if target.exists() and target.stat().st_size > 0:
-            continue  # tiktoken checks the hash itself on every load
+        if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == expected:
+            continue  # a damaged file is replaced below, else tiktoken would try to download
         raw = gzip.decompress(_shipped_rank_file(name).read_bytes())
         actual = hashlib.sha256(raw).hexdigest()
         if actual != expected:

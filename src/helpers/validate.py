@@ -357,6 +357,7 @@ class _Validator:
             "assistant_tokens_per_example": _histogram_summary(self.assistant_hist),
             "token_limit_per_example": self.limit,
             "over_token_limit": self.over_limit,
+            "billing_tokens_per_epoch": self.billing_tokens,
             "exact_duplicates": n_exact,
             "near_duplicates": n_near,
             "error_count": self.errors.total(),

@@ -1,0 +1,46 @@
+"""Shared test set-up: offline, and small helpers to write JSONL files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+
+
+def write_jsonl(path: Path, rows: Iterable[object], *, newline: str = "\n", trailing: str = "") -> Path:
+    """Write objects (or raw strings/bytes, written as they are) one per line."""
+    chunks = []
+    for row in rows:
+        if isinstance(row, bytes):
+            chunks.append(row)
+        elif isinstance(row, str):
+            chunks.append(row.encode())
+        else:
+            chunks.append(json.dumps(row).encode())
+    path.write_bytes(newline.encode().join(chunks) + newline.encode() + trailing.encode())
+    return path
+
+
+def chat(user: str = "lipid panel", answer: str = "CPT Code: 80061 - Lipid panel", system: str | None = "You code.") -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"messages": [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def distinct_chats(n: int) -> list[dict]:
+    return [chat(user=f"lipid panel number {i}") for i in range(n)]
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    """``jsonl(rows, name=..., newline=..., trailing=...)`` writes a file in tmp_path and returns it."""
+    def make(rows, name="data.jsonl", **kwargs):
+        return write_jsonl(tmp_path / name, rows, **kwargs)
+    return make

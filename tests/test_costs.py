@@ -1,0 +1,74 @@
+"""Costs come from the dated table; the maths can be checked by hand."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import costs
+from helpers.costs import Approach, auto_epochs, break_even_queries, prices, query_cost
+
+# The figures issue #2 gives for 2026-11-24 (train / input / output per 1M tokens): the table must say the same.
+ISSUE_FIGURES = {
+    "gpt-4.1": (25.0, 3.00, 12.00),
+    "gpt-4.1-mini": (5.0, 0.80, 3.20),
+    "gpt-4.1-nano": (1.50, 0.20, 0.80),
+    "gpt-4o-mini": (3.0, 0.30, 1.20),
+}
+
+
+@pytest.mark.parametrize("model", ISSUE_FIGURES)
+def test_price_table_matches_todays_figures(model):
+    p = prices(model, fine_tuned=True)
+    assert (p.training, p.input, p.output) == ISSUE_FIGURES[model]
+
+
+def test_table_is_dated_sourced_and_carries_the_wind_down_notice():
+    table = costs.price_table()
+    assert table["as_of"] == "2026-11-24"
+    assert "2027-01-06" in table["notice"]
+    assert prices("o4-mini", fine_tuned=True).training_per_hour == 100.0
+    assert prices("gpt-5").input == 1.25
+    frame = costs.prices_frame()
+    assert frame["source"].str.len().min() > 0
+    assert set(table["sources"]) >= {s.split(";")[0].split(" ")[0] for s in frame["source"]}
+
+
+def test_ft_names_and_unknown_models():
+    assert prices("ft:gpt-4.1-mini-2025-04-14:acme:billing:abc12345").training == 5.0
+    with pytest.raises(ValueError, match="No base price for 'gpt-9'"):
+        prices("gpt-9")
+
+
+@pytest.mark.parametrize("n, epochs", [(1, 25), (3, 25), (10, 10), (30, 4), (34, 3), (100, 3), (8_333, 3), (8_334, 2), (12_501, 1), (30_000, 1)])
+def test_auto_epochs(n, epochs):
+    assert auto_epochs(n) == epochs
+
+
+def test_auto_epochs_keeps_examples_times_epochs_in_range_where_possible():
+    for n in range(1, 40_000, 7):
+        e = auto_epochs(n)
+        assert 1 <= e <= 25
+        if 4 <= n <= 25_000:  # where some whole number of epochs in 1..25 can reach the range
+            assert 100 <= n * e <= 25_000, n
+
+
+def test_training_and_query_costs_by_hand():
+    # 300 examples x 100 tokens x 3 epochs = 90,000 tokens at $5/1M = $0.45
+    assert costs.training_cost("gpt-4.1-mini", 300, 100) == pytest.approx(0.45)
+    # fine-tuned gpt-4.1-mini: 1,000 in (400 cached) + 100 out = (600*0.80 + 400*0.20 + 100*3.20)/1M
+    assert query_cost("ft:gpt-4.1-mini:x::y", 1000, 100, cached_input_tokens=400) == pytest.approx((480 + 80 + 320) / 1e6)
+    with pytest.raises(ValueError, match="per hour"):
+        costs.training_cost("o4-mini", 100, 100)
+
+
+def test_break_even_is_where_monthly_costs_meet():
+    prompting = Approach("prompting", "gpt-4.1", input_tokens=2_000, output_tokens=20)
+    tuned = Approach("fine-tuned", "gpt-4.1-mini", input_tokens=100, output_tokens=20, fine_tuned=True, one_off_usd=120.0)
+    volume = break_even_queries(prompting, tuned, months=12)
+    assert volume is not None and volume > 0
+    assert prompting.monthly_cost(volume) == pytest.approx(tuned.monthly_cost(volume))
+    assert prompting.monthly_cost(volume * 2) > tuned.monthly_cost(volume * 2)
+    cheaper_everywhere = Approach("nano", "gpt-4.1-nano", input_tokens=50, output_tokens=20)
+    assert break_even_queries(cheaper_everywhere, prompting) is None
+    table = costs.compare_approaches([prompting, tuned], [0, volume, 2 * volume])
+    assert list(table.columns) == ["prompting", "fine-tuned"]
+    assert costs.cheapest_approach([prompting, tuned], 2 * volume).name == "fine-tuned"
