@@ -323,3 +323,22 @@ def test_cli_text_summary_names_lines():
     result = run_cli("validate", str(DATA / "billing" / "flawed.jsonl"))
     assert result.returncode == 1
     assert "NOT READY" in result.stdout and "line 15: [not_utf8]" in result.stdout
+
+
+# --- the one-call encoder is exact ------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", [O200K, CL100K], ids=lambda e: e.name)
+def test_encode_lengths_equals_encode_ordinary_on_adversarial_text(encoding):
+    import random
+
+    from helpers.validate import encode_lengths
+
+    rng = random.Random(7)
+    alphabet = list("ab cd\n\n\t  .,!?'sll've 123 4567 é漢字🙂\r\n") + ["'s", " '", "\u00a0", "\u2028", "<|", "|>", "endoftext"]
+    texts = ["", " ", "\n", "  \n ", "a ", " a", "\n\n", "x\r\n", "123456", "<|endoftext", "|>"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20_000)]
+    expected = [len(encoding.encode_ordinary(t)) for t in texts]
+    assert encode_lengths(encoding, texts).tolist() == expected
+    with_separator = texts[:50] + ["a <|endoftext|> b", "<|endoftext|>"]  # counted as plain text, one by one
+    assert encode_lengths(encoding, with_separator).tolist() == [len(encoding.encode_ordinary(t)) for t in with_separator]
+    assert encode_lengths(encoding, []).tolist() == []

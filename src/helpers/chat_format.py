@@ -142,19 +142,21 @@ def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *,
             errors.append(Issue("invalid_message", f"{prefix}message {i + 1} must be an object with 'role' and 'content'."))
             continue
         role = message.get("role")
-        where = prefix + _where(i, role)
-        if role not in MESSAGE_KEYS:
+        allowed = MESSAGE_KEYS.get(role) if isinstance(role, str) else None
+        if allowed is None:
             hint = " Use 'system' for instructions." if role == "developer" else ""
-            errors.append(Issue("invalid_role", f"{where}: 'role' must be one of {', '.join(ROLES)}; got {role!r}.{hint}"))
+            errors.append(Issue("invalid_role", f"{prefix}{_where(i, role)}: 'role' must be one of {', '.join(ROLES)}; got {role!r}.{hint}"))
             continue
+        where = f"{prefix}message {i + 1} ({role})"
         counts[role] += 1
-        for key in message:
-            if key not in MESSAGE_KEYS[role]:
-                if key == "weight":
-                    errors.append(Issue("weight_not_allowed", f"{where}: 'weight' is only allowed on assistant messages. Remove it."))
-                else:
-                    allowed = ", ".join(sorted(MESSAGE_KEYS[role]))
-                    errors.append(Issue("unexpected_message_key", f"{where}: unknown key {key!r}. Allowed keys on a {role} message: {allowed}."))
+        if not allowed.issuperset(message):
+            for key in message:
+                if key not in allowed:
+                    if key == "weight":
+                        errors.append(Issue("weight_not_allowed", f"{where}: 'weight' is only allowed on assistant messages. Remove it."))
+                    else:
+                        keys = ", ".join(sorted(allowed))
+                        errors.append(Issue("unexpected_message_key", f"{where}: unknown key {key!r}. Allowed keys on a {role} message: {keys}."))
         content = message.get("content")
         calls = message.get("tool_calls")
         function_call = message.get("function_call")
@@ -169,8 +171,8 @@ def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *,
                 errors.append(Issue("missing_content", f"{where}: 'content' is null. Give the message text (null is only allowed on an assistant message with tool_calls)."))
             else:
                 errors.append(Issue("missing_content", f"{where}: no 'content'. Add the message text."))
-        elif isinstance(content, str):
-            if not content.strip() and role in ("user", "assistant") and calls is None:
+        elif type(content) is str:
+            if (not content or content.isspace()) and role in ("user", "assistant") and calls is None:
                 warnings.append(Issue("empty_content", f"{where}: 'content' is empty or only white space."))
         elif isinstance(content, list):
             _check_content_parts(content, where, role, errors)

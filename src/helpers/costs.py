@@ -8,12 +8,13 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Literal
 
 from helpers.catalogue import base_model_name
 from helpers.paths import DATA_DIR
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MILLION = 1_000_000
 # OpenAI's "auto" epochs rule (as in the Cookbook's data-prep notebook).
@@ -57,8 +58,10 @@ def prices(model: str, *, fine_tuned: bool | None = None) -> Prices:
     return Prices(name, tuned, row["input"], row["cached_input"], row["output"], row.get("training"), row.get("training_per_hour"), row["source"])
 
 
-def prices_frame() -> pd.DataFrame:
+def prices_frame() -> "pd.DataFrame":
     """The whole table as a DataFrame (one row per model and kind), for display."""
+    import pandas as pd
+
     rows = []
     for section in ("fine_tuned", "base"):
         for name in price_table()[section]:
@@ -160,8 +163,10 @@ def break_even_queries(a: Approach, b: Approach, months: int = 12) -> float | No
     return volume if volume > 0 else None
 
 
-def compare_approaches(approaches: Iterable[Approach], volumes: Iterable[float], months: int = 12) -> pd.DataFrame:
+def compare_approaches(approaches: Iterable[Approach], volumes: Iterable[float], months: int = 12) -> "pd.DataFrame":
     """Monthly cost of each approach at each volume (rows: volumes, columns: approaches)."""
+    import pandas as pd
+
     approaches = list(approaches)
     volumes = list(volumes)
     return pd.DataFrame({a.name: [a.monthly_cost(v, months) for v in volumes] for a in approaches},
