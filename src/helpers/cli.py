@@ -29,6 +29,32 @@ def _doctor(args: argparse.Namespace) -> int:
     return check_offline()
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import uvicorn
+
+    from helpers.backend import default_data_dir
+    from helpers.server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    api_keys = None
+    if args.api_keys:
+        try:
+            lines = Path(args.api_keys).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            print(f"workbook serve: cannot read --api-keys file: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        api_keys = {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+        if not api_keys:
+            print(f"workbook serve: {args.api_keys} lists no keys (one key per line).", file=sys.stderr)
+            return EXIT_USAGE
+    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbook", description="Fine-Tuning & Distillation Workbook tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--model", default=None, help="model to count tokens and cost for (default: gpt-4.1-mini)")
     validate.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     validate.set_defaults(handler=_validate)
+    serve = commands.add_parser("serve", help="run the local OpenAI-compatible fine-tuning server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8321)
+    serve.add_argument("--data-dir", default=None, help="where files, jobs and models are kept (default: .workbook/server)")
+    serve.add_argument("--api-keys", default=None, help="a file with one accepted API key per line (default: any key)")
+    serve.set_defaults(handler=_serve)
     doctor = commands.add_parser("doctor", help="check the offline tokenizer set-up")
     doctor.set_defaults(handler=_doctor)
     return parser

@@ -1,0 +1,100 @@
+"""Which API the notebooks talk to, and a ready ``openai`` client for it.
+
+* ``local`` (default): our server on this machine, started on demand and shared: a notebook, a second
+  notebook and a restarted kernel all find the same server (its address is fixed, its state on disk).
+* ``openai``: OpenAI itself; needs ``OPENAI_API_KEY`` in the environment (never typed into a notebook).
+
+Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.backend.client("openai")``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from helpers.paths import REPO_ROOT
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8321
+#: The key notebooks use on the local server: any non-empty key works there; each key is a workspace.
+LOCAL_KEY = "local-workbook"
+BACKENDS = ("local", "openai")
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    url: str
+    data_dir: Path
+    log_file: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("WORKBOOK_SERVER_DIR") or REPO_ROOT / ".workbook" / "server")
+
+
+def _healthy(url: str) -> dict | None:
+    try:
+        response = httpx.get(f"{url}/health", timeout=2.0)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0) -> LocalServer:
+    """The local server at ``port``: found if it runs, else started in the background and waited for."""
+    port = port or int(os.environ.get("WORKBOOK_PORT", DEFAULT_PORT))
+    data_dir = Path(data_dir or default_data_dir()).resolve()
+    url = f"http://{DEFAULT_HOST}:{port}"
+    server = LocalServer(url, data_dir, data_dir / "server.log")
+    health = _healthy(url)
+    if health is not None:
+        if Path(health.get("data_dir", "")).resolve() != data_dir:
+            raise BackendUnavailable(f"Port {port} is used by a workbook server with data in {health.get('data_dir')}, "
+                                     f"not {data_dir}. Stop it, or set WORKBOOK_PORT to another port.")
+        return server
+    if not start:
+        raise BackendUnavailable(f"No local server at {url}. Start one with `workbook serve`.")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(server.log_file, "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _healthy(url) is not None:
+            return server
+        time.sleep(0.3)
+    raise BackendUnavailable(f"The local server did not start within {timeout_s:.0f} s; see {server.log_file}.")
+
+
+def chosen_backend(backend: str | None = None) -> str:
+    backend = (backend or os.environ.get("WORKBOOK_BACKEND") or "local").lower()
+    if backend not in BACKENDS:
+        raise BackendUnavailable(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    return backend
+
+
+def client(backend: str | None = None, **kwargs):
+    """An ``openai.OpenAI`` client for the chosen backend (local by default)."""
+    from openai import OpenAI
+
+    backend = chosen_backend(backend)
+    if backend == "openai":
+        if not os.environ.get("OPENAI_API_KEY"):
+            raise BackendUnavailable("The OpenAI backend needs OPENAI_API_KEY in the environment (set it before starting "
+                                     "Jupyter; never paste a key into a notebook). Or use the local backend.")
+        return OpenAI(**kwargs)
+    server = local_server()
+    return OpenAI(base_url=server.api_url, api_key=os.environ.get("WORKBOOK_LOCAL_KEY", LOCAL_KEY), **kwargs)

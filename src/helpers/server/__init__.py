@@ -1,0 +1,1 @@
+"""The local backend: an OpenAI-compatible fine-tuning server that really trains a small model on the CPU."""

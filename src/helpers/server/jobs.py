@@ -1,0 +1,292 @@
+"""Fine-tuning jobs: the lifecycle OpenAI's API shows, run one at a time by a worker thread.
+
+``validating_files`` (the validator checks the uploaded files) -> ``queued`` -> ``running`` ->
+``succeeded`` | ``failed`` | ``cancelled``. Events use OpenAI's wording; one checkpoint per epoch, the last
+three kept, each usable as a model; a results file (purpose ``fine-tune-results``) holds the step metrics
+as base64 CSV, as OpenAI returns it. A job that was running when the server stopped is resumed from its
+last checkpoint (or from the start) when the server starts again.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from helpers.costs import auto_epochs
+from helpers.server import localmodels
+from helpers.server.store import Store, new_id, now
+from helpers.validate import validate_file
+
+log = logging.getLogger("workbook.jobs")
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+KEEP_CHECKPOINTS = 3
+ORGANIZATION = "org-local"
+OWNER_LABEL = "local"
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """Local rule for ``batch_size="auto"``: about 2% of the examples, between 1 and 8."""
+    return max(1, min(8, round(n_examples * 0.02)))
+
+
+class JobRunner:
+    """Runs queued jobs in a background thread, oldest first."""
+
+    def __init__(self, store: Store, engine: Any = None) -> None:
+        self.store = store
+        self.engine = engine  # the inference engine, told when models appear or disappear
+        self._queue: deque[str] = deque()
+        self._wake = threading.Condition()
+        self._cancel: set[str] = set()
+        self._current: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="fine-tuning", daemon=True)
+
+    # -- public ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._recover()
+        self._thread.start()
+
+    def submit(self, job_id: str) -> None:
+        with self._wake:
+            self._queue.append(job_id)
+            self._wake.notify()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get("job", job_id, None)
+        if job["status"] in TERMINAL:
+            return job
+        with self._wake:
+            if job_id in self._queue and job_id != self._current:
+                self._queue.remove(job_id)
+                return self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+            self._cancel.add(job_id)
+        # the worker stops between steps; report the request now, as OpenAI does
+        return self.store.get("job", job_id, None)
+
+    def event(self, job_id: str, message: str, *, level: str = "info", kind: str = "message", data: dict | None = None) -> None:
+        owner = self.store.owner("job", job_id)
+        body = {"object": "fine_tuning.job.event", "id": new_id("ftevent"), "created_at": now(), "level": level,
+                "message": message, "data": data or {}, "type": kind}
+        self.store.put("event", body, owner, parent=job_id)
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Jobs left unfinished by a stopped server go back in the queue, oldest first."""
+        for _, job in self.store.all("job"):
+            if job["status"] not in TERMINAL:
+                if job["status"] == "running":
+                    self.event(job["id"], "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
+                self.store.update("job", job["id"], status="queued" if job["status"] == "running" else job["status"], estimated_finish=None)
+                self._queue.append(job["id"])
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                job_id = self._queue.popleft()
+                self._current = job_id
+            try:
+                self._run(job_id)
+            except Exception as exc:  # a bug or resource problem: the job fails, the server lives on
+                log.error("job %s crashed: %s", job_id, traceback.format_exc())
+                self._finish(job_id, "failed", error={"code": "server_error", "param": None,
+                                                      "message": f"The local trainer failed: {type(exc).__name__}: {exc}"})
+            finally:
+                with self._wake:
+                    self._current = None
+                    self._cancel.discard(job_id)
+
+    def _finish(self, job_id: str, status: str, *, error: dict | None = None, message: str | None = None, **fields: Any) -> dict[str, Any]:
+        job = self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
+        if message:
+            self.event(job_id, message, level="error" if status == "failed" else "info")
+        elif error:
+            self.event(job_id, f"Fine-tuning job failed: {error['message']}", level="error")
+        return job
+
+    def _validate(self, job: dict[str, Any]) -> tuple[Any, Any] | None:
+        owner = self.store.owner("job", job["id"])
+        reports = []
+        for param in ("training_file", "validation_file"):
+            file_id = job.get(param)
+            if not file_id:
+                reports.append(None)
+                continue
+            self.event(job["id"], f"Validating {param.replace('_file', '')} file: {file_id}")
+            report = validate_file(self.store.file_path(owner, file_id), model=_catalogue_model(job["model"]))
+            if not report.ok:
+                first = report.errors[0]
+                where = f"line {first.line}" if first.line is not None else "the file"
+                more = f" ({report.stats['error_count'] - 1} more problems; run `workbook validate` on the file to see them all)" if report.stats["error_count"] > 1 else ""
+                self._finish(job["id"], "failed", error={
+                    "code": f"invalid_{param}", "param": param,
+                    "message": f"The {param.replace('_', ' ')} {file_id} has an error at {where}: [{first.code}] {first.message}{more}"})
+                return None
+            reports.append(report)
+        train_report, valid_report = reports
+        method = (job.get("method") or {}).get("type", "supervised")
+        expected = "preference" if method == "dpo" else "chat"
+        for param, report in (("training_file", train_report), ("validation_file", valid_report)):
+            if report is not None and report.format != expected:
+                self._finish(job["id"], "failed", error={"code": f"invalid_{param}", "param": param,
+                             "message": f"A {method} job needs {expected} examples, but {job[param]} holds {report.format} examples."})
+                return None
+        return train_report, valid_report
+
+    def _run(self, job_id: str) -> None:
+        job = self.store.get("job", job_id, None)
+        if job is None or job["status"] in TERMINAL:
+            return
+        owner = self.store.owner("job", job_id)
+        base = localmodels.resolve_base(job["model"])
+        if job["status"] == "validating_files":
+            reports = self._validate(job)
+            if reports is None:
+                return
+            train_report, _ = reports
+            hyper = _resolved_hyperparameters(job, train_report.stats["valid_examples"])
+            job = self.store.update("job", job_id, status="queued", method=_method_with(job, hyper),
+                                    hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+                                    _billing_tokens=train_report.stats["billing_tokens_per_epoch"])
+            self.event(job_id, "Files validated, moving job to queued state")
+        if job_id in self._cancel:
+            self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+            return
+        job = self.store.update("job", job_id, status="running", estimated_finish=None)
+        self.event(job_id, "Fine-tuning job started")
+        if base.name != job["model"]:
+            self.event(job_id, f"Local backend: {job['model']} is served by the local model {base.name} ({base.source}).")
+        from helpers.server.training import Cancelled
+
+        try:
+            self._train(job, owner, base)
+        except Cancelled:
+            self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+
+    def _train(self, job: dict[str, Any], owner: str, base: localmodels.LocalBase) -> None:
+        import json
+
+        from helpers.server import training
+
+        job_id = job["id"]
+        method = job["method"]["type"]
+        hyper = job["method"][method]["hyperparameters"]
+        settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
+                                          learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
+                                          beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]),
+                                          adapter=job.get("_adapter", "lora"))
+        tokenizer = localmodels.load_tokenizer(base)
+
+        def load(file_id: str | None) -> list:
+            if not file_id:
+                return []
+            rows = [json.loads(line) for line in self.store.file_path(owner, file_id).read_bytes().decode("utf-8").splitlines() if line.strip()]
+            if method == "dpo":
+                return [training.encode_preference(tokenizer, row) for row in rows]
+            encoded = [training.encode_chat(tokenizer, row["messages"]) for row in rows]
+            kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
+            if len(kept) < len(encoded):
+                self.event(job_id, f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} and were skipped.", level="warn")
+            return kept
+
+        train_examples, valid_examples = load(job["training_file"]), load(job.get("validation_file"))
+        checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
+        start_epoch, resume_from = 0, None
+        if checkpoints:
+            last = checkpoints[-1]
+            start_epoch = last["_epoch"]
+            resume_from = self.store.model_dir(owner, last["fine_tuned_model_checkpoint"])
+            self.event(job_id, f"Resuming from checkpoint at step {last['step_number']} (epoch {start_epoch}).")
+        model = training.prepare_model(localmodels.load_model(base), settings, resume_from)
+        started = time.monotonic()
+        first_step = start_epoch * -(-len(train_examples) // settings.batch_size)
+        history: list[training.StepMetrics] = []
+
+        def on_step(m: training.StepMetrics) -> None:
+            history.append(m)
+            text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
+            if m.valid_loss is not None:
+                text += f", validation loss={m.valid_loss:.4f}"
+            elapsed = time.monotonic() - started
+            done = m.step - first_step
+            finish = now() + int(elapsed / done * (m.total_steps - m.step)) if done else None
+            self.store.update("job", job_id, estimated_finish=finish)
+            self.event(job_id, text, kind="metrics", data=m.as_dict())
+
+        def on_epoch_end(epoch: int, step: int, m: training.StepMetrics) -> None:
+            name = f"{_model_name(job)}:ckpt-step-{step}"
+            model.save_pretrained(self.store.model_dir(owner, name))
+            metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
+            self.store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt"), "created_at": now(),
+                                          "fine_tuned_model_checkpoint": name, "step_number": step, "metrics": metrics,
+                                          "fine_tuning_job_id": job_id, "_epoch": epoch}, owner, parent=job_id)
+            self.event(job_id, f"Checkpoint created at step {step}")
+            for _, old in list(self.store.all("checkpoint", parent=job_id))[:-KEEP_CHECKPOINTS]:
+                self.store.delete("checkpoint", old["id"])
+                shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
+
+        training.train(model, tokenizer, train_examples, valid_examples, settings, on_step=on_step,
+                       on_epoch_end=on_epoch_end, should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch)
+        name = _model_name(job)
+        model.save_pretrained(self.store.model_dir(owner, name))
+        self.store.put("model", {"id": name, "object": "model", "created": now(), "owned_by": ORGANIZATION,
+                                 "_base": base.name, "_job": job_id, "_adapter": settings.adapter}, owner)
+        self.event(job_id, f"New fine-tuned model created: {name}")
+        results = self._results_file(owner, job_id, history)
+        job = self.store.get("job", job_id, None)
+        trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
+        self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=trained, result_files=[results])
+        self.event(job_id, "The job has successfully completed")
+
+    def _results_file(self, owner: str, job_id: str, history: list) -> str:
+        lines = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]
+        for m in history:
+            fmt = lambda v: "" if v is None else f"{v:.5f}"  # noqa: E731
+            lines.append(f"{m.step},{fmt(m.train_loss)},{fmt(m.train_mean_token_accuracy)},{fmt(m.valid_loss)},{fmt(m.valid_mean_token_accuracy)}")
+        data = base64.b64encode(("\n".join(lines) + "\n").encode())
+        file_id = new_id("file")
+        self.store.write_file(owner, file_id, data)
+        self.store.put("file", {"object": "file", "id": file_id, "purpose": "fine-tune-results", "filename": "step_metrics.csv",
+                                "bytes": len(data), "created_at": now(), "expires_at": None, "status": "processed",
+                                "status_details": None}, owner)
+        return file_id
+
+
+def _catalogue_model(model: str) -> str:
+    """The model name the validator counts tokens for (an OpenAI name; local names count as the default)."""
+    from helpers.catalogue import default_model, model_info
+
+    try:
+        return model_info(model).name
+    except ValueError:
+        return default_model()
+
+
+def _model_name(job: dict[str, Any]) -> str:
+    suffix = job.get("user_provided_suffix") or ""
+    return f"ft:{job['model']}:{OWNER_LABEL}:{suffix}:{job['id'][-8:]}"
+
+
+def _resolved_hyperparameters(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    kind = (job.get("method") or {}).get("type", "supervised")
+    requested = {**job["hyperparameters"], **((job.get("method") or {}).get(kind, {}).get("hyperparameters") or {})}
+    resolved = {
+        "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
+        "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
+        "learning_rate_multiplier": 1.0 if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
+    }
+    if kind == "dpo":
+        resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]
+    return resolved
+
+
+def _method_with(job: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    kind = (job.get("method") or {}).get("type", "supervised")
+    return {"type": kind, kind: {"hyperparameters": dict(hyper)}}

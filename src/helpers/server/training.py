@@ -1,0 +1,255 @@
+"""Fine-tuning a local model for real: supervised (LoRA or full) and DPO, on the CPU or a GPU.
+
+Labels are built from the model's own chat template: the loss covers the content of assistant messages
+with weight 1 and the ``<|im_end|>`` that closes them (so the model learns to stop), nothing else. Labels
+are never derived from the pad id, because pad == eos for SmolLM2. Batches are padded dynamically to
+their longest example.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+BASE_LEARNING_RATE = {"lora": 1e-3, "full": 5e-5}  # times learning_rate_multiplier
+MAX_SEQ_LEN = 1024
+
+
+@dataclass
+class TrainSettings:
+    method: str = "supervised"          # or "dpo"
+    n_epochs: int = 3
+    batch_size: int = 4
+    learning_rate_multiplier: float = 1.0
+    beta: float = 0.1                   # DPO only
+    seed: int = 0
+    adapter: str = "lora"               # or "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    eval_every: int = 10                # steps between validation-batch losses
+
+    @property
+    def learning_rate(self) -> float:
+        return BASE_LEARNING_RATE[self.adapter] * self.learning_rate_multiplier
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    total_steps: int
+    train_loss: float
+    train_mean_token_accuracy: float
+    valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
+    full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Cancelled(Exception):
+    """Raised between steps when the job was cancelled."""
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's content as the text the local model sees (tool calls as JSON)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    calls = message.get("tool_calls") or ([{"function": message["function_call"]}] if message.get("function_call") else None)
+    if calls:
+        rendered = json.dumps({"tool_calls": [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in calls]})
+        content = f"{content}\n{rendered}" if content else rendered
+    return content or ""
+
+
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": message_text(m)} for m in messages]
+
+
+def render(tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode_chat(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """Token ids and labels: assistant content (weight 1) and its closing ``<|im_end|>`` are learned."""
+    text = render(tokenizer, messages)
+    end_token = tokenizer.eos_token  # "<|im_end|>" for ChatML models
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        block = f"<|im_start|>assistant\n{message_text(message)}{end_token}"
+        start = text.find(block, len(render(tokenizer, messages[:i])) if i else 0)
+        if start < cursor:
+            raise ValueError("could not locate an assistant message in the rendered chat template")
+        cursor = start + len(block)
+        if message.get("weight", 1) == 1:
+            spans.append((start + len("<|im_start|>assistant\n"), cursor))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [tok if any(s <= a < e for s, e in spans) else IGNORE for tok, (a, _) in zip(ids, encoded["offset_mapping"])]
+    return ids, labels
+
+
+def encode_preference(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
+    """Prompt ids, and completion ids for the preferred and the other output (each ends with eos)."""
+    prompt = render(tokenizer, example["input"]["messages"], add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    out = {"prompt": prompt_ids}
+    for key, name in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
+        text = message_text(example[key][0]) + tokenizer.eos_token
+        out[name] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return out
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+def _causal_lm(model):
+    """The underlying causal LM (a peft wrapper injects its adapters into it in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def loss_and_accuracy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+    """Mean token loss over labelled tokens, token accuracy, and how many tokens were labelled.
+
+    Only labelled positions go through the output layer (49k-token vocabulary): the assistant's tokens are
+    a fraction of each example, so this saves most of the logits' compute and memory.
+    """
+    lm = _causal_lm(model)
+    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE
+    count = int(mask.sum())
+    logits = lm.lm_head(hidden[mask])
+    wanted = targets[mask]
+    loss = F.cross_entropy(logits, wanted, reduction="sum") / max(count, 1)
+    accuracy = float((logits.argmax(-1) == wanted).sum()) / max(count, 1)
+    return loss, accuracy, count
+
+
+@torch.no_grad()
+def evaluate(model, examples: list, batch_size: int, pad_id: int, device: str) -> tuple[float, float]:
+    """Token-weighted loss and accuracy over ``examples``."""
+    model.eval()
+    loss_sum = correct = tokens = 0.0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i : i + batch_size], pad_id, device)
+        loss, accuracy, count = loss_and_accuracy(model, batch)
+        loss_sum += float(loss) * count
+        correct += accuracy * count
+        tokens += count
+    model.train()
+    return loss_sum / max(tokens, 1), correct / max(tokens, 1)
+
+
+def sequence_logprob(model, prompt: list[int], completion: list[int], device: str) -> torch.Tensor:
+    ids = torch.tensor([prompt + completion], device=device)
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion, device=device)[:, None]).sum()
+
+
+def dpo_loss(policy, pair: dict[str, list[int]], beta: float, device: str) -> tuple[torch.Tensor, float]:
+    """DPO (Rafailov et al., 2023) for one pair; the reference is the base (adapter disabled)."""
+    chosen = sequence_logprob(policy, pair["prompt"], pair["chosen"], device)
+    rejected = sequence_logprob(policy, pair["prompt"], pair["rejected"], device)
+    with torch.no_grad(), policy.disable_adapter():
+        ref_chosen = sequence_logprob(policy, pair["prompt"], pair["chosen"], device)
+        ref_rejected = sequence_logprob(policy, pair["prompt"], pair["rejected"], device)
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -F.logsigmoid(margin), float(margin > 0)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None = None):
+    """Wrap the base model for training (LoRA adapter, or all weights), optionally from a checkpoint."""
+    if settings.adapter == "full":
+        if resume_from is not None:
+            from transformers import AutoModelForCausalLM
+
+            base_model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32).to(base_model.device)
+        return base_model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_from is not None:
+        return PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
+    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.05,
+                        target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    return get_peft_model(base_model, config)
+
+
+def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
+          on_step: Callable[[StepMetrics], None], on_epoch_end: Callable[[int, int, StepMetrics], None],
+          should_stop: Callable[[], bool], start_epoch: int = 0) -> StepMetrics:
+    """Run the epochs from ``start_epoch``; ``train_examples`` are encoded (ids, labels) or DPO pairs."""
+    device = str(next(model.parameters()).device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    torch.manual_seed(settings.seed)
+    steps_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.n_epochs
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    warmup = max(1, total_steps // 20)
+    offset = start_epoch * steps_per_epoch  # on resume, the schedule continues where it was
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        step += offset
+        return min(1.0, (step + 1) / warmup) * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    step = start_epoch * steps_per_epoch
+    metrics = StepMetrics(step, total_steps, float("nan"), float("nan"))
+    for epoch in range(start_epoch, settings.n_epochs):
+        order = list(range(len(train_examples)))
+        random.Random(settings.seed * 1000 + epoch).shuffle(order)
+        for first in range(0, len(order), settings.batch_size):
+            if should_stop():
+                raise Cancelled()
+            chunk = [train_examples[i] for i in order[first : first + settings.batch_size]]
+            if settings.method == "dpo":
+                losses, wins = zip(*(dpo_loss(model, pair, settings.beta, device) for pair in chunk))
+                loss = torch.stack(losses).mean()
+                accuracy = sum(wins) / len(wins)
+            else:
+                loss, accuracy, _ = loss_and_accuracy(model, collate(chunk, pad_id, device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            metrics = StepMetrics(step, total_steps, float(loss.detach()), accuracy)
+            if valid_examples and settings.method != "dpo" and (step % settings.eval_every == 0 or step == total_steps):
+                sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
+                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, sample, settings.batch_size, pad_id, device)
+            if step == total_steps and valid_examples and settings.method != "dpo":
+                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
+            on_step(metrics)
+        on_epoch_end(epoch + 1, step, metrics)
+    return metrics
