@@ -197,9 +197,10 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 class _Validator:
-    def __init__(self, path: Path, model: str) -> None:
+    def __init__(self, path: Path, model: str, min_examples: int) -> None:
         self.path = path
         self.model = model
+        self.min_examples = min_examples
         info = model_info(model)
         self.limit = info.training_max_tokens_per_example
         self.encoding = get_encoding(info.encoding)
@@ -359,8 +360,8 @@ class _Validator:
     def report(self) -> ValidationReport:
         if self.n_examples == 0:
             self.errors.add(None, "empty_file", "the file has no examples. Each line should hold one JSON example.")
-        elif self.n_examples < MIN_EXAMPLES:
-            self.errors.add(None, "too_few_examples", f"{self.n_examples} examples; OpenAI requires at least {MIN_EXAMPLES}. Add more examples (50-100 good ones is a sensible start).")
+        elif self.n_examples < self.min_examples:
+            self.errors.add(None, "too_few_examples", f"{self.n_examples} examples; OpenAI requires at least {self.min_examples} in a training file. Add more examples (50-100 good ones is a sensible start).")
         n_exact, n_near = self._duplicates()
         if self.missing_system:
             self.warnings.add(None, "missing_system_message", f"{self.missing_system} of {self.valid} valid examples have no system message.")
@@ -421,8 +422,10 @@ def _reject_constant(name: str) -> None:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def validate_file(path: str | Path, model: str | None = None) -> ValidationReport:
+def validate_file(path: str | Path, model: str | None = None, *, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
     """Validate a fine-tuning JSONL file for ``model`` (default: the course's default model).
+
+    ``min_examples`` is OpenAI's minimum for a training file; a validation file needs only one.
 
     Raises ``FileNotFoundError``/``IsADirectoryError`` for a path that is not a file and ``ValueError``
     for an unknown model; everything wrong *inside* the file is reported, not raised.
@@ -432,4 +435,4 @@ def validate_file(path: str | Path, model: str | None = None) -> ValidationRepor
         raise FileNotFoundError(f"No such file: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the path of a .jsonl file.")
-    return _Validator(path, model or default_model()).run()
+    return _Validator(path, model or default_model(), min_examples).run()

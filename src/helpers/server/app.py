@@ -59,11 +59,13 @@ def public(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if not k.startswith("_")}
 
 
-def page(items: list[dict[str, Any]], has_more: bool, *, first_last: bool = False) -> dict[str, Any]:
+def page(items: list[dict[str, Any]], has_more: bool, *, first_last: bool = False, empty_id: str | None = "") -> dict[str, Any]:
+    """A list envelope. ``first_last`` adds first_id/last_id; for an empty page they are ``empty_id``
+    (the spec types them as strings for files and chat completions, string-or-null for checkpoints)."""
     body: dict[str, Any] = {"object": "list", "data": [public(i) for i in items], "has_more": has_more}
     if first_last:
-        body["first_id"] = items[0]["id"] if items else None
-        body["last_id"] = items[-1]["id"] if items else None
+        body["first_id"] = items[0]["id"] if items else empty_id
+        body["last_id"] = items[-1]["id"] if items else empty_id
     return body
 
 
@@ -196,7 +198,7 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         file_id = new_id("file")
         store.write_file(request.state.owner, file_id, data)
         body = {"object": "file", "id": file_id, "purpose": purpose, "filename": filename, "bytes": len(data),
-                "created_at": now(), "expires_at": None, "status": "processed", "status_details": None}
+                "created_at": now(), "status": "processed"}
         return public(store.put("file", body, request.state.owner))
 
     @app.get("/v1/files")
@@ -357,7 +359,7 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
     def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: str | None = None) -> dict[str, Any]:
         owned_job(request, job_id)
         items, more = store.page("checkpoint", request.state.owner, parent=job_id, after=after, limit=limit_param(limit, 10))
-        return page(items, more, first_last=True)
+        return page(items, more, first_last=True, empty_id=None)
 
     # -- models ---------------------------------------------------------------------------------
     def base_model_cards() -> list[dict[str, Any]]:

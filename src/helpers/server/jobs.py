@@ -20,7 +20,7 @@ from typing import Any
 from helpers.costs import auto_epochs
 from helpers.server import localmodels
 from helpers.server.store import Store, new_id, now
-from helpers.validate import validate_file
+from helpers.validate import MIN_EXAMPLES, validate_file
 
 log = logging.getLogger("workbook.jobs")
 
@@ -120,7 +120,8 @@ class JobRunner:
                 reports.append(None)
                 continue
             self.event(job["id"], f"Validating {param.replace('_file', '')} file: {file_id}")
-            report = validate_file(self.store.file_path(owner, file_id), model=_catalogue_model(job["model"]))
+            report = validate_file(self.store.file_path(owner, file_id), model=_catalogue_model(job["model"]),
+                                   min_examples=MIN_EXAMPLES if param == "training_file" else 1)
             if not report.ok:
                 first = report.errors[0]
                 where = f"line {first.line}" if first.line is not None else "the file"
@@ -254,8 +255,7 @@ class JobRunner:
         file_id = new_id("file")
         self.store.write_file(owner, file_id, data)
         self.store.put("file", {"object": "file", "id": file_id, "purpose": "fine-tune-results", "filename": "step_metrics.csv",
-                                "bytes": len(data), "created_at": now(), "expires_at": None, "status": "processed",
-                                "status_details": None}, owner)
+                                "bytes": len(data), "created_at": now(), "status": "processed"}, owner)
         return file_id
 
 

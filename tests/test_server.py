@@ -1,0 +1,326 @@
+"""The local backend over real HTTP with the official, strict ``openai`` client, and a real tiny training run."""
+from __future__ import annotations
+
+import base64
+import json
+
+import openai
+import pytest
+
+from conftest import DATA
+from helpers.billing import parse_answer
+from helpers.validate import validate_file
+from server_harness import ServerProcess, assert_contract, wait_for_job
+
+TRAIN = DATA / "billing" / "train.jsonl"
+VALID = DATA / "billing" / "validation.jsonl"
+N_TRAIN, N_VALID, EPOCHS, BATCH = 16, 8, 2, 4
+
+
+def head(path, n: int) -> bytes:
+    return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = ServerProcess(tmp_path_factory.mktemp("server") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(server, tmp_path_factory):
+    """One real fine-tuning job, as the seed's code runs it: upload, create with gpt-4.1-mini, wait."""
+    client = server.client()
+    folder = tmp_path_factory.mktemp("files")
+    (folder / "train.jsonl").write_bytes(head(TRAIN, N_TRAIN))
+    (folder / "valid.jsonl").write_bytes(head(VALID, N_VALID))
+    train_file = client.files.create(file=open(folder / "train.jsonl", "rb"), purpose="fine-tune")
+    valid_file = client.files.create(file=open(folder / "valid.jsonl", "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=train_file.id, validation_file=valid_file.id, model="gpt-4.1-mini",
+                                         suffix="billing", seed=7, metadata={"course": "workbook"},
+                                         hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH})
+    created = job
+    job = wait_for_job(client, job.id)
+    return {"created": created, "job": job, "train_file": train_file, "valid_file": valid_file, "folder": folder}
+
+
+# --- the whole lifecycle ------------------------------------------------------------------------------
+
+def test_job_succeeds_with_resolved_hyperparameters_and_billed_tokens(trained):
+    created, job = trained["created"], trained["job"]
+    assert created.status == "validating_files" and created.fine_tuned_model is None and created.trained_tokens is None
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith("ft:gpt-4.1-mini:local:billing:")
+    assert (job.hyperparameters.n_epochs, job.hyperparameters.batch_size) == (EPOCHS, BATCH)
+    assert job.method.type == "supervised" and job.method.supervised.hyperparameters.n_epochs == EPOCHS
+    billing = validate_file(trained["folder"] / "train.jsonl", model="gpt-4.1-mini").stats["billing_tokens_per_epoch"]
+    assert job.trained_tokens == billing * EPOCHS
+    assert job.finished_at >= job.created_at and job.seed == 7 and job.metadata == {"course": "workbook"}
+
+
+def test_events_tell_the_story_newest_first(server, trained):
+    client = server.client()
+    events = client.fine_tuning.jobs.list_events(trained["job"].id, limit=100).data
+    assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
+    story = [e.message for e in reversed(events)]
+    expected_order = ["Created fine-tuning job", "Validating training file", "Validating validation file",
+                      "Files validated, moving job to queued state", "Fine-tuning job started", "Local backend: gpt-4.1-mini is served by",
+                      "Step 1/8: training loss=", "Checkpoint created at step 4", "Step 8/8", "Checkpoint created at step 8",
+                      "New fine-tuned model created: ft:gpt-4.1-mini", "The job has successfully completed"]
+    position = 0
+    for wanted in expected_order:
+        position = next(i for i in range(position, len(story)) if story[i].startswith(wanted)) + 1
+    metrics = [e for e in events if e.type == "metrics"]
+    assert len(metrics) == 8
+    last = metrics[0].data
+    assert set(last) >= {"step", "total_steps", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                         "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"}
+    assert last["step"] == last["total_steps"] == 8
+    page = client.fine_tuning.jobs.list_events(trained["job"].id, limit=3)
+    after = client.fine_tuning.jobs.list_events(trained["job"].id, limit=3, after=page.data[-1].id)
+    assert page.has_more and [e.id for e in page.data + after.data] == [e.id for e in events[:6]]
+
+
+def test_training_loss_falls_and_results_file_is_base64_csv(server, trained):
+    client = server.client()
+    result_id = trained["job"].result_files[0]
+    meta = client.files.retrieve(result_id)
+    assert meta.purpose == "fine-tune-results"
+    csv = base64.b64decode(client.files.content(result_id).read()).decode()
+    rows = csv.strip().splitlines()
+    assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_one_checkpoint_per_epoch_each_usable_as_a_model(server, trained):
+    client = server.client()
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(trained["job"].id).data
+    assert [c.step_number for c in checkpoints] == [8, 4]  # newest first
+    for checkpoint in checkpoints:
+        assert checkpoint.fine_tuned_model_checkpoint == f"{trained['job'].fine_tuned_model}:ckpt-step-{checkpoint.step_number}"
+        assert {"train_loss", "train_mean_token_accuracy"} <= set(checkpoint.metrics.model_dump(exclude_none=True))
+        reply = client.chat.completions.create(model=checkpoint.fine_tuned_model_checkpoint,
+                                               messages=[{"role": "user", "content": "lipid panel"}], max_tokens=5)
+        assert reply.model == checkpoint.fine_tuned_model_checkpoint
+
+
+def test_the_fine_tuned_model_answers_in_the_trained_format(server, trained):
+    client = server.client()
+    tests = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:4]]
+    tuned = base = 0
+    for example in tests:
+        messages = example["messages"][:-1]
+        answer = client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=messages, max_tokens=40)
+        tuned += parse_answer(answer.choices[0].message.content) is not None
+        plain = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=40)
+        base += parse_answer(plain.choices[0].message.content) is not None
+        assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert tuned >= 3 and tuned > base, (tuned, base)
+
+
+def test_models_list_retrieve_and_delete(server, trained):
+    client = server.client()
+    name = trained["job"].fine_tuned_model
+    ids = [m.id for m in client.models.list().data]
+    assert "gpt-4.1-mini" in ids and "smollm2-135m-instruct" in ids and name in ids
+    assert client.models.retrieve(name).owned_by == "org-local"
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.delete("gpt-4.1-mini")
+
+
+def test_jobs_list_filters_by_metadata_newest_first(server, trained):
+    client = server.client()
+    jobs = client.fine_tuning.jobs.list(metadata={"course": "workbook"}).data
+    assert [j.id for j in jobs] == [trained["job"].id]
+    assert client.fine_tuning.jobs.list(metadata={"course": "other"}).data == []
+
+
+# --- contract: raw JSON against OpenAI's OpenAPI schemas -----------------------------------------------
+
+def test_responses_match_the_openapi_contract(server, trained):
+    job_id = trained["job"].id
+    cases = [
+        ("GET", "/files", "ListFilesResponse"),
+        ("GET", f"/files/{trained['train_file'].id}", "OpenAIFile"),
+        ("GET", "/fine_tuning/jobs", "ListPaginatedFineTuningJobsResponse"),
+        ("GET", f"/fine_tuning/jobs/{job_id}", "FineTuningJob"),
+        ("GET", f"/fine_tuning/jobs/{job_id}/events", "ListFineTuningJobEventsResponse"),
+        ("GET", f"/fine_tuning/jobs/{job_id}/checkpoints", "ListFineTuningJobCheckpointsResponse"),
+        ("GET", "/models", "ListModelsResponse"),
+        ("GET", f"/models/{trained['job'].fine_tuned_model}", "Model"),
+        ("GET", "/chat/completions", "ChatCompletionList"),
+    ]
+    for method, path, schema in cases:
+        response = server.http(method, path)
+        assert response.status_code == 200, (path, response.text)
+        assert_contract(schema, response.json())
+    chat = server.http("POST", "/chat/completions", json={"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+    assert_contract("CreateChatCompletionResponse", chat.json())
+    upload = server.http("POST", "/files", files={"file": ("x.jsonl", head(TRAIN, 10))}, data={"purpose": "fine-tune"})
+    assert_contract("OpenAIFile", upload.json())
+    assert_contract("DeleteFileResponse", server.http("DELETE", f"/files/{upload.json()['id']}").json())
+
+
+# --- chat completions ------------------------------------------------------------------------------
+
+def test_streaming_gives_the_same_text_as_a_plain_call(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Name three colours."}]
+    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=20)
+    pieces, finish, usage = [], None, None
+    for chunk in client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=20, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert finish == plain.choices[0].finish_reason
+    assert usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_max_tokens_stop_and_n(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
+    short = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=3)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    stopped = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=40, stop=[","])
+    assert "," not in stopped.choices[0].message.content and stopped.choices[0].finish_reason == "stop"
+    several = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=5, n=2, temperature=1.0, seed=1)
+    assert [c.index for c in several.choices] == [0, 1]
+
+
+def test_stored_completions_are_listed_by_model_and_metadata(server):
+    client = server.client("key-stored")
+    for i in range(3):
+        client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": f"item {i}"}],
+                                       max_tokens=3, store=True, metadata={"run": "distill", "item": str(i)})
+    client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "x"}], max_tokens=3)
+    listed = client.chat.completions.list(model="gpt-4.1-mini", metadata={"run": "distill"})
+    assert [c.metadata["item"] for c in listed.data] == ["0", "1", "2"]
+    assert client.chat.completions.retrieve(listed.data[0].id).id == listed.data[0].id
+    # The client types stored messages as assistant messages (role Literal["assistant"]), yet the endpoint
+    # returns the request's messages; strict validation would reject OpenAI's own answer, so read it plainly.
+    plain = openai.OpenAI(base_url=client.base_url, api_key="key-stored", max_retries=0)
+    messages = plain.chat.completions.messages.list(listed.data[1].id).data
+    assert (messages[-1].role, messages[-1].content) == ("user", "item 1")
+    assert client.chat.completions.list(metadata={"run": "other"}).data == []
+
+
+# --- bad input: a clear 4xx, never a 5xx ------------------------------------------------------------
+
+def test_missing_key_is_401(server):
+    response = server.http("GET", "/files", key=None)
+    assert response.status_code == 401
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("method, path, kwargs, status, needle", [
+    ("GET", "/files/file-nope", {}, 404, "No file with id 'file-nope'"),
+    ("GET", "/fine_tuning/jobs/ftjob-nope", {}, 404, "No fine-tuning job"),
+    ("GET", "/models/ft:gpt-4.1-mini:local::nope", {}, 404, "does not exist"),
+    ("POST", "/fine_tuning/jobs", {"content": b"{not json"}, 400, "not valid JSON"),
+    ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-4.1-mini", "training_file": "file-nope"}}, 400, "no file with id 'file-nope'"),
+    ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-9", "training_file": "file-x"}}, 400, "not available for fine-tuning"),
+    ("POST", "/fine_tuning/jobs", {"json": {"training_file": "file-x"}}, 400, "'model' is required"),
+    ("POST", "/files", {"files": {"file": ("a.jsonl", b"{}")}, "data": {"purpose": "assistants"}}, 400, "purpose='fine-tune'"),
+    ("POST", "/files", {"data": {"purpose": "fine-tune"}}, 400, "multipart"),
+    ("POST", "/chat/completions", {"json": {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9}}, 400, "max_tokens is too large"),
+    ("POST", "/chat/completions", {"json": {"model": "gpt-4.1-mini", "messages": []}}, 400, "'messages'"),
+    ("POST", "/chat/completions", {"json": {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "x"}], "temperature": 9}}, 400, "'temperature'"),
+    ("POST", "/chat/completions", {"json": {"model": "ft:gpt-4.1-mini:local::nope", "messages": [{"role": "user", "content": "x"}]}}, 404, "does not exist"),
+    ("GET", "/nowhere", {}, 404, "Unknown path"),
+])
+def test_bad_requests_get_a_clear_4xx(server, method, path, kwargs, status, needle):
+    response = server.http(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert needle in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("hyperparameters, param", [
+    ({"n_epochs": 0}, "n_epochs"), ({"n_epochs": 51}, "n_epochs"), ({"batch_size": 1.5}, "batch_size"),
+    ({"learning_rate_multiplier": -1}, "learning_rate_multiplier"), ({"n_epochs": "three"}, "n_epochs"), ({"warmup": 3}, "hyperparameters"),
+])
+def test_out_of_range_hyperparameters_are_400_naming_the_parameter(server, trained, hyperparameters, param):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.fine_tuning.jobs.create(training_file=trained["train_file"].id, model="gpt-4.1-mini", hyperparameters=hyperparameters)
+    assert caught.value.body["param"] == param
+
+
+def test_a_broken_training_file_fails_the_job_naming_the_line(server):
+    client = server.client()
+    broken = client.files.create(file=("flawed.jsonl", (DATA / "billing" / "flawed.jsonl").read_bytes()), purpose="fine-tune")
+    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=broken.id, model="gpt-4.1-mini").id)
+    assert job.status == "failed"
+    assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
+    assert "line 4" in job.error.message and "no_assistant_message" in job.error.message
+
+
+def test_a_dpo_job_needs_preference_data(server, trained):
+    client = server.client()
+    job = client.fine_tuning.jobs.create(training_file=trained["train_file"].id, model="gpt-4.1-mini",
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}})
+    job = wait_for_job(client, job.id)
+    assert job.status == "failed" and "preference examples" in job.error.message
+
+
+# --- tenancy ---------------------------------------------------------------------------------------
+
+def test_another_key_sees_none_of_it(server, trained):
+    bob = server.client("key-bob")
+    assert bob.files.list().data == []
+    assert bob.fine_tuning.jobs.list().data == []
+    assert trained["job"].fine_tuned_model not in [m.id for m in bob.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        bob.files.retrieve(trained["train_file"].id)
+    with pytest.raises(openai.NotFoundError):
+        bob.fine_tuning.jobs.retrieve(trained["job"].id)
+    with pytest.raises(openai.NotFoundError):
+        bob.fine_tuning.jobs.list_events(trained["job"].id)
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model=trained["job"].fine_tuned_model, messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError):
+        bob.models.delete(trained["job"].fine_tuned_model)
+    with pytest.raises(openai.BadRequestError):  # a job on someone else's file
+        bob.fine_tuning.jobs.create(training_file=trained["train_file"].id, model="gpt-4.1-mini")
+
+
+# --- cancel, restart --------------------------------------------------------------------------------
+
+def test_cancel_stops_a_job_between_steps(server, trained):
+    client = server.client("key-cancel")
+    file = client.files.create(file=("t.jsonl", head(TRAIN, 40)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano", hyperparameters={"n_epochs": 5, "batch_size": 2})
+    client.fine_tuning.jobs.cancel(job.id)
+    job = wait_for_job(client, job.id)
+    assert job.status == "cancelled" and job.fine_tuned_model is None
+    assert any("cancelled" in e.message for e in client.fine_tuning.jobs.list_events(job.id).data)
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_everything_survives_a_restart(tmp_path):
+    first = ServerProcess(tmp_path / "data").start()
+    client = first.client()
+    file = client.files.create(file=("t.jsonl", head(TRAIN, 10)), purpose="fine-tune")
+    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini",
+                                                              hyperparameters={"n_epochs": 1, "batch_size": 5}).id)
+    assert job.status == "succeeded"
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "CBC"}], max_tokens=12)
+    events = [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    first.stop()
+    second = ServerProcess(tmp_path / "data").start()
+    try:
+        client = second.client()
+        assert client.files.retrieve(file.id).bytes == file.bytes
+        assert client.files.content(file.id).read() == head(TRAIN, 10)
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        assert [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data] == events
+        again = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "CBC"}], max_tokens=12)
+        assert again.choices[0].message.content == reply.choices[0].message.content
+    finally:
+        second.stop()
