@@ -324,3 +324,72 @@ def test_everything_survives_a_restart(tmp_path):
         assert again.choices[0].message.content == reply.choices[0].message.content
     finally:
         second.stop()
+
+
+def preference_rows(n: int) -> bytes:
+    rows = []
+    for i, line in enumerate(TRAIN.read_text().splitlines()[:n]):
+        messages = json.loads(line)["messages"]
+        rows.append({"input": {"messages": messages[:2]}, "preferred_output": [messages[2]],
+                     "non_preferred_output": [{"role": "assistant", "content": f"I think it may be code {90000 + i}."}]})
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_a_dpo_job_trains_and_serves(server):
+    client = server.client("key-dpo")
+    file = client.files.create(file=("pairs.jsonl", preference_rows(10)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", suffix="dpo",
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 5}}})
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data if e.type == "metrics"]
+    assert len(metrics) == 2 and all(0 <= m["train_mean_token_accuracy"] <= 1 for m in metrics)
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "lipid panel"}], max_tokens=8)
+    assert reply.choices[0].message.content
+
+
+def test_a_job_running_when_the_server_is_killed_finishes_after_restart(tmp_path):
+    import signal
+    import time
+
+    first = ServerProcess(tmp_path / "data").start()
+    client = first.client()
+    file = client.files.create(file=("t.jsonl", head(TRAIN, 10)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 5})
+    deadline = time.monotonic() + 300
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline and client.fine_tuning.jobs.retrieve(job.id).status != "failed"
+        time.sleep(0.2)
+    first.stop(signal.SIGKILL)
+    second = ServerProcess(tmp_path / "data").start()
+    try:
+        client = second.client()
+        finished = wait_for_job(client, job.id)
+        assert finished.status == "succeeded", finished.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert any("server restarted" in m for m in messages) and any(m.startswith("Resuming from checkpoint") for m in messages)
+        steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+        assert max(steps) == 6
+        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [6, 4, 2]
+    finally:
+        second.stop()
+
+
+def test_requests_that_arrive_together_are_batched(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    client = server.client("key-batch")
+    prompts = [f"Say the number {i}." for i in range(6)]
+    solo = [client.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": p}], max_tokens=6)
+            .choices[0].message.content for p in prompts]
+    before = httpx.get(f"{server.url}/health").json()["inference"]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda p: client.chat.completions.create(
+            model="gpt-4.1-nano", messages=[{"role": "user", "content": p}], max_tokens=6).choices[0].message.content, prompts))
+    after = httpx.get(f"{server.url}/health").json()["inference"]
+    assert after["requests"] - before["requests"] == 6
+    assert after["batches"] - before["batches"] < 6 and after["largest_batch"] >= 2
+    assert together == solo  # greedy: batching (left padding) does not change the answers

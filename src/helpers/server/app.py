@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -89,6 +90,10 @@ def metadata_filter(request: Request) -> dict[str, str]:
         if match:
             out[match.group(1)] = value
     return out
+
+
+def metadata_matches(body: dict[str, Any], wanted: dict[str, str]) -> bool:
+    return all((body.get("metadata") or {}).get(k) == v for k, v in wanted.items())
 
 
 def check_metadata(metadata: Any) -> dict[str, str] | None:
@@ -173,7 +178,8 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(store.data_dir)}
+        return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(store.data_dir), "pid": os.getpid(),
+                "inference": dict(engine.stats)}
 
     # -- files ----------------------------------------------------------------------------------
     @app.post("/v1/files")
@@ -210,11 +216,15 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
                                  newest_first=order == "desc", where=(lambda f: f["purpose"] == purpose) if purpose else None)
         return page(items, more, first_last=True)
 
-    def owned_file(request: Request, file_id: str) -> dict[str, Any]:
-        body = store.get("file", file_id, request.state.owner)
+    def owned(request: Request, kind: str, ident: str, what: str, param: str) -> dict[str, Any]:
+        """The caller's record, or a 404 (also for another key's record: its existence is not revealed)."""
+        body = store.get(kind, ident, request.state.owner)
         if body is None:
-            raise not_found("file", file_id, "file_id")
+            raise not_found(what, ident, param)
         return body
+
+    def owned_file(request: Request, file_id: str) -> dict[str, Any]:
+        return owned(request, "file", file_id, "file", "file_id")
 
     @app.get("/v1/files/{file_id}")
     def retrieve_file(request: Request, file_id: str) -> dict[str, Any]:
@@ -318,15 +328,12 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         return public(job)
 
     def owned_job(request: Request, job_id: str) -> dict[str, Any]:
-        body = store.get("job", job_id, request.state.owner)
-        if body is None:
-            raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-        return body
+        return owned(request, "job", job_id, "fine-tuning job", "fine_tuning_job_id")
 
     @app.get("/v1/fine_tuning/jobs")
     def list_jobs(request: Request, after: str | None = None, limit: str | None = None) -> dict[str, Any]:
         wanted = metadata_filter(request)
-        where = (lambda j: all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())) if wanted else None
+        where = (lambda j: metadata_matches(j, wanted)) if wanted else None
         items, more = store.page("job", request.state.owner, after=after, limit=limit_param(limit), where=where)
         return page(items, more)
 
@@ -523,23 +530,18 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         wanted = metadata_filter(request)
 
         def match(c: dict[str, Any]) -> bool:
-            return (model is None or c["model"] == model) and all((c.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+            return (model is None or c["model"] == model) and metadata_matches(c, wanted)
 
         items, more = store.page("completion", request.state.owner, after=after, limit=limit_param(limit), newest_first=order == "desc", where=match)
         return page(items, more, first_last=True)
 
     @app.get("/v1/chat/completions/{completion_id}")
     def retrieve_completion(request: Request, completion_id: str) -> dict[str, Any]:
-        body = store.get("completion", completion_id, request.state.owner)
-        if body is None:
-            raise not_found("chat completion", completion_id, "completion_id")
-        return public(body)
+        return public(owned(request, "completion", completion_id, "chat completion", "completion_id"))
 
     @app.get("/v1/chat/completions/{completion_id}/messages")
     def completion_messages(request: Request, completion_id: str) -> dict[str, Any]:
-        body = store.get("completion", completion_id, request.state.owner)
-        if body is None:
-            raise not_found("chat completion", completion_id, "completion_id")
+        body = owned(request, "completion", completion_id, "chat completion", "completion_id")
         data = [{"id": f"{completion_id}-{i}", **{k: v for k, v in m.items() if k in ("role", "content", "name")}}
                 for i, m in enumerate(body["_request"])]
         return {"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"], "has_more": False}

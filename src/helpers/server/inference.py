@@ -103,6 +103,7 @@ class Engine:
         self._full: OrderedDict[Path, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()  # one generation at a time: the CPU is the bottleneck
         self._requests: queue.Queue[_Request] = queue.Queue()
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
         self._worker.start()
 
@@ -162,6 +163,9 @@ class Engine:
                 (batch if (item.target, item.sampling) == (first.target, first.sampling) else held).append(item)
             for item in held:
                 self._requests.put(item)
+            self.stats["requests"] += len(batch)
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             try:
                 results = self._run_batch(first.target, [r.messages for r in batch], first.sampling)
                 for request, result in zip(batch, results):

@@ -199,16 +199,17 @@ class JobRunner:
 
         train_examples, valid_examples = load(job["training_file"]), load(job.get("validation_file"))
         checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
-        start_epoch, resume_from = 0, None
+        start_epoch, resume_from, resume_step = 0, None, 0
         if checkpoints:
             last = checkpoints[-1]
-            start_epoch = last["_epoch"]
+            start_epoch, resume_step = last["_epoch"], last["step_number"]
             resume_from = self.store.model_dir(owner, last["fine_tuned_model_checkpoint"])
-            self.event(job_id, f"Resuming from checkpoint at step {last['step_number']} (epoch {start_epoch}).")
+        history = self._metrics_history(job_id, keep_through=resume_step)
+        if resume_from is not None:
+            self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
         model = training.prepare_model(localmodels.load_model(base), settings, resume_from)
         started = time.monotonic()
-        first_step = start_epoch * -(-len(train_examples) // settings.batch_size)
-        history: list[training.StepMetrics] = []
+        first_step = resume_step
 
         def on_step(m: training.StepMetrics) -> None:
             history.append(m)
@@ -245,6 +246,21 @@ class JobRunner:
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
         self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=trained, result_files=[results])
         self.event(job_id, "The job has successfully completed")
+
+    def _metrics_history(self, job_id: str, keep_through: int) -> list:
+        """Step metrics already recorded up to ``keep_through``; later ones (from a run that stopped before
+        its next checkpoint, and is being redone) are deleted so that no step is reported twice."""
+        from helpers.server.training import StepMetrics
+
+        history = []
+        for _, event in self.store.all("event", parent=job_id):
+            if event.get("type") != "metrics":
+                continue
+            if event["data"]["step"] > keep_through:
+                self.store.delete("event", event["id"])
+            else:
+                history.append(StepMetrics(**event["data"]))
+        return history
 
     def _results_file(self, owner: str, job_id: str, history: list) -> str:
         lines = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]

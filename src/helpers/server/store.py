@@ -60,6 +60,16 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _filters(kind: str, owner: str | None, parent: str | None) -> tuple[list[str], list[Any]]:
+    """WHERE clauses and their arguments for records of a kind, optionally of an owner and a parent."""
+    clauses, args = ["kind = ?"], [kind]
+    for column, value in (("owner", owner), ("parent", parent)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    return clauses, args
+
+
 class Store:
     """Thread-safe access to the server's records and file contents under ``data_dir``."""
 
@@ -123,13 +133,7 @@ class Store:
 
         ``where`` is an optional predicate on the body, applied before paging.
         """
-        clauses, args = ["kind = ?"], [kind]
-        if owner is not None:
-            clauses.append("owner = ?")
-            args.append(owner)
-        if parent is not None:
-            clauses.append("parent = ?")
-            args.append(parent)
+        clauses, args = _filters(kind, owner, parent)
         order = "DESC" if newest_first else "ASC"
         with self._lock:
             if after is not None:
@@ -152,13 +156,7 @@ class Store:
 
     def all(self, kind: str, *, owner: str | None = None, parent: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every record of a kind, oldest first, with its owner."""
-        clauses, args = ["kind = ?"], [kind]
-        if owner is not None:
-            clauses.append("owner = ?")
-            args.append(owner)
-        if parent is not None:
-            clauses.append("parent = ?")
-            args.append(parent)
+        clauses, args = _filters(kind, owner, parent)
         with self._lock:
             rows = self._db.execute(f"SELECT owner, body FROM records WHERE {' AND '.join(clauses)} ORDER BY seq ASC", args).fetchall()
         for row_owner, body in rows:

@@ -1,0 +1,66 @@
+"""One call sets a notebook up: ``course = helpers.course.setup("02_data_prep")``.
+
+It checks the environment, picks the backend (local by default), prints a one-line banner, and gives the
+notebook a place to record the numbers it computes (``course.record(accuracy=...)``), which tests and
+reports read back from ``<metrics dir>/<notebook>.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from helpers.paths import DATA_DIR, REPO_ROOT
+
+
+def metrics_dir() -> Path:
+    return Path(os.environ.get("WORKBOOK_METRICS_DIR") or REPO_ROOT / ".workbook" / "metrics")
+
+
+@dataclass
+class Course:
+    notebook: str
+    backend: str
+    data_dir: Path = DATA_DIR
+    recorded: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def client(self):
+        """An ``openai.OpenAI`` client for the chosen backend (the local server starts on first use)."""
+        from helpers.backend import client
+
+        return client(self.backend)
+
+    @property
+    def metrics_path(self) -> Path:
+        return metrics_dir() / f"{self.notebook}.json"
+
+    def record(self, **values: Any) -> None:
+        """Keep numbers the notebook computed, for tests and reports (JSON-serialisable values)."""
+        self.recorded.update(values)
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.recorded, indent=2, default=float))
+        tmp.replace(self.metrics_path)
+
+
+def setup(notebook: str, backend: str | None = None) -> Course:
+    """Set a notebook up; prints which backend it uses. Never prints or stores an API key."""
+    import matplotlib
+
+    from helpers.backend import chosen_backend
+    from helpers.tokens import ensure_offline_encodings
+
+    ensure_offline_encodings()
+    matplotlib.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", 120)
+    course = Course(notebook, chosen_backend(backend))
+    course.record(notebook=notebook, backend=course.backend)
+    where = "local server (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
+    print(f"{notebook}: backend = {where}; data = {DATA_DIR}")
+    return course
