@@ -43,8 +43,21 @@ class Course:
         self.recorded.update(values)
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.recorded, indent=2, default=float))
+        tmp.write_text(json.dumps(_plain(self.recorded), indent=2, allow_nan=False))
         tmp.replace(self.metrics_path)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe values: NaN and missing numbers become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def setup(notebook: str, backend: str | None = None) -> Course:
@@ -64,3 +77,32 @@ def setup(notebook: str, backend: str | None = None) -> Course:
     where = "local server (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
     print(f"{notebook}: backend = {where}; data = {DATA_DIR}")
     return course
+
+
+def environment_report(course: Course):
+    """What this notebook runs on, as a table: versions, device, offline tokenizer, model weights, backend."""
+    import importlib.metadata as metadata
+    import platform
+
+    import pandas as pd
+    import tiktoken
+    import torch
+
+    from helpers.server import localmodels
+
+    base = localmodels.base_models()[localmodels._local()["default_base"]]
+    rows = [
+        ("python", platform.python_version()),
+        ("torch", f"{torch.__version__} ({'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, {torch.get_num_threads()} threads)"),
+        ("transformers / peft", f"{metadata.version('transformers')} / {metadata.version('peft')}"),
+        ("openai client", metadata.version("openai")),
+        ("tokenizer offline", f"{tiktoken.encoding_for_model('gpt-4.1-mini').name} for gpt-4.1-mini"),
+        ("local base model", f"{base.name}: {base.source}"),
+        ("backend", course.backend),
+    ]
+    if course.backend == "local":
+        from helpers.backend import local_server
+
+        server = local_server()
+        rows.append(("local server", f"{server.api_url} (data in {server.data_dir}, log {server.log_file.name})"))
+    return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")

@@ -64,6 +64,8 @@ class ValidationReport:
     total_tokens: int
     stats: dict[str, Any]
     cost: dict[str, Any]
+    #: token counts per example as {value: how many examples}, for plots (not in the JSON form)
+    histograms: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -394,7 +396,9 @@ class _Validator:
         errors = sorted(self.errors.kept, key=_problem_order)
         warnings = sorted(self.warnings.kept, key=_problem_order)
         return ValidationReport(str(self.path), self.model, self.format, self.n_examples, errors, warnings,
-                                self.total_tokens, stats, cost)
+                                self.total_tokens, stats, cost,
+                                {"total_tokens": dict(self.total_hist), "assistant_tokens": dict(self.assistant_hist),
+                                 "messages": dict(self.messages_hist)})
 
 
 def _repeats(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
