@@ -16,7 +16,7 @@ import pytest
 
 from conftest import DATA, REPO
 from helpers import notebook_sources, scenarios
-from helpers.costs import estimate_training_cost
+from helpers.costs import estimate_training_cost, prices
 from helpers.validate import validate_file
 from server_harness import free_port
 
@@ -86,8 +86,20 @@ def run(name: str, root: Path, **parameters) -> dict:
     return json.loads((root / "metrics" / f"{name}.json").read_text())
 
 
-def test_00_start_here_reaches_the_backend(course_env):
-    metrics = run("00_start_here", course_env)
+@pytest.fixture(scope="module")
+def nbval_run(course_env):
+    """Every notebook run once, in order, by nbval (checking the NBVAL_CHECK_OUTPUT cells) with its default
+    parameters; returns the metrics each notebook recorded."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                             "--nbval-sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), *map(str, NOTEBOOKS)],
+                            cwd=REPO / "notebooks", capture_output=True, text=True, timeout=1800, env=os.environ)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    return {name: json.loads((course_env / "metrics" / f"{name}.json").read_text()) for name in NAMES}
+
+
+def test_00_start_here_reaches_the_backend(nbval_run):
+    metrics = nbval_run["00_start_here"]
     assert metrics["backend"] == "local" and metrics["n_models"] >= 5 and metrics["first_reply_tokens"] > 0
 
 
@@ -104,8 +116,8 @@ def test_01_costs_match_the_price_table(course_env):
     assert metrics["course_training_cost_usd"] == pytest.approx(estimate_training_cost("gpt-4.1-mini", sizes.train_examples * sizes.train_tokens_per_example, sizes.train_examples).cost_usd)
 
 
-def test_02_data_prep_reports_on_course_data_and_a_csv(course_env, tmp_path):
-    metrics = run("02_data_prep", course_env)
+def test_02_data_prep_reports_on_course_data_and_a_csv(nbval_run, course_env, tmp_path):
+    metrics = nbval_run["02_data_prep"]
     report = validate_file(DATA / "billing" / "train.jsonl", model="gpt-4.1-mini")
     assert metrics["ok"] and metrics["n_examples"] == report.n_examples and metrics["total_tokens"] == report.total_tokens
     assert {"invalid_json", "invalid_weight", "not_utf8", "mixed_formats"} <= set(metrics["flawed_error_codes"])
@@ -117,12 +129,33 @@ def test_02_data_prep_reports_on_course_data_and_a_csv(course_env, tmp_path):
     assert metrics["ok"] and metrics["n_examples"] == 12
 
 
-def test_nbval_checks_the_deterministic_outputs(course_env):
-    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
-                             "--nbval-sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), *map(str, NOTEBOOKS)],
-                            cwd=REPO / "notebooks", capture_output=True, text=True, timeout=1200, env=os.environ)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout
+def test_03_training_succeeds_and_bills_like_openai(nbval_run):
+    metrics = nbval_run["03_training"]
+    assert metrics["status"] == "succeeded" and metrics["fine_tuned_model"].startswith("ft:gpt-4.1-mini:local:billing:")
+    assert metrics["last_train_loss"] < metrics["first_train_loss"]
+    assert metrics["n_checkpoints"] == metrics["hyperparameters"]["n_epochs"]
+    report = validate_file(DATA / "billing" / "train.jsonl", model="gpt-4.1-mini")
+    assert metrics["estimated_cost_usd"] == pytest.approx(metrics["trained_tokens"] * prices("gpt-4.1-mini", fine_tuned=True).training / 1e6)
+    assert metrics["n_train"] < report.n_examples
+
+
+def test_04_fine_tuned_beats_base_on_format(nbval_run):
+    metrics = nbval_run["04_inference_and_eval"]
+    assert metrics["tuned"]["format_compliance"] > metrics["base"]["format_compliance"]
+    assert metrics["tuned"]["format_compliance"] >= 0.75
+    rag = metrics["new_codes"]
+    assert rag["base + RAG"]["input_tokens"] > rag["base"]["input_tokens"]  # retrieval costs input tokens
+
+
+def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run):
+    metrics = nbval_run["05_distillation"]
+    assert metrics["n_collected"] == metrics["n_pool"] and metrics["n_kept"] >= 10
+    assert metrics["student_status"] == "succeeded"
+    table = metrics["comparison"]
+    assert table["teacher"]["code_accuracy"] > table["student base"]["code_accuracy"]
+    assert table["student"]["format_compliance"] > table["student base"]["format_compliance"]
+    assert table["student"]["usd_per_1000_queries"] < table["teacher"]["usd_per_1000_queries"]
+    assert table["student"]["input_tokens"] < table["teacher"]["input_tokens"]
 
 
 def test_cost_explorer_reacts_to_its_sliders():

@@ -63,3 +63,23 @@ def split_file(path: Path, out_dir: Path, validation_fraction: float, seed: int)
     train.write_text("".join(line + "\n" for line in lines[n_valid:]), encoding="utf-8")
     valid.write_text("".join(line + "\n" for line in lines[:n_valid]), encoding="utf-8")
     return train, valid
+
+
+def take(path: Path, n: int, out_dir: Path) -> Path:
+    """The first ``n`` examples of a JSONL file as a file of their own (``n = 0``: the file as it is)."""
+    path = Path(path)
+    if n == 0:
+        return path
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if n > len(lines):
+        raise DataError(f"{path} has {len(lines)} examples; asked for {n}. Use 0 for all of them.")
+    target = Path(out_dir) / f"{path.stem}_{n}.jsonl"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(line + "\n" for line in lines[:n]), encoding="utf-8")
+    return target
+
+
+def read_jsonl(path: Path, n: int = 0) -> list[dict]:
+    """The first ``n`` objects of a JSONL file (0: all)."""
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows[:n] if n else rows

@@ -350,6 +350,318 @@ notebook on your own data: `workbook report 02_data_prep -p DATASET_PATH my_data
 ]
 
 
+NOTEBOOKS["03_training"] = [
+    md("""
+# 03 · Training
+**Time:** about 2 minutes with the defaults, about 8 minutes for the full course set on a 2-core CPU · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
+"""),
+    params("""
+BACKEND = "local"
+MODEL = "gpt-4.1-mini"
+TRAIN_PATH = "data/billing/train.jsonl"
+VALID_PATH = "data/billing/validation.jsonl"
+N_TRAIN = 64  # examples to train on; 0 = all
+N_VALID = 12  # 0 = all
+N_EPOCHS = 3  # or "auto" (OpenAI's rule)
+BATCH_SIZE = 8  # or "auto"
+SUFFIX = "billing"
+SEED = 1
+MAX_SPEND_USD = 1.0
+"""),
+    code("""
+from helpers.course import setup
+from helpers import dataprep, validate, costs, finetune
+from helpers.paths import REPO_ROOT
+course = setup("03_training", BACKEND)
+work = REPO_ROOT / ".workbook" / "data"
+"""),
+    md("""
+## 1. Why
+The data is ready (notebook 02). Training is where time and money go, so start small, watch the curves,
+and stop early if something is off.
+"""),
+    md("""
+## 2. What
+A fine-tuning **job** takes an uploaded training file (and optionally a validation file), a base model and a
+few hyperparameters. It moves through `validating_files -> queued -> running -> succeeded`, reports a loss
+per step, saves a checkpoint per epoch and finally names a new model, `ft:<base>:<org>:<suffix>:<id>`, that
+you call like any other. Epochs are full passes over the data; the batch size is how many examples each
+step sees; the learning-rate multiplier scales the step size.
+"""),
+    md("""
+## 3. Hands-on
+### 3.1 Check the files and the budget
+"""),
+    code("""
+train_path, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
+report = validate.validate_file(train_path, model=MODEL)
+estimate = costs.estimate_training_cost(MODEL, report.stats["billing_tokens_per_epoch"], report.n_examples, N_EPOCHS)
+course.record(n_train=report.n_examples, estimated_cost_usd=estimate.cost_usd, ready=report.ok)
+print(report.summary())
+print(finetune.budget_guard(course.backend, estimate.cost_usd, MAX_SPEND_USD))
+"""),
+    md("""
+### 3.2 Upload and start the job
+"""),
+    code("""
+train_file, valid_file = finetune.upload(course.client, train_path), finetune.upload(course.client, valid_path)
+job = finetune.start_job(course.client, training_file=train_file.id, validation_file=valid_file.id, model=MODEL,
+                         suffix=SUFFIX, seed=SEED, metadata={"course": "billing"},
+                         hyperparameters={"n_epochs": N_EPOCHS, "batch_size": BATCH_SIZE})
+print(job.id, job.status)
+"""),
+    md("""
+### 3.3 Follow it
+The bar counts training steps; the job's own messages are printed as they arrive. If the kernel restarts, run
+`job = finetune.follow(course.client, "<job id>")` again: the job carries on without you.
+"""),
+    code("""
+job = finetune.follow(course.client, job.id)
+course.record(status=job.status, fine_tuned_model=job.fine_tuned_model, trained_tokens=job.trained_tokens,
+              hyperparameters=job.hyperparameters.model_dump())
+print(job.status, job.fine_tuned_model, "trained tokens:", job.trained_tokens)
+"""),
+    md("""
+### 3.4 Read the curves
+Training loss should fall; validation loss should fall with it. When validation loss turns up while training
+loss keeps falling, the model is memorising: fewer epochs, or more data.
+"""),
+    code("""
+curves = finetune.results_frame(course.client, job)
+course.record(first_train_loss=float(curves["train_loss"].iloc[0]), last_train_loss=float(curves["train_loss"].iloc[-1]))
+finetune.plot_results(curves);
+"""),
+    md("""
+### 3.5 Checkpoints
+One per epoch (the last three are kept). Each is a model you can call, useful when a later epoch overfits.
+"""),
+    code("""
+checkpoints = finetune.checkpoints_frame(course.client, job.id)
+course.record(n_checkpoints=len(checkpoints))
+checkpoints
+"""),
+    md("""
+### 3.6 Ask the new model
+"""),
+    code("""
+example = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", 1)[0]
+reply = course.client.chat.completions.create(model=job.fine_tuned_model, messages=example["messages"][:-1], max_tokens=32)
+print("request: ", example["messages"][1]["content"])
+print("expected:", example["messages"][2]["content"])
+print("answer:  ", reply.choices[0].message.content)
+"""),
+    md("""
+## 4. Summary
+- A job is a few API calls: upload, create, follow; the result is a model name.
+- Watch training and validation loss together; keep the checkpoint before validation loss rises.
+- `trained_tokens` is what OpenAI bills: tokens per epoch x epochs.
+
+**Exercises.** (1) Train on all examples with `N_EPOCHS = "auto"`; compare the curves. (2) Set
+`MAX_SPEND_USD = 0.01` with `BACKEND = "openai"`: what does the budget guard say?
+"""),
+]
+
+NOTEBOOKS["04_inference_and_eval"] = [
+    md("""
+# 04 · Inference and evaluation
+**Time:** about 1 minute with the defaults, about 6 minutes on the whole test set · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_NEW_CODES` x 4 short requests (the table in 3.1 prices them).
+"""),
+    params("""
+BACKEND = "local"
+BASE_MODEL = "gpt-4.1-mini"
+TUNED_MODEL = ""  # "" = the newest model notebook 03 trained
+N_TEST = 16  # 0 = all held-out test requests
+N_NEW_CODES = 6  # 0 = all requests for codes absent from training
+RETRIEVED_CODES = 5
+MAX_TOKENS = 32
+CONCURRENCY = 8
+"""),
+    code("""
+import pandas as pd
+from helpers.course import setup
+from helpers import dataprep, evaluation, finetune, retrieval
+from helpers.paths import REPO_ROOT
+course = setup("04_inference_and_eval", BACKEND)
+tuned = TUNED_MODEL or finetune.latest_model(course.client, {"course": "billing"})
+assert tuned, "No fine-tuned model yet: run 03_training first, or set TUNED_MODEL."
+print("fine-tuned model:", tuned)
+"""),
+    md("""
+## 1. Why
+A falling loss curve is not a result. What matters is how the model answers requests it has never seen, how
+often the answer is usable at all, how fast, and at what price.
+"""),
+    md("""
+## 2. What
+Four measures on the held-out test set (phrasings never seen in training): **exact match** (the whole answer
+right), **format compliance** (parseable as `CPT Code: NNNNN - Description`), **code accuracy** (the right
+code), and **latency** (p50, p95). Then the course's key lesson, measured: fine-tuning teaches format and
+style; facts the model never saw have to come from retrieval.
+"""),
+    md("""
+## 3. Hands-on
+### 3.1 Base vs fine-tuned on held-out requests
+Priced at OpenAI's prices for the model each one stands in for.
+"""),
+    code("""
+test = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", N_TEST)
+base_results = evaluation.evaluate(course.client, BASE_MODEL, test, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY)
+tuned_results = evaluation.evaluate(course.client, tuned, test, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY)
+summary = pd.DataFrame({"base": evaluation.summarize(base_results, priced_as=BASE_MODEL, fine_tuned=False),
+                        "fine-tuned": evaluation.summarize(tuned_results, priced_as=BASE_MODEL, fine_tuned=True)})
+course.record(base=summary["base"].to_dict(), tuned=summary["fine-tuned"].to_dict(), n_test=len(test))
+summary.round(4)
+"""),
+    md("""
+### 3.2 Which codes it gets wrong
+"""),
+    code("""
+evaluation.per_code(tuned_results).head(10)
+"""),
+    code("""
+evaluation.worst_mistakes(tuned_results)
+"""),
+    md("""
+### 3.3 Facts it has never seen
+Six codes never appear in the training data. Fine-tuning cannot teach them; retrieval can put them in the
+prompt. Code accuracy on those requests, with and without the top retrieved codes in the prompt:
+"""),
+    code("""
+new_codes = dataprep.read_jsonl(REPO_ROOT / "data/billing/test_new_codes.jsonl", N_NEW_CODES)
+with_rag = lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)
+runs = {"base": (BASE_MODEL, None), "base + RAG": (BASE_MODEL, with_rag), "fine-tuned": (tuned, None), "fine-tuned + RAG": (tuned, with_rag)}
+unseen = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, model, new_codes, prompt=prompt,
+                                                                      max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
+                                                  priced_as=BASE_MODEL, fine_tuned=model != BASE_MODEL)
+                       for name, (model, prompt) in runs.items()})
+course.record(new_codes=unseen.loc[["code_accuracy", "format_compliance", "input_tokens"]].to_dict())
+unseen.loc[["code_accuracy", "format_compliance", "exact_match", "input_tokens", "usd_per_1000_queries"]].round(4)
+"""),
+    md("""
+## 4. Summary
+- Compare on held-out data, and look at format compliance as well as accuracy: an answer your system cannot
+  parse is a failure whatever it says.
+- Fine-tuning made the format reliable; the codes it never saw still need retrieval, which costs input tokens.
+
+**Exercises.** (1) Run with `N_TEST = 0` for the whole test set. (2) Try a checkpoint model from notebook 03
+as `TUNED_MODEL`: is an earlier epoch better?
+"""),
+]
+
+NOTEBOOKS["05_distillation"] = [
+    md("""
+# 05 · Distillation
+**Time:** about 2 minutes with the defaults, about 10 minutes at course size · **Cost:** $0 locally; on OpenAI, `N_POOL` teacher requests plus a student training run (the budget guard checks it).
+"""),
+    params("""
+BACKEND = "local"
+TEACHER_MODEL = ""  # "" = locally, the model notebook 03 trained, given retrieved candidate codes; on OpenAI: "gpt-4.1"
+TEACHER_PRICED_AS = "gpt-4.1"
+STUDENT_BASE = "gpt-4.1-nano"
+N_POOL = 48  # unlabeled requests for the teacher; 0 = all
+RETRIEVED_CODES = 5
+N_TEST = 16  # 0 = all
+N_EPOCHS = 2
+BATCH_SIZE = 4
+SEED = 1
+MAX_SPEND_USD = 1.0
+MAX_TOKENS = 32
+CONCURRENCY = 8
+"""),
+    code("""
+import uuid
+import pandas as pd
+from helpers.course import setup
+from helpers import billing, costs, dataprep, distill, evaluation, finetune, retrieval, validate
+from helpers.paths import REPO_ROOT
+course = setup("05_distillation", BACKEND)
+teacher = TEACHER_MODEL or finetune.latest_model(course.client, {"course": "billing"})
+assert teacher, "No teacher yet: run 03_training first, or set TEACHER_MODEL."
+run_id = f"distill-{uuid.uuid4().hex[:8]}"
+print("teacher:", teacher, "| student base:", STUDENT_BASE, "| run:", run_id)
+"""),
+    md("""
+## 1. Why
+A big model with a long prompt answers well but costs a lot per query. If it can label your traffic, a small
+model trained on its answers can do the same job with a short prompt, for a fraction of the price.
+"""),
+    md("""
+## 2. What
+1. The **teacher** answers unlabeled requests; each answer is stored (`store=True`) with `metadata`.
+2. We read the answers back with `chat.completions.list(metadata=...)` and keep only good ones.
+3. The **student** is fine-tuned on those answers, with a short prompt.
+4. We compare teacher, student base and student on the held-out test set: accuracy, latency, input tokens, $.
+"""),
+    md("""
+## 3. Hands-on
+### 3.1 The teacher labels the pool
+"""),
+    code("""
+pool = dataprep.read_jsonl(REPO_ROOT / "data/billing/pool.jsonl", N_POOL)
+distill.label_pool(course.client, teacher, pool, run_id, k=RETRIEVED_CODES, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY)
+answers = distill.collect(course.client, teacher, run_id)
+course.record(n_pool=len(pool), n_collected=len(answers))
+answers.head()
+"""),
+    md("""
+### 3.2 Keep the good answers
+In the answer format, a code that exists, and a code that retrieval also proposes for that request: two
+independent sources agree. Kept answers get the code table's description, so the student learns it exactly.
+"""),
+    code("""
+checked_answers = distill.filter_answers(answers, pool, RETRIEVED_CODES)
+kept = checked_answers[checked_answers["keep"]]
+course.record(n_kept=len(kept))
+distill.require_enough(kept)
+checked_answers[["format_ok", "known_code", "agrees_with_retrieval", "description_fixed", "keep"]].sum()
+"""),
+    md("""
+### 3.3 Train the student on the teacher's answers
+"""),
+    code("""
+student_path = REPO_ROOT / ".workbook" / "data" / f"{run_id}.jsonl"
+distill.student_file(kept, pool, student_path, billing.SYSTEM_PROMPT)
+report = validate.validate_file(student_path, model=STUDENT_BASE)
+estimate = costs.estimate_training_cost(STUDENT_BASE, report.stats["billing_tokens_per_epoch"], report.n_examples, N_EPOCHS)
+print(report.summary())
+print(finetune.budget_guard(course.backend, estimate.cost_usd, MAX_SPEND_USD))
+job = finetune.start_job(course.client, training_file=finetune.upload(course.client, student_path).id, model=STUDENT_BASE,
+                         suffix="student", seed=SEED, metadata={"course": "billing-student", "run": run_id},
+                         hyperparameters={"n_epochs": N_EPOCHS, "batch_size": BATCH_SIZE})
+job = finetune.follow(course.client, job.id, show_events=False)
+course.record(student_status=job.status, student_model=job.fine_tuned_model)
+job.status, job.fine_tuned_model
+"""),
+    md("""
+### 3.4 Teacher, student base and student on the test set
+The teacher gets retrieved candidate codes in every prompt; the student needs only the one-line instruction.
+"""),
+    code("""
+test = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", N_TEST)
+with_rag = lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)
+runs = {"teacher": (teacher, with_rag, TEACHER_PRICED_AS, False), "student base": (STUDENT_BASE, None, STUDENT_BASE, False),
+        "student": (job.fine_tuned_model, None, STUDENT_BASE, True)}
+comparison = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, model, test, prompt=prompt,
+                                                                          max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
+                                                      priced_as=priced, fine_tuned=tuned)
+                           for name, (model, prompt, priced, tuned) in runs.items()})
+course.record(comparison=comparison.to_dict())
+comparison.round(4)
+"""),
+    md("""
+## 4. Summary
+- Distillation turns a strong, expensive setup into training data for a cheap one; the stored-completions
+  API (`store=True`, `metadata`, `chat.completions.list`) collects it without a dashboard.
+- Filter what the teacher says before training on it: a student copies mistakes as faithfully as answers.
+- Locally the teacher is the fine-tuned model with retrieved codes in its prompt, and it is priced as
+  `TEACHER_PRICED_AS`; on OpenAI the defaults would be teacher `gpt-4.1`, student `gpt-4.1-nano`.
+
+**Exercises.** (1) Raise `N_POOL`: how do the student's accuracy and the share of kept answers change?
+(2) Skip the filter (train on every answer): what happens to the student?
+"""),
+]
+
+
 def notebook(name: str) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.from_dict(dict(cell)) for cell in NOTEBOOKS[name]]
@@ -380,7 +692,7 @@ def write_all(directory: Path = NOTEBOOK_DIR, *, execute: bool = False) -> list[
     for name in NOTEBOOKS:
         path = directory / f"{name}.ipynb"
         fresh = notebook(name)
-        if execute:
+        if execute and any(c.cell_type == "code" and c.source.startswith(CHECK_MARKER) for c in fresh.cells):
             import tempfile
 
             import papermill

@@ -1,0 +1,115 @@
+"""Running a fine-tuning job from a notebook, on either backend, with the plain ``openai`` client."""
+from __future__ import annotations
+
+import base64
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pandas as pd
+from tqdm.auto import tqdm
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class TrainingNotAvailable(RuntimeError):
+    """OpenAI refused to start a job (403 training_not_available): what it means and what to do."""
+
+
+class OverBudget(RuntimeError):
+    """The estimated cost is above MAX_SPEND_USD; nothing was started."""
+
+
+def budget_guard(backend: str, estimate_usd: float, max_spend_usd: float) -> str:
+    """Refuse to train on OpenAI unless the budget covers the estimate; the local backend is free."""
+    if backend != "openai":
+        return f"Local backend: this job costs $0 (on OpenAI it would be about ${estimate_usd:.2f})."
+    if estimate_usd > max_spend_usd:
+        raise OverBudget(f"Estimated training cost ${estimate_usd:.2f} is above MAX_SPEND_USD = ${max_spend_usd:.2f}. "
+                         "Raise MAX_SPEND_USD if you mean it, or train on fewer examples or epochs.")
+    return f"Estimated ${estimate_usd:.2f}, within MAX_SPEND_USD = ${max_spend_usd:.2f}."
+
+
+def upload(client, path: Path) -> Any:
+    with open(path, "rb") as handle:
+        return client.files.create(file=handle, purpose="fine-tune")
+
+
+def start_job(client, **create: Any) -> Any:
+    """``client.fine_tuning.jobs.create(**create)``, with OpenAI's 403 explained instead of a traceback."""
+    try:
+        return client.fine_tuning.jobs.create(**create)
+    except openai.PermissionDeniedError as exc:
+        code = (exc.body or {}).get("code") if isinstance(exc.body, dict) else None
+        raise TrainingNotAvailable(
+            f"OpenAI refused to start the job ({code or exc.status_code}): {exc.message}. OpenAI is winding down "
+            "self-serve fine-tuning (no new jobs for organisations created since 2026-05-07, none for anyone from "
+            "2027-01-06). Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
+
+
+def follow(client, job_id: str, *, poll_s: float = 1.0, show_events: bool = True) -> Any:
+    """Wait for a job with a progress bar over its steps, printing its messages as they arrive."""
+    seen: set[str] = set()
+    bar = tqdm(total=None, unit="step", desc=job_id[-8:])
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    while True:
+        events = list(reversed(client.fine_tuning.jobs.list_events(job_id, limit=100).data))
+        for event in events:
+            if event.id in seen:
+                continue
+            seen.add(event.id)
+            data = event.data if isinstance(event.data, dict) else {}
+            if event.type == "metrics" and "step" in data:
+                bar.total = data.get("total_steps", bar.total)
+                bar.n = data["step"]
+                bar.set_postfix(loss=f"{data.get('train_loss', float('nan')):.3f}")
+                bar.refresh()
+            elif show_events:
+                bar.write(f"[{job.status}] {event.message}")
+        if job.status in TERMINAL:
+            break
+        time.sleep(poll_s)
+        job = client.fine_tuning.jobs.retrieve(job_id)
+    bar.close()
+    return job
+
+
+def results_frame(client, job: Any) -> pd.DataFrame:
+    """The job's step metrics from its results file (base64 CSV, as OpenAI returns it)."""
+    if not job.result_files:
+        return pd.DataFrame()
+    raw = client.files.content(job.result_files[0]).read()
+    return pd.read_csv(io.BytesIO(base64.b64decode(raw)))
+
+
+def checkpoints_frame(client, job_id: str) -> pd.DataFrame:
+    rows = [{"step": c.step_number, "model": c.fine_tuned_model_checkpoint, **c.metrics.model_dump(exclude_none=True)}
+            for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]
+    return pd.DataFrame(rows)
+
+
+def plot_results(frame: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 3.5))
+    loss.plot(frame["step"], frame["train_loss"], label="training")
+    accuracy.plot(frame["step"], frame["train_accuracy"], label="training")
+    valid = frame.dropna(subset=["valid_loss"])
+    if len(valid):
+        loss.plot(valid["step"], valid["valid_loss"], "o-", label="validation")
+        accuracy.plot(valid["step"], valid["valid_mean_token_accuracy"], "o-", label="validation")
+    loss.set(xlabel="step", ylabel="loss", title="Loss")
+    accuracy.set(xlabel="step", ylabel="token accuracy", title="Token accuracy")
+    loss.legend()
+    accuracy.legend()
+    return figure
+
+
+def latest_model(client, metadata: dict[str, str]) -> str | None:
+    """The fine-tuned model of the newest succeeded job whose metadata includes ``metadata``."""
+    for job in client.fine_tuning.jobs.list(limit=100, metadata=metadata).data:
+        if job.status == "succeeded" and job.fine_tuned_model:
+            return job.fine_tuned_model
+    return None

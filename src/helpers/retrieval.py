@@ -1,0 +1,47 @@
+"""Retrieval for the billing task: find the few codes whose index entry matches a request (BM25).
+
+The index is what a coder's code book offers: each code's description plus its two most common
+synonyms (the first two phrasings in ``cpt_source.json``); the test requests' other phrasings are not in it.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from rank_bm25 import BM25Okapi
+
+from helpers.billing import SYSTEM_PROMPT, CptCode, code_reference, load_codes
+
+INDEX_SYNONYMS = 2
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@lru_cache(maxsize=1)
+def _index() -> tuple[tuple[CptCode, ...], BM25Okapi]:
+    codes = load_codes()
+    documents = [_words(" ".join((c.description, *c.phrases[:INDEX_SYNONYMS]))) for c in codes]
+    return codes, BM25Okapi(documents)
+
+
+def retrieve(request: str, k: int = 5) -> list[CptCode]:
+    """The ``k`` codes whose index entries best match the request."""
+    codes, index = _index()
+    scores = index.get_scores(_words(request))
+    ranked = sorted(range(len(codes)), key=lambda i: -scores[i])
+    return [codes[i] for i in ranked[:k]]
+
+
+def rag_system_prompt(request: str, k: int = 5) -> str:
+    """The task's instruction plus the retrieved candidate codes."""
+    return f"{SYSTEM_PROMPT}\n\nCandidate codes:\n{code_reference(tuple(retrieve(request, k)))}"
+
+
+def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
+    """The same request with its system prompt replaced by one that carries retrieved codes."""
+    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+    return [{"role": "system", "content": rag_system_prompt(user, k)}, *[m for m in messages if m["role"] != "system"]]
+
