@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lab test bench-data clean-venv
+.PHONY: setup lab test reports bench-data clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
@@ -35,6 +35,10 @@ lab: setup
 ## test: set up, then run the whole test suite, offline
 test: setup
 	$(PY) -m pytest
+
+## reports: execute every notebook (course-sized parameters) into reports/*.html
+reports: setup
+	$(VENV)/bin/workbook report --all
 
 ## bench-data: validate + count tokens of a generated 1,000,000-example file
 bench-data: setup

@@ -173,3 +173,32 @@ def test_cost_explorer_reacts_to_its_sliders():
     explorer.input_tokens.value = 2_000
     assert explorer.summary["cheapest"] in {"fine-tuned", "distilled", "RAG", "prompting"}
     assert explorer.table.loc[explorer.queries.value, "prompting"] == pytest.approx(explorer.summary["monthly_cost_usd"]["prompting"], abs=0.005)
+
+
+def test_report_on_a_teams_csv_with_parameters_and_no_key_in_it(course_env, tmp_path, monkeypatch):
+    from helpers.reports import make_report
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0123456789")
+    csv = tmp_path / "team.csv"
+    csv.write_text("question,answer\n" + "".join(f"what is {i}?,It is {i}.\n" for i in range(12)))
+    html = make_report("02_data_prep", {"DATASET_PATH": str(csv), "CSV_PROMPT_COLUMN": "question", "CSV_COMPLETION_COLUMN": "answer"},
+                       out_dir=tmp_path / "reports", include_input=False)
+    text = html.read_text()
+    assert "team.jsonl: OK - 12 examples" in text and "<html" in text
+    assert "sk-test-not-a-real-key" not in text and "sk-test-not-a-real-key" not in (tmp_path / "reports" / "02_data_prep.ipynb").read_text()
+    assert "dataprep.as_jsonl" not in text  # --no-input hides the code
+
+
+def test_report_refuses_unknown_parameters_and_leaked_keys(tmp_path, monkeypatch):
+    from helpers.reports import ReportError, _refuse_secrets, make_report
+
+    with pytest.raises(ReportError, match="no parameter N_EXAMPLES"):
+        make_report("03_training", {"N_EXAMPLES": 5}, out_dir=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "helpers.cli", "report", "nope"], capture_output=True, text=True)
+    assert result.returncode == 1 and "No notebook 'nope'" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-leaked-value")
+    leaked = tmp_path / "r.html"
+    leaked.write_text("... sk-leaked-value ...")
+    with pytest.raises(ReportError, match="deleted"):
+        _refuse_secrets(leaked)
+    assert not leaked.exists()

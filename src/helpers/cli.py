@@ -55,6 +55,30 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    import time
+
+    from helpers.reports import ReportError, make_all, make_report, parse_value
+
+    started = time.perf_counter()
+    try:
+        if args.all:
+            paths = make_all(include_input=not args.no_input)
+        elif args.notebook:
+            parameters = {name: parse_value(value) for name, value in args.parameter}
+            paths = [make_report(args.notebook, parameters, include_input=not args.no_input)]
+        else:
+            print("workbook report: name a notebook (for example 02_data_prep) or use --all.", file=sys.stderr)
+            return EXIT_USAGE
+    except ReportError as exc:
+        print(f"workbook report: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    for path in paths:
+        print(path)
+    print(f"{len(paths)} report(s) in {time.perf_counter() - started:.0f} s")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbook", description="Fine-Tuning & Distillation Workbook tools.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, help="where files, jobs and models are kept (default: .workbook/server)")
     serve.add_argument("--api-keys", default=None, help="a file with one accepted API key per line (default: any key)")
     serve.set_defaults(handler=_serve)
+    report = commands.add_parser("report", help="execute a notebook with parameters into an HTML report in reports/")
+    report.add_argument("notebook", nargs="?", help="for example 02_data_prep")
+    report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="set a parameter (repeatable), for example -p DATASET_PATH my.csv")
+    report.add_argument("--all", action="store_true", help="every notebook, with the course-sized parameters")
+    report.add_argument("--no-input", action="store_true", help="hide the code cells in the HTML")
+    report.set_defaults(handler=_report)
     doctor = commands.add_parser("doctor", help="check the offline tokenizer set-up")
     doctor.set_defaults(handler=_doctor)
     return parser

@@ -1,0 +1,95 @@
+"""Executed notebook reports: papermill runs a notebook with parameters, nbconvert renders it as HTML.
+
+    workbook report 02_data_prep -p DATASET_PATH my.csv -p CSV_PROMPT_COLUMN question
+    make reports        # every notebook with the course-sized parameters below
+
+Reports go to ``reports/`` (the executed .ipynb and its .html). A report that would contain the value of
+``OPENAI_API_KEY`` is deleted and the command fails.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from helpers.notebook_sources import NOTEBOOK_DIR, NOTEBOOKS
+from helpers.paths import REPO_ROOT
+
+REPORTS_DIR = REPO_ROOT / "reports"
+#: Course-sized parameters for ``make reports`` (the notebooks' own defaults are the fast ones).
+REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
+    "03_training": {"N_TRAIN": 0, "N_VALID": 0, "N_EPOCHS": "auto", "BATCH_SIZE": "auto"},
+    "04_inference_and_eval": {"N_TEST": 0, "N_NEW_CODES": 0},
+    "05_distillation": {"N_POOL": 160, "N_TEST": 0, "N_EPOCHS": 3, "BATCH_SIZE": 8},
+}
+
+
+class ReportError(RuntimeError):
+    """A report could not be made; the message says why and what to do."""
+
+
+def notebook_parameters(name: str) -> dict[str, Any]:
+    """The names and default values of a notebook's parameters cell."""
+    cell = next(c for c in NOTEBOOKS[name] if "parameters" in c.metadata.get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+
+
+def parse_value(text: str) -> Any:
+    """``-p N 3`` gives 3, ``-p X "auto"`` or ``-p X auto`` gives "auto" (like papermill's -p)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def resolve(name: str) -> str:
+    stem = Path(name).stem
+    if stem not in NOTEBOOKS:
+        raise ReportError(f"No notebook {name!r}. Notebooks: {', '.join(NOTEBOOKS)}.")
+    return stem
+
+
+def make_report(name: str, parameters: dict[str, Any] | None = None, *, out_dir: Path = REPORTS_DIR,
+                include_input: bool = True) -> Path:
+    """Execute one notebook with ``parameters`` into ``out_dir``; return the HTML report's path."""
+    import papermill
+    from nbconvert import HTMLExporter
+
+    name = resolve(name)
+    parameters = dict(parameters or {})
+    known = notebook_parameters(name)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ReportError(f"{name} has no parameter {', '.join(unknown)}. Its parameters: {', '.join(known)}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / f"{name}.ipynb"
+    try:
+        papermill.execute_notebook(NOTEBOOK_DIR / f"{name}.ipynb", executed, parameters=parameters, cwd=str(NOTEBOOK_DIR),
+                                   kernel_name="python3", progress_bar=False, report_mode=not include_input)
+    except papermill.PapermillExecutionError as exc:
+        raise ReportError(f"{name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}. "
+                          f"The partly executed notebook is {executed}.") from None
+    html, _ = HTMLExporter(template_name="lab", exclude_input=not include_input).from_notebook_node(nbformat.read(executed, as_version=4))
+    target = out_dir / f"{name}.html"
+    target.write_text(html, encoding="utf-8")
+    _refuse_secrets(executed, target)
+    return target
+
+
+def _refuse_secrets(*paths: Path) -> None:
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        return
+    for path in paths:
+        if key in path.read_text(encoding="utf-8", errors="replace"):
+            for leaked in paths:
+                leaked.unlink(missing_ok=True)
+            raise ReportError(f"{path.name} contained the value of OPENAI_API_KEY; the report was deleted. "
+                              "Remove whatever prints the key and run the report again.")
+
+
+def make_all(out_dir: Path = REPORTS_DIR, include_input: bool = True) -> list[Path]:
+    return [make_report(name, REPORT_PARAMETERS.get(name), out_dir=out_dir, include_input=include_input) for name in NOTEBOOKS]
