@@ -55,6 +55,8 @@ def test_structure(path):
     assert "sk-" not in text and "OPENAI_API_KEY=" not in text
     for cell in nb.cells:
         assert all(o.get("output_type") != "error" for o in cell.get("outputs", []))
+        if cell.cell_type == "code" and cell.source.startswith(notebook_sources.CHECK_MARKER):
+            assert cell.outputs and cell.execution_count, f"no stored output for nbval in {path.name}: run scripts/build_notebooks.py --execute"
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+#: The metadata notebook 03 puts on its jobs, so that notebooks 04 and 05 find its model.
+COURSE_METADATA = {"course": "billing"}
 
 
 class TrainingNotAvailable(RuntimeError):
@@ -113,3 +115,11 @@ def latest_model(client, metadata: dict[str, str]) -> str | None:
         if job.status == "succeeded" and job.fine_tuned_model:
             return job.fine_tuned_model
     return None
+
+
+def course_model(client, name: str = "") -> str:
+    """``name`` if given, else the newest model notebook 03 trained; a clear error when there is none."""
+    model = name or latest_model(client, COURSE_METADATA)
+    if not model:
+        raise LookupError("No fine-tuned model yet: run 03_training first, or set the model name in the parameters cell.")
+    return model

@@ -406,7 +406,7 @@ print(finetune.budget_guard(course.backend, estimate.cost_usd, MAX_SPEND_USD))
     code("""
 train_file, valid_file = finetune.upload(course.client, train_path), finetune.upload(course.client, valid_path)
 job = finetune.start_job(course.client, training_file=train_file.id, validation_file=valid_file.id, model=MODEL,
-                         suffix=SUFFIX, seed=SEED, metadata={"course": "billing"},
+                         suffix=SUFFIX, seed=SEED, metadata=finetune.COURSE_METADATA,
                          hyperparameters={"n_epochs": N_EPOCHS, "batch_size": BATCH_SIZE})
 print(job.id, job.status)
 """),
@@ -482,8 +482,7 @@ from helpers.course import setup
 from helpers import dataprep, evaluation, finetune, retrieval
 from helpers.paths import REPO_ROOT
 course = setup("04_inference_and_eval", BACKEND)
-tuned = TUNED_MODEL or finetune.latest_model(course.client, {"course": "billing"})
-assert tuned, "No fine-tuned model yet: run 03_training first, or set TUNED_MODEL."
+tuned = finetune.course_model(course.client, TUNED_MODEL)
 print("fine-tuned model:", tuned)
 """),
     md("""
@@ -575,8 +574,7 @@ from helpers.course import setup
 from helpers import billing, costs, dataprep, distill, evaluation, finetune, retrieval, validate
 from helpers.paths import REPO_ROOT
 course = setup("05_distillation", BACKEND)
-teacher = TEACHER_MODEL or finetune.latest_model(course.client, {"course": "billing"})
-assert teacher, "No teacher yet: run 03_training first, or set TEACHER_MODEL."
+teacher = finetune.course_model(course.client, TEACHER_MODEL)
 run_id = f"distill-{uuid.uuid4().hex[:8]}"
 print("teacher:", teacher, "| student base:", STUDENT_BASE, "| run:", run_id)
 """),
@@ -702,6 +700,11 @@ def write_all(directory: Path = NOTEBOOK_DIR, *, execute: bool = False) -> list[
                 papermill.execute_notebook(Path(tmp) / "in.ipynb", Path(tmp) / "out.ipynb", cwd=str(directory),
                                            kernel_name="python3", progress_bar=False)
                 fresh = keep_checked_outputs(nbformat.read(Path(tmp) / "out.ipynb", as_version=4), fresh)
+        elif path.exists():  # keep the stored outputs of checked cells whose source did not change
+            old = {c.source: c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"}
+            for cell in fresh.cells:
+                if cell.cell_type == "code" and cell.source.startswith(CHECK_MARKER) and cell.source in old:
+                    cell.outputs, cell.execution_count = old[cell.source].outputs, old[cell.source].execution_count
         nbformat.write(fresh, path)
         paths.append(path)
     return paths
