@@ -46,6 +46,8 @@ def test_structure(path):
         name = statement.targets[0].id
         assert name.isupper(), name
         ast.literal_eval(statement.value)
+    inspected = papermill.inspect_notebook(str(path))  # papermill itself must see every parameter
+    assert set(inspected) == {s.targets[0].id for s in ast.parse(parameters[0].source).body}
     sources = [c.source for c in nb.cells if c.cell_type == "code"]
     assert sum(s.count("setup(") for s in sources) == 1 and "setup(" in sources[1]
     headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]

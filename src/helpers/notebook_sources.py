@@ -360,8 +360,8 @@ BACKEND = "local"
 MODEL = "gpt-4.1-mini"
 TRAIN_PATH = "data/billing/train.jsonl"
 VALID_PATH = "data/billing/validation.jsonl"
-N_TRAIN = 64  # examples to train on; 0 = all
-N_VALID = 12  # 0 = all
+N_TRAIN = 64  # examples to train on (0 means all)
+N_VALID = 12  # 0 means all
 N_EPOCHS = 3  # or "auto" (OpenAI's rule)
 BATCH_SIZE = 8  # or "auto"
 SUFFIX = "billing"
@@ -469,9 +469,9 @@ NOTEBOOKS["04_inference_and_eval"] = [
     params("""
 BACKEND = "local"
 BASE_MODEL = "gpt-4.1-mini"
-TUNED_MODEL = ""  # "" = the newest model notebook 03 trained
-N_TEST = 16  # 0 = all held-out test requests
-N_NEW_CODES = 6  # 0 = all requests for codes absent from training
+TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
+N_TEST = 16  # 0 means all held-out test requests
+N_NEW_CODES = 6  # 0 means all requests for codes absent from training
 RETRIEVED_CODES = 5
 MAX_TOKENS = 32
 CONCURRENCY = 8
@@ -554,12 +554,12 @@ NOTEBOOKS["05_distillation"] = [
 """),
     params("""
 BACKEND = "local"
-TEACHER_MODEL = ""  # "" = locally, the model notebook 03 trained, given retrieved candidate codes; on OpenAI: "gpt-4.1"
+TEACHER_MODEL = ""  # empty: locally, the model notebook 03 trained, given retrieved codes (on OpenAI use "gpt-4.1")
 TEACHER_PRICED_AS = "gpt-4.1"
 STUDENT_BASE = "gpt-4.1-nano"
-N_POOL = 48  # unlabeled requests for the teacher; 0 = all
+N_POOL = 48  # unlabeled requests for the teacher (0 means all)
 RETRIEVED_CODES = 5
-N_TEST = 16  # 0 = all
+N_TEST = 16  # 0 means all
 N_EPOCHS = 2
 BATCH_SIZE = 4
 SEED = 1
