@@ -141,6 +141,7 @@ def test_03_training_succeeds_and_bills_like_openai(nbval_run):
     report = validate_file(DATA / "billing" / "train.jsonl", model="gpt-4.1-mini")
     assert metrics["estimated_cost_usd"] == pytest.approx(metrics["trained_tokens"] * prices("gpt-4.1-mini", fine_tuned=True).training / 1e6)
     assert metrics["n_train"] < report.n_examples
+    assert metrics["n_with_retrieved_codes"] == metrics["n_train"] // 2
 
 
 def test_04_fine_tuned_beats_base_on_format(nbval_run):
@@ -149,6 +150,9 @@ def test_04_fine_tuned_beats_base_on_format(nbval_run):
     assert metrics["tuned"]["format_compliance"] >= 0.75
     rag = metrics["new_codes"]
     assert rag["base + RAG"]["input_tokens"] > rag["base"]["input_tokens"]  # retrieval costs input tokens
+    # the key lesson: codes never seen in training are not learned, retrieval supplies them
+    assert rag["fine-tuned"]["code_accuracy"] == 0
+    assert rag["fine-tuned + RAG"]["code_accuracy"] > rag["fine-tuned"]["code_accuracy"]
 
 
 def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run):

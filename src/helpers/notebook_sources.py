@@ -364,13 +364,15 @@ N_TRAIN = 64  # examples to train on (0 means all)
 N_VALID = 12  # 0 means all
 N_EPOCHS = 3  # or "auto" (OpenAI's rule)
 BATCH_SIZE = 8  # or "auto"
+RAG_SHARE = 0.5  # share of training examples that carry retrieved candidate codes in their prompt
+RETRIEVED_CODES = 5
 SUFFIX = "billing"
 SEED = 1
 MAX_SPEND_USD = 1.0
 """),
     code("""
 from helpers.course import setup
-from helpers import dataprep, validate, costs, finetune
+from helpers import dataprep, validate, costs, finetune, retrieval
 from helpers.paths import REPO_ROOT
 course = setup("03_training", BACKEND)
 work = REPO_ROOT / ".workbook" / "data"
@@ -391,12 +393,16 @@ step sees; the learning-rate multiplier scales the step size.
     md("""
 ## 3. Hands-on
 ### 3.1 Check the files and the budget
+Half of the training examples (`RAG_SHARE`) get the five codes retrieval finds for them in their prompt, so the
+model learns to use retrieved codes as well as to answer from the one-line prompt: notebook 04 shows why.
 """),
     code("""
-train_path, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
+subset, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
+train_path = work / f"{subset.stem}_rag.jsonl"
+n_with_codes = retrieval.augment_file(subset, train_path, RAG_SHARE, RETRIEVED_CODES, SEED)
 report = validate.validate_file(train_path, model=MODEL)
 estimate = costs.estimate_training_cost(MODEL, report.stats["billing_tokens_per_epoch"], report.n_examples, N_EPOCHS)
-course.record(n_train=report.n_examples, estimated_cost_usd=estimate.cost_usd, ready=report.ok)
+course.record(n_train=report.n_examples, n_with_retrieved_codes=n_with_codes, estimated_cost_usd=estimate.cost_usd, ready=report.ok)
 print(report.summary())
 print(finetune.budget_guard(course.backend, estimate.cost_usd, MAX_SPEND_USD))
 """),
@@ -523,7 +529,8 @@ evaluation.worst_mistakes(tuned_results)
     md("""
 ### 3.3 Facts it has never seen
 Six codes never appear in the training data. Fine-tuning cannot teach them; retrieval can put them in the
-prompt. Code accuracy on those requests, with and without the top retrieved codes in the prompt:
+prompt, and notebook 03 trained the model to use such candidates. Code accuracy on those requests, with and
+without the top retrieved codes in the prompt:
 """),
     code("""
 new_codes = dataprep.read_jsonl(REPO_ROOT / "data/billing/test_new_codes.jsonl", N_NEW_CODES)

@@ -23,7 +23,7 @@ REPORTS_DIR = REPO_ROOT / "reports"
 REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
     "03_training": {"N_TRAIN": 0, "N_VALID": 0, "N_EPOCHS": "auto", "BATCH_SIZE": "auto"},
     "04_inference_and_eval": {"N_TEST": 0, "N_NEW_CODES": 0},
-    "05_distillation": {"N_POOL": 160, "N_TEST": 0, "N_EPOCHS": 3, "BATCH_SIZE": 8},
+    "05_distillation": {"N_POOL": 120, "N_TEST": 0, "N_EPOCHS": 3, "BATCH_SIZE": 8},
 }
 
 

@@ -45,3 +45,21 @@ def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
     user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
     return [{"role": "system", "content": rag_system_prompt(user, k)}, *[m for m in messages if m["role"] != "system"]]
 
+
+
+def augment_file(source, target, share: float, k: int = 5, seed: int = 0) -> int:
+    """Copy a chat training file, giving a ``share`` of its examples (chosen with ``seed``) a system prompt
+    that carries ``k`` retrieved candidate codes, so the tuned model learns to use retrieved codes as well as
+    to answer from the short prompt. Returns how many examples got candidates."""
+    import json
+    import random
+    from pathlib import Path
+
+    if not 0 <= share <= 1:
+        raise ValueError(f"RAG_SHARE must be between 0 and 1, got {share}.")
+    rows = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+    chosen = set(random.Random(seed).sample(range(len(rows)), round(len(rows) * share)))
+    out = [{**row, "messages": with_retrieval(row["messages"], k)} if i in chosen else row for i, row in enumerate(rows)]
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(target).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out), encoding="utf-8")
+    return len(chosen)
