@@ -110,7 +110,7 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
     """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys."""
     store = Store(data_dir)
     engine = Engine()
-    runner = JobRunner(store, engine)
+    runner = JobRunner(store)
     app = FastAPI(title="Fine-Tuning Workbook local backend", version="1.0", docs_url=None, redoc_url=None)
     app.state.store, app.state.engine, app.state.runner = store, engine, runner
 

@@ -9,6 +9,7 @@ last checkpoint (or from the start) when the server starts again.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import shutil
 import threading
@@ -38,9 +39,8 @@ def auto_batch_size(n_examples: int) -> int:
 class JobRunner:
     """Runs queued jobs in a background thread, oldest first."""
 
-    def __init__(self, store: Store, engine: Any = None) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.engine = engine  # the inference engine, told when models appear or disappear
         self._queue: deque[str] = deque()
         self._wake = threading.Condition()
         self._cancel: set[str] = set()
@@ -172,8 +172,6 @@ class JobRunner:
             self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
 
     def _train(self, job: dict[str, Any], owner: str, base: localmodels.LocalBase) -> None:
-        import json
-
         from helpers.server import training
 
         job_id = job["id"]
@@ -209,7 +207,6 @@ class JobRunner:
             self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
         model = training.prepare_model(localmodels.load_model(base), settings, resume_from)
         started = time.monotonic()
-        first_step = resume_step
 
         def on_step(m: training.StepMetrics) -> None:
             history.append(m)
@@ -217,7 +214,7 @@ class JobRunner:
             if m.valid_loss is not None:
                 text += f", validation loss={m.valid_loss:.4f}"
             elapsed = time.monotonic() - started
-            done = m.step - first_step
+            done = m.step - resume_step
             finish = now() + int(elapsed / done * (m.total_steps - m.step)) if done else None
             self.store.update("job", job_id, estimated_finish=finish)
             self.event(job_id, text, kind="metrics", data=m.as_dict())
