@@ -196,6 +196,7 @@ def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None 
         return base_model
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    torch.manual_seed(settings.seed)  # the adapter's initial weights follow the job's seed, so a job is reproducible
     if resume_from is not None:
         return PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
     config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.05,
