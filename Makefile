@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup lab test reports bench-data clean-venv
+.PHONY: setup browser lab test test-browser reports bench bench-data clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
@@ -28,13 +28,25 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 ## setup: create .venv and install everything (idempotent; instant when nothing changed)
 setup: $(STAMP)
 
+## browser: Debian's Chromium for the browser test (installed with apt-get when missing; needs root or sudo)
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else echo "The browser test needs Chromium at $(CHROMIUM): install Debian's 'chromium' package (or set CHROMIUM=/path)."; exit 1; fi; }
+
 ## lab: set up, then open JupyterLab on notebooks/
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## test: set up, then run the whole test suite, offline
-test: setup
-	$(PY) -m pytest
+## test: set up, then run the whole test suite (browser test included), offline
+test: setup browser
+	WORKBOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
+
+## test-browser: only the real-browser test (JupyterLab + Playwright + Chromium); screenshots in test-artifacts/browser/
+test-browser: setup browser
+	WORKBOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser
 
 ## reports: execute every notebook (course-sized parameters) into reports/*.html
 reports: setup

@@ -2,6 +2,8 @@
 
 * ``local`` (default): our server on this machine, started on demand and shared: a notebook, a second
   notebook and a restarted kernel all find the same server (its address is fixed, its state on disk).
+  In a workshop, ``WORKBOOK_SERVER_URL`` (the facilitator's server, e.g. ``http://10.0.0.5:8321``) and
+  ``WORKBOOK_API_KEY`` (your key) point the same notebooks at one shared server instead.
 * ``openai``: OpenAI itself; needs ``OPENAI_API_KEY`` in the environment (never typed into a notebook).
 
 Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.backend.client("openai")``.
@@ -86,6 +88,33 @@ def chosen_backend(backend: str | None = None) -> str:
     return backend
 
 
+def shared_server_url() -> str | None:
+    """The workshop server's address from ``WORKBOOK_SERVER_URL``, or None to use (or start) our own."""
+    url = os.environ.get("WORKBOOK_SERVER_URL", "").strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[:-3]
+    return url or None
+
+
+def _shared_client(url: str, **kwargs):
+    from openai import AuthenticationError, OpenAI
+
+    key = os.environ.get("WORKBOOK_API_KEY", "").strip()
+    if not key:
+        raise BackendUnavailable(f"WORKBOOK_SERVER_URL points at the workshop server {url}, but WORKBOOK_API_KEY is not set. "
+                                 "Set it to the key your facilitator gave you (in the shell before starting Jupyter).")
+    if _healthy(url) is None:
+        raise BackendUnavailable(f"No workbook server answers at {url} (WORKBOOK_SERVER_URL). Check the address with your "
+                                 "facilitator, or unset WORKBOOK_SERVER_URL to use a server on this machine.")
+    shared = OpenAI(base_url=f"{url}/v1", api_key=key, **kwargs)
+    try:
+        shared.models.list()
+    except AuthenticationError:
+        raise BackendUnavailable(f"The workshop server at {url} does not accept your WORKBOOK_API_KEY. Check it with your "
+                                 "facilitator (keys are case-sensitive).") from None
+    return shared
+
+
 def client(backend: str | None = None, **kwargs):
     """An ``openai.OpenAI`` client for the chosen backend (local by default)."""
     from openai import OpenAI
@@ -96,5 +125,8 @@ def client(backend: str | None = None, **kwargs):
             raise BackendUnavailable("The OpenAI backend needs OPENAI_API_KEY in the environment (set it before starting "
                                      "Jupyter; never paste a key into a notebook). Or use the local backend.")
         return OpenAI(**kwargs)
+    url = shared_server_url()
+    if url:
+        return _shared_client(url, **kwargs)
     server = local_server()
     return OpenAI(base_url=server.api_url, api_key=os.environ.get("WORKBOOK_LOCAL_KEY", LOCAL_KEY), **kwargs)

@@ -1,4 +1,4 @@
-"""The ``workbook`` command line: ``workbook validate FILE [--model M] [--json]``."""
+"""The ``workbook`` command line: validate, serve, keys, queue, report, doctor (``workbook --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,23 @@ def _doctor(args: argparse.Namespace) -> int:
     return check_offline()
 
 
+def read_api_keys(path: str) -> dict[str, str]:
+    """``KEY [LABEL]`` per line (``#`` comments and blank lines ignored) -> {key: label}."""
+    from pathlib import Path
+
+    keys: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split(None, 1)
+        if not parts or parts[0].startswith("#"):
+            continue
+        if parts[0] in keys:
+            raise ValueError(f"{path}, line {number}: the key is listed twice (each participant needs their own key).")
+        keys[parts[0]] = parts[1].strip() if len(parts) > 1 else f"key {len(keys) + 1}"
+    if not keys:
+        raise ValueError(f"{path} lists no keys (one key per line, optionally followed by a name).")
+    return keys
+
+
 def _serve(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
@@ -36,22 +53,61 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from helpers.backend import default_data_dir
-    from helpers.server.app import create_app
+    from helpers.server.app import MIB, Limits, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     api_keys = None
     if args.api_keys:
         try:
-            lines = Path(args.api_keys).read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            print(f"workbook serve: cannot read --api-keys file: {exc}", file=sys.stderr)
+            api_keys = read_api_keys(args.api_keys)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            print(f"workbook serve: cannot use --api-keys: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        api_keys = {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
-        if not api_keys:
-            print(f"workbook serve: {args.api_keys} lists no keys (one key per line).", file=sys.stderr)
+    for name in ("max_upload_mb", "max_storage_mb", "max_jobs_per_key"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"workbook serve: --{name.replace('_', '-')} must be at least 1, got {value}.", file=sys.stderr)
             return EXIT_USAGE
-    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys)
+    limits = Limits(max_upload_bytes=int(args.max_upload_mb * MIB),
+                    max_storage_bytes=int(args.max_storage_mb * MIB) if args.max_storage_mb else None,
+                    max_active_jobs=args.max_jobs_per_key)
+    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import secrets
+
+    if not 1 <= args.count <= 1000:
+        print("workbook keys: give a count from 1 to 1000.", file=sys.stderr)
+        return EXIT_USAGE
+    print("# workshop keys: one per participant; give this file to `workbook serve --api-keys`")
+    for i in range(1, args.count + 1):
+        print(f"wb-{secrets.token_urlsafe(18)} {args.prefix}-{i:02d}")
+    return EXIT_OK
+
+
+def _queue(args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+
+    url = f"http://127.0.0.1:{args.port}/queue"
+    try:
+        body = httpx.get(url, timeout=5).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        print(f"workbook queue: no workbook server answers at {url} ({exc}). Run this on the server's machine.", file=sys.stderr)
+        return EXIT_INVALID
+    if "error" in body:
+        print(f"workbook queue: {body['error']['message']}", file=sys.stderr)
+        return EXIT_INVALID
+    rows = ([body["running"]] if body["running"] else []) + body["waiting"]
+    print(f"{len(rows)} job(s): {1 if body['running'] else 0} running, {len(body['waiting'])} waiting")
+    for row in rows:
+        eta = f"  ~{max(0, row['estimated_finish'] - int(time.time()))} s left" if row.get("estimated_finish") else ""
+        where = "running" if row["position"] == 0 else f"#{row['position']}"
+        print(f"{where:>8}  {row['key']:<16} {row['id']}  {row['status']:<17} {row['model']}{eta}")
     return EXIT_OK
 
 
@@ -91,8 +147,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8321)
     serve.add_argument("--data-dir", default=None, help="where files, jobs and models are kept (default: .workbook/server)")
-    serve.add_argument("--api-keys", default=None, help="a file with one accepted API key per line (default: any key)")
+    serve.add_argument("--api-keys", default=None, help="a file with one accepted key per line, optionally followed by a "
+                       "name shown in `workbook queue` (default: any key)")
+    serve.add_argument("--max-upload-mb", type=float, default=512, help="largest file one upload may be (default: 512)")
+    serve.add_argument("--max-storage-mb", type=float, default=None, help="all files of one key together (default: no limit)")
+    serve.add_argument("--max-jobs-per-key", type=int, default=None,
+                       help="unfinished jobs one key may have; more get 429 with Retry-After (default: no limit)")
     serve.set_defaults(handler=_serve)
+    keys = commands.add_parser("keys", help="print COUNT new workshop keys, one per line with a name (for serve --api-keys)")
+    keys.add_argument("count", type=int)
+    keys.add_argument("--prefix", default="participant", help="name stem: participant-01, participant-02, ...")
+    keys.set_defaults(handler=_keys)
+    queue = commands.add_parser("queue", help="show the local server's fine-tuning queue (run on the server's machine)")
+    queue.add_argument("--port", type=int, default=8321)
+    queue.set_defaults(handler=_queue)
     report = commands.add_parser("report", help="execute a notebook with parameters into an HTML report in reports/")
     report.add_argument("notebook", nargs="?", help="for example 02_data_prep")
     report.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

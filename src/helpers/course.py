@@ -74,7 +74,11 @@ def setup(notebook: str, backend: str | None = None) -> Course:
     pd.set_option("display.max_colwidth", 120)
     course = Course(notebook, chosen_backend(backend))
     course.record(notebook=notebook, backend=course.backend)
-    where = "local server (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
+    from helpers.backend import shared_server_url
+
+    shared = shared_server_url()
+    server = f"workshop server {shared}" if shared else "local server"
+    where = f"{server} (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
     print(f"{notebook}: backend = {where}; data = {DATA_DIR}")
     return course
 
@@ -101,8 +105,11 @@ def environment_report(course: Course):
         ("backend", course.backend),
     ]
     if course.backend == "local":
-        from helpers.backend import local_server
+        from helpers.backend import local_server, shared_server_url
 
-        server = local_server()
-        rows.append(("local server", f"{server.api_url} (data in {server.data_dir}, log {server.log_file.name})"))
+        if shared_server_url():
+            rows.append(("workshop server", f"{course.client.base_url} (your key is read from WORKBOOK_API_KEY)"))
+        else:
+            server = local_server()
+            rows.append(("local server", f"{server.api_url} (data in {server.data_dir}, log {server.log_file.name})"))
     return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")

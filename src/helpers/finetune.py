@@ -40,7 +40,8 @@ def upload(client, path: Path) -> Any:
 
 
 def start_job(client, **create: Any) -> Any:
-    """``client.fine_tuning.jobs.create(**create)``, with OpenAI's 403 explained instead of a traceback."""
+    """``client.fine_tuning.jobs.create(**create)``, with OpenAI's 403 and a busy server's 429 explained instead of a
+    traceback."""
     try:
         return client.fine_tuning.jobs.create(**create)
     except openai.PermissionDeniedError as exc:
@@ -49,6 +50,10 @@ def start_job(client, **create: Any) -> Any:
             f"OpenAI refused to start the job ({code or exc.status_code}): {exc.message}. OpenAI is winding down "
             "self-serve fine-tuning (no new jobs for organisations created since 2026-05-07, none for anyone from "
             "2027-01-06). Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
+    except openai.RateLimitError as exc:
+        wait = exc.response.headers.get("retry-after")
+        raise TrainingNotAvailable(f"The server is busy for your key: {exc.message}"
+                                   + (f" Try again in about {wait} s." if wait else "")) from None
 
 
 def follow(client, job_id: str, *, poll_s: float = 1.0, show_events: bool = True) -> Any:
@@ -107,6 +112,14 @@ def plot_results(frame: pd.DataFrame):
     loss.legend()
     accuracy.legend()
     return figure
+
+
+def latest_job(client, metadata: dict[str, str]) -> Any:
+    """The newest job whose metadata includes ``metadata``: how a restarted kernel finds the job it was following."""
+    jobs = client.fine_tuning.jobs.list(limit=1, metadata=metadata).data
+    if not jobs:
+        raise LookupError(f"No fine-tuning job with metadata {metadata} on this backend: start one first.")
+    return jobs[0]
 
 
 def latest_model(client, metadata: dict[str, str]) -> str | None:

@@ -418,8 +418,9 @@ print(job.id, job.status)
 """),
     md("""
 ### 3.3 Follow it
-The bar counts training steps; the job's own messages are printed as they arrive. If the kernel restarts, run
-`job = finetune.follow(course.client, "<job id>")` again: the job carries on without you.
+The bar counts training steps; the job's own messages are printed as they arrive. The job runs on the server,
+not in this kernel: if the kernel restarts, run the set-up cell and then
+`job = finetune.follow(course.client, finetune.latest_job(course.client, finetune.COURSE_METADATA).id)`.
 """),
     code("""
 job = finetune.follow(course.client, job.id)

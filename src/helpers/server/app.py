@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,21 @@ from helpers.server.store import Store, new_id, now, owner_of
 
 log = logging.getLogger("workbook.server")
 
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+MIB = 1024 * 1024
+MAX_UPLOAD_BYTES = 512 * MIB
 FILE_PURPOSES = {"fine-tune"}
 SUFFIX_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SERVER_STARTED = now()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key limits for a shared (workshop) server. ``None``: no limit."""
+
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # one file
+    max_storage_bytes: int | None = None  # all of a key's uploaded files together
+    max_active_jobs: int | None = None  # a key's jobs that have not finished (validating, queued or running)
+    retry_after_s: int = 60  # what a 429 suggests when no job has an estimated finish yet
 
 
 class ApiError(Exception):
@@ -45,6 +57,10 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def too_large(message: str) -> ApiError:
+    return ApiError(413, message, param="file", code="file_too_large")
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -106,8 +122,34 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
     return metadata
 
 
-def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker: bool = True) -> FastAPI:
-    """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys."""
+def first_line_problem(data: bytes) -> str | None:
+    """Why ``data`` is plainly not JSON Lines (its first non-blank line is not UTF-8 or not a JSON object), or None.
+    Only a sniff, so a wrong file (a PDF, a CSV, a spreadsheet) is refused at once; the job's validator checks
+    every line."""
+    for number, raw in enumerate(data.split(b"\n", 200)[:200], 1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)"
+        try:
+            value = json.loads(text)
+        except ValueError:
+            if len(text) > 1_000_000 or number == 200:
+                return None  # a line too long to sniff: the validator will judge it
+            return f"line {number} is not JSON ({text[:40].strip()!r}...)"
+        return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = None, limits: Limits | None = None,
+               start_worker: bool = True) -> FastAPI:
+    """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys (a dict maps
+    each key to a label the facilitator sees in ``/queue``). ``limits``: per-key limits (default: one file up
+    to 512 MiB, nothing else limited)."""
+    limits = limits or Limits()
+    labels = {owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {}
     store = Store(data_dir)
     engine = Engine()
     runner = JobRunner(store)
@@ -170,8 +212,8 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         raw = await request.body()
         try:
             body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            raise bad_request(f"The request body is not valid JSON: {exc}.") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting too deep to parse
+            raise bad_request(f"The request body is not valid JSON: {str(exc)[:200] or type(exc).__name__}.") from None
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
         return body
@@ -181,13 +223,35 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(store.data_dir), "pid": os.getpid(),
                 "inference": dict(engine.stats)}
 
+    @app.get("/queue")
+    def queue(request: Request) -> dict[str, Any]:
+        """The fine-tuning queue, for the facilitator (``workbook queue``): answered on loopback only."""
+        if request.client is None or request.client.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ApiError(403, "The queue is shown only on the server's own machine (run `workbook queue` there).",
+                           kind="permission_error", code="loopback_only")
+
+        def row(job_id: str, position: int | None) -> dict[str, Any]:
+            job, owner = store.get("job", job_id, None), store.owner("job", job_id)
+            return {"position": position, "id": job_id, "key": labels.get(owner, owner[:8]), "status": job["status"],
+                    "model": job["model"], "created_at": job["created_at"], "estimated_finish": job.get("estimated_finish")}
+
+        current = runner.current
+        return {"running": row(current, 0) if current else None,
+                "waiting": [row(j, i) for i, j in enumerate(runner.waiting(), 1)], "limits": vars(limits)}
+
     # -- files ----------------------------------------------------------------------------------
     @app.post("/v1/files")
     async def create_file(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise bad_request("Upload files as multipart/form-data with fields 'file' and 'purpose'.")
-        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        limit = limits.max_upload_bytes
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit():
+            raise ApiError(411, "Send uploads with a Content-Length header (the openai client does).", code="length_required")
+        if int(declared) > limit + 64 * 1024:  # refused before the body is read: nothing of it is stored
+            raise too_large(f"The upload is {int(declared):,} bytes; this server accepts files up to {limit:,} bytes.")
+        form = await request.form()
         purpose, upload = form.get("purpose"), form.get("file")
         if purpose is None:
             raise bad_request("Missing 'purpose'. Use purpose='fine-tune'.", "purpose")
@@ -196,11 +260,22 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
         if upload is None or isinstance(upload, str):
             raise bad_request("Missing 'file': send the file's content as a multipart file field.", "file")
         data = await upload.read()
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise ApiError(413, f"The file is {len(data):,} bytes; the limit is {MAX_UPLOAD_BYTES:,}.", param="file", code="file_too_large")
+        if len(data) > limit:
+            raise too_large(f"The file is {len(data):,} bytes; this server accepts files up to {limit:,} bytes.")
         if not data.strip():
             raise bad_request("The file is empty.", "file")
         filename = Path((upload.filename or "upload.jsonl").replace("\\", "/")).name or "upload.jsonl"
+        problem = first_line_problem(data)
+        if problem:
+            raise bad_request(f"'{filename}' is not a JSON Lines file: {problem}. Fine-tuning files are UTF-8 text with one "
+                              "JSON object per line; check a file with `workbook validate FILE` before uploading.", "file",
+                              code="invalid_file_format")
+        if limits.max_storage_bytes is not None:
+            used = sum(f["bytes"] for _, f in store.all("file", owner=request.state.owner))
+            if used + len(data) > limits.max_storage_bytes:
+                raise ApiError(413, f"Your files on this server would take {used + len(data):,} bytes; each key may keep up to "
+                                    f"{limits.max_storage_bytes:,}. Delete files you no longer need (client.files.delete).",
+                               param="file", code="storage_limit_reached")
         file_id = new_id("file")
         store.write_file(request.state.owner, file_id, data)
         body = {"object": "file", "id": file_id, "purpose": purpose, "filename": filename, "bytes": len(data),
@@ -279,6 +354,20 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
             raise bad_request(f"invalid {param}: file '{file_id}' has purpose '{body['purpose']}', not 'fine-tune'.", param)
         return file_id
 
+    def check_job_limit(owner: str) -> None:
+        """429 with Retry-After when the key already has ``max_active_jobs`` unfinished jobs."""
+        if limits.max_active_jobs is None:
+            return
+        active = [j for _, j in store.all("job", owner=owner) if j["status"] not in TERMINAL]
+        if len(active) < limits.max_active_jobs:
+            return
+        finishes = [j["estimated_finish"] for j in active if j.get("estimated_finish")]
+        wait = max(1, min(finishes) - now()) if finishes else limits.retry_after_s
+        raise ApiError(429, f"You already have {len(active)} unfinished fine-tuning job(s); this server runs at most "
+                            f"{limits.max_active_jobs} per key at a time so that everyone's jobs get their turn. Wait for one "
+                            f"to finish (about {wait} s) or cancel one with client.fine_tuning.jobs.cancel(JOB_ID).",
+                       code="too_many_active_jobs", kind="rate_limit_error", headers={"Retry-After": str(wait)})
+
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(request: Request) -> dict[str, Any]:
         body = await json_body(request)
@@ -313,6 +402,7 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
             raise bad_request(f"Unknown field(s) {sorted(unknown)}.", sorted(unknown)[0])
         if body.get("integrations"):
             raise bad_request("Integrations (Weights & Biases) are not available on the local backend.", "integrations")
+        check_job_limit(request.state.owner)
         job = {
             "object": "fine_tuning.job", "id": new_id("ftjob"), "model": model, "created_at": now(),
             "finished_at": None, "fine_tuned_model": None, "organization_id": ORGANIZATION, "result_files": [],
@@ -425,6 +515,20 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
             content = m.get("content")
             if content is not None and not isinstance(content, (str, list)):
                 raise bad_request(f"messages[{i}].content must be a string or a list of content parts.", f"messages[{i}].content")
+            if isinstance(content, list) and not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                                     for p in content):
+                raise bad_request(f"messages[{i}].content: the local backend takes only text parts "
+                                  "({'type': 'text', 'text': '...'}).", f"messages[{i}].content")
+            calls = m.get("tool_calls")
+            if calls is not None and not (isinstance(calls, list) and all(
+                    isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                    and isinstance(c["function"].get("arguments"), str) for c in calls)):
+                raise bad_request(f"messages[{i}].tool_calls must be a list of {{'function': {{'name', 'arguments'}}}} objects.",
+                                  f"messages[{i}].tool_calls")
+            call = m.get("function_call")
+            if call is not None and not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), str)):
+                raise bad_request(f"messages[{i}].function_call must be an object with 'name' and 'arguments' strings.",
+                                  f"messages[{i}].function_call")
         messages = [{**m, "role": "system" if m["role"] == "developer" else m["role"]} for m in messages]
         limit = base.max_completion_tokens
         requested = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -483,6 +587,11 @@ def create_app(data_dir: Path, *, api_keys: set[str] | None = None, start_worker
             raise bad_request("'model' is required.", "model")
         card, target = find_model(request, model)
         messages, sampling, stream = parse_chat(body, target.base)
+        prompt_tokens = engine.prompt_tokens(target.base, messages)
+        if prompt_tokens + sampling.max_tokens > target.base.context_length:
+            raise bad_request(f"This model's maximum context length is {target.base.context_length:,} tokens. However, your "
+                              f"messages resulted in {prompt_tokens:,} tokens and {sampling.max_tokens:,} were asked for the "
+                              "completion. Shorten the messages or lower max_tokens.", "messages", code="context_length_exceeded")
         store_it = body.get("store", False)
         metadata = check_metadata(body.get("metadata"))
         ident, created = new_id("chatcmpl"), now()

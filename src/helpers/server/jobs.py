@@ -1,7 +1,9 @@
 """Fine-tuning jobs: the lifecycle OpenAI's API shows, run one at a time by a worker thread.
 
 ``validating_files`` (the validator checks the uploaded files) -> ``queued`` -> ``running`` ->
-``succeeded`` | ``failed`` | ``cancelled``. Events use OpenAI's wording; one checkpoint per epoch, the last
+``succeeded`` | ``failed`` | ``cancelled``. The queue is fair across API keys: the next job is the oldest
+waiting job of the key served least recently, so one workshop participant's five jobs do not hold up
+everyone else's first. Events use OpenAI's wording; one checkpoint per epoch, the last
 three kept, each usable as a model; a results file (purpose ``fine-tune-results``) holds the step metrics
 as base64 CSV, as OpenAI returns it. A job that was running when the server stopped is resumed from its
 last checkpoint (or from the start) when the server starts again.
@@ -37,11 +39,13 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 class JobRunner:
-    """Runs queued jobs in a background thread, oldest first."""
+    """Runs queued jobs in a background thread: keys take turns, each key's jobs oldest first."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: deque[str] = deque()
+        self._queues: dict[str, deque[str]] = {}  # owner -> its waiting job ids, oldest first (owners in arrival order)
+        self._served: dict[str, int] = {}  # owner -> the turn in which one of its jobs last started
+        self._turn = 0
         self._wake = threading.Condition()
         self._cancel: set[str] = set()
         self._current: str | None = None
@@ -54,16 +58,42 @@ class JobRunner:
 
     def submit(self, job_id: str) -> None:
         with self._wake:
-            self._queue.append(job_id)
+            self._enqueue(job_id)
             self._wake.notify()
+
+    def waiting(self) -> list[str]:
+        """Waiting job ids in the order they will run, if nothing else arrives."""
+        with self._wake:
+            queues = {owner: deque(jobs) for owner, jobs in self._queues.items()}
+            served, turn = dict(self._served), self._turn
+        order = []
+        while queues:
+            turn += 1
+            order.append(_take_next(queues, served, turn))
+        return order
+
+    @property
+    def current(self) -> str | None:
+        return self._current
+
+    def _enqueue(self, job_id: str) -> None:
+        self._queues.setdefault(self.store.owner("job", job_id), deque()).append(job_id)
+
+    def _dequeue(self, job_id: str) -> bool:
+        for owner, jobs in self._queues.items():
+            if job_id in jobs:
+                jobs.remove(job_id)
+                if not jobs:
+                    del self._queues[owner]
+                return True
+        return False
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         job = self.store.get("job", job_id, None)
         if job["status"] in TERMINAL:
             return job
         with self._wake:
-            if job_id in self._queue and job_id != self._current:
-                self._queue.remove(job_id)
+            if job_id != self._current and self._dequeue(job_id):
                 return self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
             self._cancel.add(job_id)
         # the worker stops between steps; report the request now, as OpenAI does
@@ -83,14 +113,15 @@ class JobRunner:
                 if job["status"] == "running":
                     self.event(job["id"], "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
                 self.store.update("job", job["id"], status="queued" if job["status"] == "running" else job["status"], estimated_finish=None)
-                self._queue.append(job["id"])
+                self._enqueue(job["id"])
 
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._queue:
+                while not self._queues:
                     self._wake.wait()
-                job_id = self._queue.popleft()
+                self._turn += 1
+                job_id = _take_next(self._queues, self._served, self._turn)
                 self._current = job_id
             try:
                 self._run(job_id)
@@ -270,6 +301,17 @@ class JobRunner:
         self.store.put("file", {"object": "file", "id": file_id, "purpose": "fine-tune-results", "filename": "step_metrics.csv",
                                 "bytes": len(data), "created_at": now(), "status": "processed"}, owner)
         return file_id
+
+
+def _take_next(queues: dict[str, deque[str]], served: dict[str, int], turn: int) -> str:
+    """Pop the next job: the oldest of the key whose last turn is longest ago (a key never served first; ties go
+    to the key that has waited longest). Updates ``queues`` and ``served``."""
+    owner = min(queues, key=lambda o: served.get(o, 0))  # min keeps the first of equals: dicts keep arrival order
+    job_id = queues[owner].popleft()
+    if not queues[owner]:
+        del queues[owner]
+    served[owner] = turn
+    return job_id
 
 
 def _catalogue_model(model: str) -> str:

@@ -1,0 +1,323 @@
+"""Faults a workshop meets: the server killed mid-job, a kernel restarted mid-wait, 20 clients at once while a
+job trains, hostile input, a schema-driven fuzz run. Real server processes, the official client, a real kernel."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import DATA, REPO
+from server_harness import CONTRACT, ServerProcess, wait_for_job
+
+TRAIN = DATA / "billing" / "train.jsonl"
+VALID = DATA / "billing" / "validation.jsonl"
+#: How long the load test runs; the issue asks for 60 s (override with WORKBOOK_LOAD_SECONDS).
+LOAD_SECONDS = float(os.environ.get("WORKBOOK_LOAD_SECONDS", "60"))
+LOAD_CLIENTS = 20
+
+
+def lines(path: Path, n: int) -> bytes:
+    return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): sha256(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- kill -9 -----------------------------------------------------------------------------------------
+
+def test_kill_9_mid_training_loses_and_duplicates_nothing(tmp_path):
+    data = tmp_path / "data"
+    first = ServerProcess(data).start()
+    client = first.client()
+    uploads = {"train.jsonl": lines(TRAIN, 10), "valid.jsonl": lines(VALID, 4)}
+    files = {name: client.files.create(file=(name, body), purpose="fine-tune") for name, body in uploads.items()}
+    job = client.fine_tuning.jobs.create(training_file=files["train.jsonl"].id, validation_file=files["valid.jsonl"].id,
+                                         model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 5})
+    deadline = time.monotonic() + 300
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline and client.fine_tuning.jobs.retrieve(job.id).status != "failed"
+        time.sleep(0.2)
+    checkpoint_step = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
+    before_events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    stored_files = folder_hashes(data / "files")
+    first.stop(signal.SIGKILL)
+
+    second = ServerProcess(data).start()
+    try:
+        client = second.client()
+        started = time.perf_counter()
+        listed = client.files.list()
+        answered_s = time.perf_counter() - started
+        assert answered_s < 5, f"the API took {answered_s:.1f} s to answer after a restart"
+        assert {f.id for f in listed.data} >= {f.id for f in files.values()}
+        for name, body in uploads.items():  # same bytes, same hash, through the API and on disk
+            assert sha256(client.files.content(files[name].id).read()) == sha256(body)
+            assert client.files.retrieve(files[name].id).bytes == len(body)
+        finished = wait_for_job(client, job.id)
+        assert finished.status == "succeeded", finished.error
+        assert {k: v for k, v in folder_hashes(data / "files").items() if k in stored_files} == stored_files
+        events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+        assert len({e.id for e in events}) == len(events)
+        # everything said before the kill is still there, except step metrics after the checkpoint, which were redone
+        kept = {e.id for e in before_events if e.type != "metrics" or e.data["step"] <= checkpoint_step}
+        assert kept <= {e.id for e in events}
+        steps = sorted(e.data["step"] for e in events if e.type == "metrics")
+        assert steps == list(range(1, 7)), steps  # each step reported exactly once
+        messages = [e.message for e in events]
+        assert sum(m.startswith("New fine-tuned model created") for m in messages) == 1
+        assert any("server restarted" in m for m in messages) and any(m.startswith("Resuming from checkpoint") for m in messages)
+        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [6, 4, 2]
+        assert not list(data.rglob("*.tmp")), "a half-written file was left behind"
+    finally:
+        second.stop()
+
+
+# --- a kernel restarted mid-wait --------------------------------------------------------------------
+
+def run_cell(kernel, code: str, timeout: float = 300) -> str:
+    """Run code in the kernel and return what it printed; fail on an error."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = kernel.execute_interactive(code, timeout=timeout, output_hook=hook)
+    assert reply["content"]["status"] == "ok", "".join(out)
+    return "".join(out)
+
+
+def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
+    from jupyter_client import KernelManager
+
+    port = str(pytest.importorskip("server_harness").free_port())
+    env = {**os.environ, "WORKBOOK_PORT": port, "WORKBOOK_SERVER_DIR": str(tmp_path / "server"),
+           "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    setup = "from helpers import course as c, finetune\ncourse = c.setup('03_training')\n"
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel(env=env, cwd=str(REPO / "notebooks"))
+    try:
+        kernel = manager.client()
+        kernel.start_channels()
+        kernel.wait_for_ready(timeout=120)
+        printed = run_cell(kernel, setup + f"""
+import httpx, json
+train = finetune.upload(course.client, c.DATA_DIR / "billing" / "train.jsonl")
+job = finetune.start_job(course.client, training_file=train.id, model="gpt-4.1-mini", metadata={{"course": "restart-test"}},
+                         hyperparameters={{"n_epochs": 1, "batch_size": 8}})
+print(json.dumps({{"job": job.id, "pid": httpx.get("http://127.0.0.1:{port}/health").json()["pid"]}}))
+""")
+        before = json.loads(printed.strip().splitlines()[-1])
+        kernel.execute("job = finetune.follow(course.client, job.id)")  # the wait the restart interrupts
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local-workbook", max_retries=0)
+        deadline = time.monotonic() + 300
+        while not [e for e in client.fine_tuning.jobs.list_events(before["job"]).data if e.type == "metrics"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        manager.restart_kernel(now=True)
+        kernel.wait_for_ready(timeout=120)
+        printed = run_cell(kernel, setup + f"""
+import httpx, json
+job = finetune.latest_job(course.client, {{"course": "restart-test"}})
+running = job.status
+job = finetune.follow(course.client, job.id, show_events=False)
+print(json.dumps({{"job": job.id, "was": running, "status": job.status,
+                  "pid": httpx.get("http://127.0.0.1:{port}/health").json()["pid"]}}))
+""", timeout=600)
+        after = json.loads(printed.strip().splitlines()[-1])
+        assert after["job"] == before["job"] and after["pid"] == before["pid"]  # same job, same server
+        assert after["was"] == "running" and after["status"] == "succeeded"
+    finally:
+        manager.shutdown_kernel(now=True)
+        try:
+            os.kill(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["pid"], signal.SIGTERM)
+        except (httpx.HTTPError, OSError):
+            pass
+
+
+# --- load --------------------------------------------------------------------------------------------
+
+def test_20_clients_for_60_seconds_while_a_job_trains(tmp_path):
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        owner = server.client("key-trainer")
+        train = owner.files.create(file=("train.jsonl", lines(TRAIN, 40)), purpose="fine-tune")
+        job = owner.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini",
+                                            hyperparameters={"n_epochs": 3, "batch_size": 4})
+        deadline = time.monotonic() + 300
+        while owner.fine_tuning.jobs.retrieve(job.id).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        latencies: dict[str, list[float]] = {"list": [], "retrieve": [], "upload": [], "chat": []}
+        failures: list[str] = []
+        lock = threading.Lock()
+        stop_at = time.monotonic() + LOAD_SECONDS
+        small = lines(TRAIN, 3)
+
+        def participant(i: int) -> None:
+            client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=f"key-load-{i}", max_retries=0, timeout=120)
+            mine = client.files.create(file=(f"p{i}.jsonl", small), purpose="fine-tune").id
+            step = 0
+            while time.monotonic() < stop_at:
+                kind = ("list", "retrieve", "upload", "chat")[(i + step) % 4]
+                step += 1
+                started = time.perf_counter()
+                try:
+                    if kind == "list":
+                        client.files.list()
+                    elif kind == "retrieve":
+                        assert client.files.retrieve(mine).bytes == len(small)
+                    elif kind == "upload":
+                        client.files.delete(client.files.create(file=(f"u{i}.jsonl", small), purpose="fine-tune").id)
+                    else:
+                        reply = client.chat.completions.create(model="gpt-4.1-nano", max_tokens=4,
+                                                               messages=[{"role": "user", "content": f"Say {i}."}])
+                        assert reply.usage.completion_tokens >= 1
+                except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+                    with lock:
+                        failures.append(f"{kind}: {type(exc).__name__}: {exc}")
+                    continue
+                with lock:
+                    latencies[kind].append(time.perf_counter() - started)
+
+        threads = [threading.Thread(target=participant, args=(i,)) for i in range(LOAD_CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=LOAD_SECONDS + 300)
+        still_training = owner.fine_tuning.jobs.retrieve(job.id).status
+        finished = wait_for_job(owner, job.id)
+        every = sorted(x for values in latencies.values() for x in values)
+        summary = {kind: {"requests": len(v), "p50_s": round(statistics.median(v), 3),
+                          "p95_s": round(statistics.quantiles(v, n=20)[-1], 3)} for kind, v in latencies.items() if len(v) >= 2}
+        summary["all"] = {"requests": len(every), "p95_s": round(statistics.quantiles(every, n=20)[-1], 3),
+                          "failed": len(failures), "seconds": LOAD_SECONDS, "clients": LOAD_CLIENTS}
+        print("\nload test:", json.dumps(summary, indent=1))
+        (tmp_path.parent / "load-test.json").write_text(json.dumps(summary, indent=1))
+        assert not failures, failures[:5]
+        assert all(len(latencies[k]) >= LOAD_CLIENTS // 4 for k in latencies), summary
+        assert finished.status == "succeeded", finished.error
+        assert still_training in ("running", "succeeded")
+    finally:
+        server.stop()
+
+
+# --- hostile input -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = ServerProcess(tmp_path_factory.mktemp("hostile") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("name, body, needle", [
+    ("latin1.jsonl", "{\"messages\": \"caf\u00e9\"}\n".encode("latin-1"), "not UTF-8"),
+    ("table.csv", b"question,answer\nwhat,that\n", "not JSON"),
+    ("image.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8"),
+    ("list.jsonl", b"[1, 2, 3]\n", "not an object"),
+])
+def test_files_that_are_not_json_lines_are_400_at_upload(server, name, body, needle):
+    client = server.client("key-hostile")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.create(file=(name, body), purpose="fine-tune")
+    assert needle in caught.value.message and name in caught.value.message and "workbook validate" in caught.value.message
+    assert caught.value.body["code"] == "invalid_file_format"
+
+
+@pytest.mark.parametrize("filename", ["../../etc/passwd", "..\\..\\windows\\system.ini", "/tmp/evil.jsonl", "a/../../b.jsonl"])
+def test_path_like_filenames_write_nothing_outside_the_data_dir(server, filename, tmp_path):
+    before = set(Path("/tmp").glob("evil*")) | set(server.data_dir.parent.parent.glob("b.jsonl"))
+    client = server.client("key-hostile")
+    file = client.files.create(file=(filename, lines(TRAIN, 2)), purpose="fine-tune")
+    assert "/" not in file.filename and "\\" not in file.filename and ".." != file.filename
+    stored = [p for p in server.data_dir.rglob("*") if p.is_file() and p.read_bytes() == lines(TRAIN, 2)]
+    assert len(stored) >= 1 and all(server.data_dir in p.parents for p in stored)
+    assert set(Path("/tmp").glob("evil*")) | set(server.data_dir.parent.parent.glob("b.jsonl")) == before
+    assert client.files.content(file.id).read() == lines(TRAIN, 2)
+
+
+def test_a_1_gb_upload_is_refused_before_it_is_read(server, tmp_path):
+    """The openai client sends a 1 GiB file; the server answers 413 from the Content-Length alone and keeps nothing."""
+    big = tmp_path / "huge.jsonl"
+    with open(big, "wb") as handle:
+        handle.truncate(1024 ** 3)  # sparse: 1 GiB of zero bytes without using the disk
+    client = server.client("key-huge")
+    before = folder_hashes(server.data_dir / "files") if (server.data_dir / "files").exists() else {}
+    started = time.perf_counter()
+    with pytest.raises(openai.APIStatusError) as caught, open(big, "rb") as handle:
+        client.files.create(file=handle, purpose="fine-tune")
+    assert caught.value.status_code == 413 and "536,870,912" in caught.value.message
+    assert time.perf_counter() - started < 120
+    assert (folder_hashes(server.data_dir / "files") if (server.data_dir / "files").exists() else {}) == before
+    assert client.files.list().data == []
+
+
+@pytest.mark.parametrize("path, body, needle", [
+    ("/chat/completions", b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    ("/chat/completions", b"\xff\xfe{}", "not valid JSON"),
+    ("/chat/completions", b"[1, 2]", "must be a JSON object"),
+    ("/chat/completions", json.dumps({"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).encode(), "text"),
+    ("/chat/completions", json.dumps({"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**30}).encode(), "max_tokens"),
+    ("/chat/completions", json.dumps({"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "x"}], "n": 1e308}).encode(), "'n'"),
+    ("/chat/completions", json.dumps({"model": "ft:gpt-4.1-mini:local:x:12345678", "messages": [{"role": "user", "content": "x"}]}).encode(), "does not exist"),
+    ("/chat/completions", json.dumps({"model": "../../etc/passwd", "messages": [{"role": "user", "content": "x"}]}).encode(), "does not exist"),
+    ("/fine_tuning/jobs", json.dumps({"model": "gpt-4.1-mini", "training_file": {"$ne": None}}).encode(), "training_file"),
+    ("/fine_tuning/jobs", json.dumps({"model": ["gpt-4.1-mini"], "training_file": "file-x"}).encode(), "'model'"),
+    ("/fine_tuning/jobs", json.dumps({"model": "gpt-4.1-mini", "training_file": "file-x", "seed": -1}).encode(), "seed"),
+])
+def test_malformed_bodies_are_4xx_with_a_message_never_5xx(server, path, body, needle):
+    response = httpx.post(f"{server.url}/v1{path}", content=body, timeout=120,
+                          headers={"Authorization": "Bearer key-hostile", "Content-Type": "application/json"})
+    assert 400 <= response.status_code < 500, response.text
+    assert needle in response.json()["error"]["message"]
+
+
+def test_a_foreign_model_is_404(server):
+    """A model another key trained does not exist for you, even by its exact name."""
+    owner = server.client("key-owner")
+    file = owner.files.create(file=("t.jsonl", lines(TRAIN, 10)), purpose="fine-tune")
+    job = wait_for_job(owner, owner.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano",
+                                                            hyperparameters={"n_epochs": 1, "batch_size": 5}).id)
+    other = server.client("key-other")
+    for call in (lambda: other.models.retrieve(job.fine_tuned_model),
+                 lambda: other.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "x"}]),
+                 lambda: other.models.delete(job.fine_tuned_model)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.BadRequestError, match="no file with id"):
+        other.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano")
+
+
+# --- schema-driven fuzzing -----------------------------------------------------------------------------
+
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    """Requests generated from OpenAI's own OpenAPI description of these endpoints (valid and invalid) never get a 5xx."""
+    report = tmp_path / "junit.xml"
+    command = [str(Path(sys.executable).with_name("schemathesis")), "run", str(CONTRACT), "--url", f"{server.url}/v1",
+               "--header", "Authorization: Bearer key-fuzz", "--checks", "not_a_server_error", "--max-examples", "15",
+               "--phases", "examples,coverage,fuzzing", "--request-timeout", "120", "--seed", "7",
+               "--report", "junit", "--report-junit-path", str(report), "--no-color"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200,
+                            env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout.lower() or "No issues found" in result.stdout
