@@ -52,6 +52,10 @@ test-browser: setup browser
 reports: setup
 	$(VENV)/bin/workbook report --all
 
+## bench: every benchmark (data, training, inference), each printing its ratios
+bench: bench-data
+	$(PY) benchmarks/bench_model.py all
+
 ## bench-data: validate + count tokens of a generated 1,000,000-example file
 bench-data: setup
 	$(PY) benchmarks/bench_data.py

@@ -23,6 +23,8 @@ from server_harness import free_port
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
 SECTIONS = ["## 1. Why", "## 2. What", "## 3. Hands-on", "## 4. Summary"]
+#: Set as OPENAI_API_KEY for every kernel and server these tests start; no file they write may contain it.
+CANARY = "sk-canary-" + os.urandom(12).hex()
 
 
 def test_every_source_has_a_committed_notebook_with_the_same_cells():
@@ -67,7 +69,7 @@ def course_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("course")
     port = free_port()
     env = {"WORKBOOK_METRICS_DIR": str(root / "metrics"), "WORKBOOK_SERVER_DIR": str(root / "server"),
-           "WORKBOOK_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+           "WORKBOOK_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": CANARY}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield root
@@ -210,3 +212,13 @@ def test_report_refuses_unknown_parameters_and_leaked_keys(tmp_path, monkeypatch
     with pytest.raises(ReportError, match="deleted"):
         _refuse_secrets(leaked)
     assert not leaked.exists()
+
+
+def test_no_file_the_course_wrote_contains_the_api_key(nbval_run, course_env):
+    """OPENAI_API_KEY was set for every kernel and the server they started: no executed notebook, metrics file,
+    server log, database or stored file holds it (runs last in this module, after every notebook run)."""
+    written = [p for p in course_env.rglob("*") if p.is_file()]
+    names = {p.name for p in written}
+    assert {"server.log", "01_when_to_fine_tune.out.ipynb", "05_distillation.json"} <= names, sorted(names)[:20]
+    for path in [*written, *NOTEBOOKS]:
+        assert CANARY.encode() not in path.read_bytes(), f"the API key is in {path}"

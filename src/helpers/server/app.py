@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helpers.server import localmodels
@@ -150,6 +151,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     to 512 MiB, nothing else limited)."""
     limits = limits or Limits()
     labels = {owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {}
+    localmodels.import_libraries()  # before any worker thread exists
     store = Store(data_dir)
     engine = Engine()
     runner = JobRunner(store)
@@ -277,7 +279,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                                     f"{limits.max_storage_bytes:,}. Delete files you no longer need (client.files.delete).",
                                param="file", code="storage_limit_reached")
         file_id = new_id("file")
-        store.write_file(request.state.owner, file_id, data)
+        await run_in_threadpool(store.write_file, request.state.owner, file_id, data)  # fsync: off the event loop
         body = {"object": "file", "id": file_id, "purpose": purpose, "filename": filename, "bytes": len(data),
                 "created_at": now(), "status": "processed"}
         return public(store.put("file", body, request.state.owner))
@@ -587,7 +589,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             raise bad_request("'model' is required.", "model")
         card, target = find_model(request, model)
         messages, sampling, stream = parse_chat(body, target.base)
-        prompt_tokens = engine.prompt_tokens(target.base, messages)
+        prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.prompt_tokens, target.base, messages)
         if prompt_tokens + sampling.max_tokens > target.base.context_length:
             raise bad_request(f"This model's maximum context length is {target.base.context_length:,} tokens. However, your "
                               f"messages resulted in {prompt_tokens:,} tokens and {sampling.max_tokens:,} were asked for the "

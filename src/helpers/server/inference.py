@@ -80,10 +80,11 @@ class _Loaded:
         from peft import PeftModel
 
         name = weights.name
-        if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name)
-        elif name not in self.adapters:
-            self.peft.load_adapter(weights, adapter_name=name)
+        with localmodels.LOADING:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name)
+            elif name not in self.adapters:
+                self.peft.load_adapter(weights, adapter_name=name)
         self.adapters[name] = None
         self.adapters.move_to_end(name)
         while len(self.adapters) > MAX_ADAPTERS:
@@ -102,6 +103,8 @@ class Engine:
         self._loaded: dict[str, _Loaded] = {}
         self._full: OrderedDict[Path, tuple[Any, Any]] = OrderedDict()
         self._lock = threading.Lock()  # one generation at a time: the CPU is the bottleneck
+        self._counting: dict[str, Any] = {}  # base name -> a tokenizer only for counting prompt tokens
+        self._counting_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
@@ -113,7 +116,8 @@ class Engine:
             if target.weights not in self._full:
                 from transformers import AutoModelForCausalLM
 
-                model = AutoModelForCausalLM.from_pretrained(target.weights, dtype=torch.float32).to(localmodels.default_device()).eval()
+                with localmodels.LOADING:
+                    model = AutoModelForCausalLM.from_pretrained(target.weights, dtype=torch.float32).to(localmodels.default_device()).eval()
                 self._full[target.weights] = (model, self._base(target.base).tokenizer)
                 while len(self._full) > 2:
                     self._full.popitem(last=False)
@@ -140,8 +144,13 @@ class Engine:
                     loaded.peft.delete_adapter(weights.name)
 
     def prompt_tokens(self, base: localmodels.LocalBase, messages: list[dict[str, Any]]) -> int:
-        tokenizer = self.tokenizer(base)
-        return len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
+        threads at once), so counting never waits for a generation in progress."""
+        with self._counting_lock:
+            tokenizer = self._counting.get(base.name)
+            if tokenizer is None:
+                tokenizer = self._counting[base.name] = localmodels.load_tokenizer(base)
+            return len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
 
     # -- generation -----------------------------------------------------------------------------
     def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Generation:

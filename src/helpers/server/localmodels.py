@@ -11,12 +11,25 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from helpers.catalogue import base_model_name
 from helpers.paths import DATA_DIR, user_cache_dir
+
+#: Held while any model, adapter or tokenizer is loaded. transformers patches torch's module constructors
+#: process-wide while it loads (weights start on the "meta" device), so a load in the trainer's thread and
+#: one in the inference thread at the same moment corrupt each other ("Cannot copy out of meta tensor").
+LOADING = threading.RLock()
+
+
+def import_libraries() -> None:
+    """Import transformers and peft fully, once, from one thread (their lazy imports are not thread-safe)."""
+    with LOADING:
+        import peft  # noqa: F401
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,9 @@ def weights_dir(base: LocalBase) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = _gguf_path(base)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with LOADING:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -96,7 +110,8 @@ def weights_dir(base: LocalBase) -> Path:
 def load_tokenizer(base: LocalBase):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(weights_dir(base))
+    with LOADING:
+        return AutoTokenizer.from_pretrained(weights_dir(base))
 
 
 def load_model(base: LocalBase, device: str | None = None):
@@ -104,7 +119,8 @@ def load_model(base: LocalBase, device: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=torch.float32)
+    with LOADING:
+        model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=torch.float32)
     return model.to(device or default_device())
 
 

@@ -188,20 +188,24 @@ def dpo_loss(policy, pair: dict[str, list[int]], beta: float, device: str) -> tu
 
 def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None = None):
     """Wrap the base model for training (LoRA adapter, or all weights), optionally from a checkpoint."""
+    from helpers.server.localmodels import LOADING
+
     if settings.adapter == "full":
         if resume_from is not None:
             from transformers import AutoModelForCausalLM
 
-            base_model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32).to(base_model.device)
+            with LOADING:
+                base_model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32).to(base_model.device)
         return base_model
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    torch.manual_seed(settings.seed)  # the adapter's initial weights follow the job's seed, so a job is reproducible
-    if resume_from is not None:
-        return PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
-    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.05,
-                        target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-    return get_peft_model(base_model, config)
+    with LOADING:
+        torch.manual_seed(settings.seed)  # the adapter's initial weights follow the job's seed, so a job is reproducible
+        if resume_from is not None:
+            return PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
+        config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.05,
+                            target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+        return get_peft_model(base_model, config)
 
 
 def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
