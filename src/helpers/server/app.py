@@ -124,24 +124,28 @@ def check_metadata(metadata: Any) -> dict[str, str] | None:
 
 
 def first_line_problem(data: bytes) -> str | None:
-    """Why ``data`` is plainly not JSON Lines (its first non-blank line is not UTF-8 or not a JSON object), or None.
-    Only a sniff, so a wrong file (a PDF, a CSV, a spreadsheet) is refused at once; the job's validator checks
-    every line."""
-    for number, raw in enumerate(data.split(b"\n", 200)[:200], 1):
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)"
-        try:
-            value = json.loads(text)
-        except ValueError:
-            if len(text) > 1_000_000 or number == 200:
-                return None  # a line too long to sniff: the validator will judge it
-            return f"line {number} is not JSON ({text[:40].strip()!r}...)"
-        return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
-    return None
+    """Why ``data`` is plainly not JSON Lines (its first non-blank line is not UTF-8 text or not a JSON object), or
+    None. Only a sniff, so that a wrong file (a CSV, a PDF, a spreadsheet) is refused at once; the job's validator
+    checks every line."""
+    start, number = 0, 1
+    while True:
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw = data[start:end]
+        if raw.strip():
+            break
+        if end >= len(data):
+            return None
+        start, number = end + 1, number + 1
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"line {number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line)"
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return f"line {number} is not JSON ({text[:40].strip()!r}...)"
+    return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
 
 
 def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = None, limits: Limits | None = None,
