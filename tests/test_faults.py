@@ -328,7 +328,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
                "--header", "Authorization: Bearer key-fuzz", "--checks", "not_a_server_error", "--max-examples", "15",
                "--phases", "examples,coverage,fuzzing", "--request-timeout", "120", "--seed", "7",
                "--report", "junit", "--report-junit-path", str(report), "--no-color"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200,
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its cache stays there
                             env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
