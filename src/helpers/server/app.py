@@ -630,7 +630,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
-        result = await asyncio.get_running_loop().run_in_executor(None, engine.generate, target, messages, sampling)
+        result = await asyncio.wrap_future(engine.submit(target, messages, sampling))
         response = completion_body(ident, model, created, result.texts, result.finish_reasons, result.prompt_tokens,
                                    result.completion_tokens, {"metadata": metadata or {}} if store_it else {})
         if store_it:

@@ -153,10 +153,15 @@ class Engine:
             return len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
 
     # -- generation -----------------------------------------------------------------------------
-    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Generation:
+    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Future:
+        """Queue a request for the next batch; the future holds its Generation. Waiting on it ties up no thread
+        (the HTTP server awaits it), so every request that arrives can join a batch, up to MAX_BATCH."""
         request = _Request(target, messages, sampling)
         self._requests.put(request)
-        return request.future.result()
+        return request.future
+
+    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Generation:
+        return self.submit(target, messages, sampling).result()
 
     def _batch_loop(self) -> None:
         while True:
