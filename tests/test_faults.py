@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from conftest import DATA, REPO
-from server_harness import CONTRACT, ServerProcess, wait_for_job
+from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
@@ -108,7 +108,7 @@ def run_cell(kernel, code: str, timeout: float = 300) -> str:
 def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
     from jupyter_client import KernelManager
 
-    port = str(pytest.importorskip("server_harness").free_port())
+    port = str(free_port())
     env = {**os.environ, "WORKBOOK_PORT": port, "WORKBOOK_SERVER_DIR": str(tmp_path / "server"),
            "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     setup = "from helpers import course as c, finetune\ncourse = c.setup('03_training')\n"
