@@ -29,6 +29,11 @@ def write_jsonl(path: Path, rows: Iterable[object], *, newline: str = "\n", trai
     return path
 
 
+def head_lines(path: Path, n: int) -> bytes:
+    """The first ``n`` lines of a file, as bytes (a small training file cut from a course file)."""
+    return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
+
+
 def chat(user: str = "lipid panel", answer: str = "CPT Code: 80061 - Lipid panel", system: str | None = "You code.") -> dict:
     messages = [{"role": "system", "content": system}] if system else []
     return {"messages": [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, head_lines
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
 TRAIN = DATA / "billing" / "train.jsonl"
@@ -25,10 +25,6 @@ VALID = DATA / "billing" / "validation.jsonl"
 #: How long the load test runs; the issue asks for 60 s (override with WORKBOOK_LOAD_SECONDS).
 LOAD_SECONDS = float(os.environ.get("WORKBOOK_LOAD_SECONDS", "60"))
 LOAD_CLIENTS = 20
-
-
-def lines(path: Path, n: int) -> bytes:
-    return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
 
 
 def sha256(data: bytes) -> str:
@@ -45,7 +41,7 @@ def test_kill_9_mid_training_loses_and_duplicates_nothing(tmp_path):
     data = tmp_path / "data"
     first = ServerProcess(data).start()
     client = first.client()
-    uploads = {"train.jsonl": lines(TRAIN, 10), "valid.jsonl": lines(VALID, 4)}
+    uploads = {"train.jsonl": head_lines(TRAIN, 10), "valid.jsonl": head_lines(VALID, 4)}
     files = {name: client.files.create(file=(name, body), purpose="fine-tune") for name, body in uploads.items()}
     job = client.fine_tuning.jobs.create(training_file=files["train.jsonl"].id, validation_file=files["valid.jsonl"].id,
                                          model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 5})
@@ -159,7 +155,7 @@ def test_20_clients_for_60_seconds_while_a_job_trains(tmp_path):
     server = ServerProcess(tmp_path / "data").start()
     try:
         owner = server.client("key-trainer")
-        train = owner.files.create(file=("train.jsonl", lines(TRAIN, 40)), purpose="fine-tune")
+        train = owner.files.create(file=("train.jsonl", head_lines(TRAIN, 40)), purpose="fine-tune")
         job = owner.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini",
                                             hyperparameters={"n_epochs": 3, "batch_size": 4})
         deadline = time.monotonic() + 300
@@ -170,7 +166,7 @@ def test_20_clients_for_60_seconds_while_a_job_trains(tmp_path):
         failures: list[str] = []
         lock = threading.Lock()
         stop_at = time.monotonic() + LOAD_SECONDS
-        small = lines(TRAIN, 3)
+        small = head_lines(TRAIN, 3)
 
         def participant(i: int) -> None:
             client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=f"key-load-{i}", max_retries=0, timeout=120)
@@ -249,12 +245,12 @@ def test_files_that_are_not_json_lines_are_400_at_upload(server, name, body, nee
 def test_path_like_filenames_write_nothing_outside_the_data_dir(server, filename, tmp_path):
     before = set(Path("/tmp").glob("evil*")) | set(server.data_dir.parent.parent.glob("b.jsonl"))
     client = server.client("key-hostile")
-    file = client.files.create(file=(filename, lines(TRAIN, 2)), purpose="fine-tune")
+    file = client.files.create(file=(filename, head_lines(TRAIN, 2)), purpose="fine-tune")
     assert "/" not in file.filename and "\\" not in file.filename and ".." != file.filename
-    stored = [p for p in server.data_dir.rglob("*") if p.is_file() and p.read_bytes() == lines(TRAIN, 2)]
+    stored = [p for p in server.data_dir.rglob("*") if p.is_file() and p.read_bytes() == head_lines(TRAIN, 2)]
     assert len(stored) >= 1 and all(server.data_dir in p.parents for p in stored)
     assert set(Path("/tmp").glob("evil*")) | set(server.data_dir.parent.parent.glob("b.jsonl")) == before
-    assert client.files.content(file.id).read() == lines(TRAIN, 2)
+    assert client.files.content(file.id).read() == head_lines(TRAIN, 2)
 
 
 def test_a_1_gb_upload_is_refused_before_it_is_read(server, tmp_path):
@@ -296,7 +292,7 @@ def test_malformed_bodies_are_4xx_with_a_message_never_5xx(server, path, body, n
 def test_a_foreign_model_is_404(server):
     """A model another key trained does not exist for you, even by its exact name."""
     owner = server.client("key-owner")
-    file = owner.files.create(file=("t.jsonl", lines(TRAIN, 10)), purpose="fine-tune")
+    file = owner.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
     job = wait_for_job(owner, owner.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano",
                                                             hyperparameters={"n_epochs": 1, "batch_size": 5}).id)
     other = server.client("key-other")
@@ -319,7 +315,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     (tmp_path / "contract.json").write_text(json.dumps(spec))
     # real ids for the path parameters, so that requests reach past the 404s into each operation's own checks
     client = server.client("key-fuzz")
-    file = client.files.create(file=("fuzz.jsonl", lines(TRAIN, 10)), purpose="fine-tune")
+    file = client.files.create(file=("fuzz.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
     job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano",
                                                               hyperparameters={"n_epochs": 1, "batch_size": 5}).id)
     (tmp_path / "schemathesis.toml").write_text(

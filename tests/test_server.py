@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from conftest import DATA
+from conftest import DATA, head_lines
 from helpers.billing import parse_answer
 from helpers.validate import validate_file
 from server_harness import ServerProcess, assert_contract, wait_for_job
@@ -15,10 +15,6 @@ from server_harness import ServerProcess, assert_contract, wait_for_job
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
 N_TRAIN, N_VALID, EPOCHS, BATCH = 16, 8, 2, 4
-
-
-def head(path, n: int) -> bytes:
-    return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +29,8 @@ def trained(server, tmp_path_factory):
     """One real fine-tuning job, as the seed's code runs it: upload, create with gpt-4.1-mini, wait."""
     client = server.client()
     folder = tmp_path_factory.mktemp("files")
-    (folder / "train.jsonl").write_bytes(head(TRAIN, N_TRAIN))
-    (folder / "valid.jsonl").write_bytes(head(VALID, N_VALID))
+    (folder / "train.jsonl").write_bytes(head_lines(TRAIN, N_TRAIN))
+    (folder / "valid.jsonl").write_bytes(head_lines(VALID, N_VALID))
     train_file = client.files.create(file=open(folder / "train.jsonl", "rb"), purpose="fine-tune")
     valid_file = client.files.create(file=open(folder / "valid.jsonl", "rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=train_file.id, validation_file=valid_file.id, model="gpt-4.1-mini",
@@ -158,7 +154,7 @@ def test_responses_match_the_openapi_contract(server, trained):
         assert_contract(schema, response.json())
     chat = server.http("POST", "/chat/completions", json={"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
     assert_contract("CreateChatCompletionResponse", chat.json())
-    upload = server.http("POST", "/files", files={"file": ("x.jsonl", head(TRAIN, 10))}, data={"purpose": "fine-tune"})
+    upload = server.http("POST", "/files", files={"file": ("x.jsonl", head_lines(TRAIN, 10))}, data={"purpose": "fine-tune"})
     assert_contract("OpenAIFile", upload.json())
     assert_contract("DeleteFileResponse", server.http("DELETE", f"/files/{upload.json()['id']}").json())
 
@@ -293,7 +289,7 @@ def test_another_key_sees_none_of_it(server, trained):
 
 def test_cancel_stops_a_job_between_steps(server, trained):
     client = server.client("key-cancel")
-    file = client.files.create(file=("t.jsonl", head(TRAIN, 40)), purpose="fine-tune")
+    file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 40)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano", hyperparameters={"n_epochs": 5, "batch_size": 2})
     client.fine_tuning.jobs.cancel(job.id)
     job = wait_for_job(client, job.id)
@@ -306,7 +302,7 @@ def test_cancel_stops_a_job_between_steps(server, trained):
 def test_everything_survives_a_restart(tmp_path):
     first = ServerProcess(tmp_path / "data").start()
     client = first.client()
-    file = client.files.create(file=("t.jsonl", head(TRAIN, 10)), purpose="fine-tune")
+    file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
     job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini",
                                                               hyperparameters={"n_epochs": 1, "batch_size": 5}).id)
     assert job.status == "succeeded"
@@ -317,7 +313,7 @@ def test_everything_survives_a_restart(tmp_path):
     try:
         client = second.client()
         assert client.files.retrieve(file.id).bytes == file.bytes
-        assert client.files.content(file.id).read() == head(TRAIN, 10)
+        assert client.files.content(file.id).read() == head_lines(TRAIN, 10)
         assert client.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
         assert [e.id for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data] == events
         again = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "CBC"}], max_tokens=12)
@@ -355,7 +351,7 @@ def test_a_job_running_when_the_server_is_killed_finishes_after_restart(tmp_path
 
     first = ServerProcess(tmp_path / "data").start()
     client = first.client()
-    file = client.files.create(file=("t.jsonl", head(TRAIN, 10)), purpose="fine-tune")
+    file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 5})
     deadline = time.monotonic() + 300
     while not client.fine_tuning.jobs.checkpoints.list(job.id).data:

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import DATA
+from conftest import DATA, head_lines
 from server_harness import ServerProcess, wait_for_job
 
 TRAIN = DATA / "billing" / "train.jsonl"
@@ -19,7 +19,7 @@ TINY_JOB = {"model": "gpt-4.1-nano", "hyperparameters": {"n_epochs": 1, "batch_s
 
 
 def lines(n: int) -> bytes:
-    return b"".join(TRAIN.read_bytes().splitlines(keepends=True)[:n])
+    return head_lines(TRAIN, n)
 
 
 @pytest.fixture(scope="module")

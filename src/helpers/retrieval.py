@@ -5,10 +5,15 @@ synonyms (the first two phrasings in ``cpt_source.json``); the test requests' ot
 """
 from __future__ import annotations
 
+import json
+import random
 import re
 from functools import lru_cache
+from pathlib import Path
 
 from rank_bm25 import BM25Okapi
+
+from helpers.dataprep import read_jsonl
 
 from helpers.billing import SYSTEM_PROMPT, CptCode, code_reference, load_codes
 
@@ -46,18 +51,13 @@ def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
     return [{"role": "system", "content": rag_system_prompt(user, k)}, *[m for m in messages if m["role"] != "system"]]
 
 
-
-def augment_file(source, target, share: float, k: int = 5, seed: int = 0) -> int:
+def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int = 0) -> int:
     """Copy a chat training file, giving a ``share`` of its examples (chosen with ``seed``) a system prompt
     that carries ``k`` retrieved candidate codes, so the tuned model learns to use retrieved codes as well as
     to answer from the short prompt. Returns how many examples got candidates."""
-    import json
-    import random
-    from pathlib import Path
-
     if not 0 <= share <= 1:
         raise ValueError(f"RAG_SHARE must be between 0 and 1, got {share}.")
-    rows = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(source)
     chosen = set(random.Random(seed).sample(range(len(rows)), round(len(rows) * share)))
     out = [{**row, "messages": with_retrieval(row["messages"], k)} if i in chosen else row for i, row in enumerate(rows)]
     Path(target).parent.mkdir(parents=True, exist_ok=True)

@@ -130,10 +130,6 @@ class Engine:
             self._loaded[base.name] = _Loaded(base)
         return self._loaded[base.name]
 
-    def tokenizer(self, base: localmodels.LocalBase):
-        with self._lock:
-            return self._base(base).tokenizer
-
     def forget(self, weights: Path) -> None:
         """Drop a deleted model's adapter from memory."""
         with self._lock:
