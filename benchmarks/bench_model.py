@@ -1,15 +1,23 @@
-"""Model benchmarks: the local server against bare transformers + peft, measured in the same run.
+"""Model benchmarks: the local server against bare training loops and in-process generation, measured in the same run.
 
     make bench                                  # data, training and inference benchmarks
-    python benchmarks/bench_model.py train      # our job vs a bare loop (ratio target <= 1.10), tokens/s, MFU
+    python benchmarks/bench_model.py train      # speed-up vs an fp32 loop (target >= 2.0), our job vs its own loop (<= 1.10), peak memory
     python benchmarks/bench_model.py inference  # batched vs one at a time (>= 3x), HTTP vs in-process (<= 1.10)
 
-Training: the course train set (333 examples), one epoch, batch 7 (what "auto" picks for it), LoRA r16 on all
-projections, AdamW at 1e-3 with warm-up and linear decay, gradient clipping 1.0, seed 0. ``ours`` is a real
-job through the HTTP API with the official client, timed from ``jobs.create`` to ``succeeded`` (so it
-includes validating the file, loading the model, checkpoints and the results file); ``bare`` is the usual
-transformers + peft loop written out in this file, timed from loading the model to saving the adapter, with
-the same tokenizer, the same labels (assistant reply and its ``<|im_end|>``) and the same batches.
+Training: the course train set as notebook 03 trains it at course size (all 333 examples, half of them with five
+retrieved codes in the prompt), one epoch, with the local stand-in's "auto" hyperparameters (batch size, learning
+rate, LoRA rank/alpha/targets), seed 0. Three contenders train the same examples with the same hyperparameters:
+
+* ``ours``: a real job through the HTTP API with the official client, timed from ``jobs.create`` to ``succeeded``
+  (so it includes validating the file, checkpoints and the results file), on the server's shared bf16 base model;
+* ``own loop``: the server's training code (``helpers.server.training.train``) called in-process, from loading
+  the model to saving the adapter: what the job costs without the server around it;
+* ``fp32 loop``: the usual transformers + peft loop written out in this file, fp32 weights, full logits, batches in
+  random order, timed from loading the model to saving the adapter.
+
+The speed-up is fp32 loop time / our job's time; both adapters are then scored on the validation set (loss),
+which must agree within 5%. Peak memory: the server's ``VmHWM`` (peak resident set) from its start, through a
+chat completion on the base model, the job, and a chat completion on the tuned model.
 
 Model FLOPs utilisation (MFU): achieved model FLOPs per second over the CPU's fp32 matmul throughput, both
 measured here (a 2048 x 2048 fp32 ``torch.mm``, all threads). Model FLOPs of LoRA training are counted as
@@ -41,10 +49,12 @@ import httpx  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "out"
 TRAIN = ROOT / "data" / "billing" / "train.jsonl"
+VALID = ROOT / "data" / "billing" / "validation.jsonl"
 TEST = ROOT / "data" / "billing" / "test.jsonl"
 MODEL = "gpt-4.1-mini"  # served locally by SmolLM2-135M-Instruct
-EPOCHS, BATCH, SEED, LR = 1, 7, 0, 1e-3
+EPOCHS, SEED, RAG_SHARE = 1, 0, 0.5
 N_PROMPTS, MAX_TOKENS, CONCURRENCY = 32, 32, 16
+LATENCY_TOKENS = 12  # the tuned-vs-base latency comparison: both models write exactly this many tokens
 
 
 def machine() -> str:
@@ -90,44 +100,66 @@ def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
 
 # -- training ----------------------------------------------------------------------------------------
 
-def bare_loop(rows: list[dict]) -> dict:
-    """The usual transformers + peft fine-tuning loop, same settings as the server's job."""
+def course_rows(work: Path) -> list[dict]:
+    """The course train set with half its examples carrying retrieved codes, as notebook 03 trains it."""
+    from helpers import dataprep, retrieval
+
+    path = work / "train_rag.jsonl"
+    retrieval.augment_file(TRAIN, path, RAG_SHARE, 5, SEED)
+    return dataprep.read_jsonl(path)
+
+
+def settings(n_examples: int):
+    """The server's "auto" hyperparameters for this many examples, for EPOCHS epochs."""
+    from helpers.server import training
+    from helpers.server.jobs import auto_batch_size
+
+    return training.TrainSettings(n_epochs=EPOCHS, batch_size=auto_batch_size(n_examples), seed=SEED)
+
+
+def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
+    from helpers.server.training import encode_chat
+
+    return [encode_chat(tokenizer, row["messages"]) for row in rows]
+
+
+def validation_loss(model, tokenizer) -> float:
+    from helpers.dataprep import read_jsonl
+    from helpers.server.training import evaluate
+
+    return evaluate(model, encoded(tokenizer, read_jsonl(VALID)), 8, tokenizer.eos_token_id, "cpu")[0]
+
+
+def fp32_loop(rows: list[dict]) -> dict:
+    """The usual transformers + peft loop in fp32: random batches, full logits (``labels=``), same hyperparameters."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.server.localmodels import base_models, resolve_base, weights_dir
+    from helpers.server.localmodels import resolve_base, weights_dir
 
     started = time.perf_counter()
-    folder = weights_dir(resolve_base(MODEL) or next(iter(base_models().values())))
+    folder = weights_dir(resolve_base(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    examples = []
-    for row in rows:  # labels: the assistant reply and its <|im_end|>; everything before it is -100
-        messages = row["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        full = full[: full.rindex("<|im_end|>") + len("<|im_end|>")]
-        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        examples.append((ids, [-100] * n_prompt + ids[n_prompt:]))
+    examples = encoded(tokenizer, rows)  # labels: the assistant reply and its <|im_end|>; everything else is -100
+    config = settings(len(examples))
     torch.manual_seed(SEED)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(model, config.lora_config())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
-    total = math.ceil(len(examples) / BATCH) * EPOCHS
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    total = math.ceil(len(examples) / config.batch_size) * EPOCHS
     warmup = max(1, total // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (total - s) / max(1, total - warmup)))
     model.train()
-    tokens = 0
+    tokens, losses = 0, []
     train_started = time.perf_counter()
     for epoch in range(EPOCHS):
         order = list(range(len(examples)))
         random.Random(SEED * 1000 + epoch).shuffle(order)
-        for first in range(0, len(order), BATCH):
-            chunk = [examples[i] for i in order[first : first + BATCH]]
+        for first in range(0, len(order), config.batch_size):
+            chunk = [examples[i] for i in order[first : first + config.batch_size]]
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), tokenizer.eos_token_id)
             labels = torch.full((len(chunk), width), -100)
@@ -141,64 +173,124 @@ def bare_loop(rows: list[dict]) -> dict:
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
+            losses.append(float(loss))
     train_s = time.perf_counter() - train_started
     with tempfile.TemporaryDirectory() as out:
         model.save_pretrained(out)
+    seconds = time.perf_counter() - started
     non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "lora_" not in n)
-    return {"seconds": time.perf_counter() - started, "train_seconds": train_s, "tokens": tokens, "steps": total,
-            "final_loss": float(loss), "non_embedding_params": non_embedding}
+    return {"seconds": seconds, "train_seconds": train_s, "tokens": tokens, "steps": total,
+            "valid_loss": validation_loss(model, tokenizer), "non_embedding_params": non_embedding}
+
+
+def own_loop(rows: list[dict]) -> dict:
+    """The server's own training code, in-process: load the base (compute dtype), train, save the adapter."""
+    from helpers.server import localmodels, training
+
+    started = time.perf_counter()
+    base = localmodels.resolve_base(MODEL)
+    tokenizer = localmodels.load_tokenizer(base)
+    examples = encoded(tokenizer, rows)
+    config = settings(len(examples))
+    model = training.prepare_model(localmodels.load_model(base), config)
+    training.train(model, tokenizer, examples, [], config, on_step=lambda m: None, on_epoch_end=lambda *a: None,
+                   should_stop=lambda: False)
+    with tempfile.TemporaryDirectory() as out:
+        model.save_pretrained(out)
+    return {"seconds": time.perf_counter() - started, "valid_loss": validation_loss(model, tokenizer),
+            "precision": str(localmodels.compute_dtype()).removeprefix("torch.")}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
+
+
+def same_length_latency(client, model: str) -> dict:
+    """Median latency of the held-out requests one at a time, each answer exactly LATENCY_TOKENS tokens long (so a
+    tuned model that stops early is not credited for it)."""
+    latencies = []
+    for messages in test_prompts():
+        started = time.perf_counter()
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=LATENCY_TOKENS, temperature=0)
+        latencies.append(time.perf_counter() - started)
+        if reply.usage.completion_tokens != LATENCY_TOKENS:
+            raise SystemExit(f"{model} answered in {reply.usage.completion_tokens} tokens, not {LATENCY_TOKENS}: {reply.choices[0].message.content!r}")
+    return {"p50_s": statistics.median(latencies), "mean_s": statistics.fmean(latencies)}
 
 
 def ours(rows: list[dict], work: Path) -> dict:
+    """A real job through the HTTP API; the server's peak memory across base chat -> job -> tuned chat."""
     from helpers.server.jobs import TERMINAL
 
     server, client = start_server(work / "server")
     try:
+        pid = httpx.get(f"{server.url}/health", timeout=5).json()["pid"]
         path = work / "train.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         file = client.files.create(file=path.open("rb"), purpose="fine-tune")
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=1)  # warm: weights cached
+        valid = client.files.create(file=VALID.open("rb"), purpose="fine-tune")
+        question = test_prompts()[0]
+        client.chat.completions.create(model=MODEL, messages=question, max_tokens=16)  # the base model answers (and is loaded)
+        config = settings(len(rows))
         started = time.perf_counter()
-        job = client.fine_tuning.jobs.create(training_file=file.id, model=MODEL, seed=SEED,
-                                             hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH, "learning_rate_multiplier": 1.0})
+        job = client.fine_tuning.jobs.create(training_file=file.id, validation_file=valid.id, model=MODEL, seed=SEED,
+                                             hyperparameters={"n_epochs": EPOCHS})
         while job.status not in TERMINAL:
             time.sleep(0.25)
             job = client.fine_tuning.jobs.retrieve(job.id)
         seconds = time.perf_counter() - started
         if job.status != "succeeded":
             raise SystemExit(f"the benchmark job {job.status}: {job.error}")
+        if job.hyperparameters.batch_size != config.batch_size:
+            raise SystemExit(f"the job ran batch {job.hyperparameters.batch_size}, the loops {config.batch_size}")
+        client.chat.completions.create(model=job.fine_tuned_model, messages=question, max_tokens=16)
+        latency = {name: same_length_latency(client, model) for name, model in (("base", MODEL), ("tuned", job.fine_tuned_model))}
         steps = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
-        first_step = min(e.created_at for e in steps)
-        return {"seconds": seconds, "steps": len(steps), "final_loss": max(steps, key=lambda e: e.data["step"]).data["train_loss"],
-                "first_step_at": first_step}
+        last = max(steps, key=lambda e: e.data["step"]).data
+        return {"seconds": seconds, "steps": last["step"], "valid_loss": last["full_valid_loss"], "peak_rss_mb": peak_rss_mb(pid),
+                "fine_tuned_model": job.fine_tuned_model, "hyperparameters": job.hyperparameters.model_dump(), "latency": latency}
     finally:
         stop_server(server)
 
 
 def bench_train() -> dict:
-    rows = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
     peak = matmul_gflops()
     with tempfile.TemporaryDirectory() as work:
-        print(f"training: {len(rows)} examples x {EPOCHS} epoch(s), batch {BATCH}; our server's job ...", flush=True)
+        rows = course_rows(Path(work))
+        print(f"training: {len(rows)} examples x {EPOCHS} epoch(s), auto hyperparameters; our server's job ...", flush=True)
         mine = ours(rows, Path(work))
-        print(f"  ours: {mine['seconds']:.1f} s; bare transformers + peft loop ...", flush=True)
-        bare = bare_loop(rows)
-    flops = 4 * bare["non_embedding_params"] * bare["tokens"]
+    print(f"  ours: {mine['seconds']:.1f} s; the server's own loop in-process ...", flush=True)
+    own = own_loop(rows)
+    print(f"  own loop: {own['seconds']:.1f} s; fp32 transformers + peft loop ...", flush=True)
+    fp32 = fp32_loop(rows)
+    flops = 4 * fp32["non_embedding_params"] * fp32["tokens"]
     result = {
-        "machine": machine(), "examples": len(rows), "epochs": EPOCHS, "batch_size": BATCH, "tokens": bare["tokens"],
-        "matmul_gflops": peak, "ours_s": mine["seconds"], "bare_s": bare["seconds"], "bare_train_s": bare["train_seconds"],
-        "ratio": mine["seconds"] / bare["seconds"],
-        "ours_tokens_per_s": bare["tokens"] / mine["seconds"], "bare_tokens_per_s": bare["tokens"] / bare["seconds"],
-        "ours_mfu": flops / mine["seconds"] / (peak * 1e9), "bare_mfu": flops / bare["seconds"] / (peak * 1e9),
-        "bare_train_only_mfu": flops / bare["train_seconds"] / (peak * 1e9),
-        "final_loss": {"ours": mine["final_loss"], "bare": bare["final_loss"]},
+        "machine": machine(), "examples": len(rows), "epochs": EPOCHS, "hyperparameters": mine["hyperparameters"],
+        "tokens": fp32["tokens"], "precision": own["precision"], "matmul_gflops": peak,
+        "ours_s": mine["seconds"], "own_loop_s": own["seconds"], "fp32_loop_s": fp32["seconds"],
+        "speedup_vs_fp32": fp32["seconds"] / mine["seconds"], "ours_over_own_loop": mine["seconds"] / own["seconds"],
+        "ours_tokens_per_s": fp32["tokens"] / mine["seconds"], "own_tokens_per_s": fp32["tokens"] / own["seconds"],
+        "fp32_tokens_per_s": fp32["tokens"] / fp32["seconds"],
+        "ours_mfu": flops / mine["seconds"] / (peak * 1e9), "fp32_mfu": flops / fp32["seconds"] / (peak * 1e9),
+        "valid_loss": {"ours": mine["valid_loss"], "own_loop": own["valid_loss"], "fp32_loop": fp32["valid_loss"]},
+        "valid_loss_ratio": mine["valid_loss"] / fp32["valid_loss"], "server_peak_rss_mb": mine["peak_rss_mb"],
+        "latency": mine["latency"], "tuned_over_base_latency": mine["latency"]["tuned"]["mean_s"] / mine["latency"]["base"]["mean_s"],
     }
     print(f"""
-training ({result['machine']})
-  ours (HTTP job, create -> succeeded)   {mine['seconds']:7.1f} s  {result['ours_tokens_per_s']:6.0f} tokens/s  MFU {result['ours_mfu']:.1%}
-  bare transformers + peft (load->save)  {bare['seconds']:7.1f} s  {result['bare_tokens_per_s']:6.0f} tokens/s  MFU {result['bare_mfu']:.1%}
-  ratio ours / bare                      {result['ratio']:7.2f}   (target <= 1.10)
-  CPU fp32 matmul throughput             {peak:7.1f} GFLOP/s; {bare['tokens']:,} tokens, final loss ours {mine['final_loss']:.3f} / bare {bare['final_loss']:.3f}""")
+training ({result['machine']}; {result['examples']} examples, {result['tokens']:,} tokens, {mine['hyperparameters']})
+  ours (HTTP job, create -> succeeded, {own['precision']})  {mine['seconds']:7.1f} s  {result['ours_tokens_per_s']:6.0f} tokens/s  MFU {result['ours_mfu']:.1%}
+  own loop (server's code, in-process)     {own['seconds']:7.1f} s  {result['own_tokens_per_s']:6.0f} tokens/s
+  fp32 transformers + peft loop            {fp32['seconds']:7.1f} s  {result['fp32_tokens_per_s']:6.0f} tokens/s  MFU {result['fp32_mfu']:.1%}
+  validation loss: ours {mine['valid_loss']:.4f}, own loop {own['valid_loss']:.4f}, fp32 loop {fp32['valid_loss']:.4f} (ratio {result['valid_loss_ratio']:.3f}; target within 5%)
+  ours / own loop                          {result['ours_over_own_loop']:7.2f}   (target <= 1.10)
+  server peak memory (VmHWM), start -> base chat -> job -> tuned chat: {mine['peak_rss_mb']:,.0f} MB   (target <= 1,536 MB)
+  tuned / base latency, {N_PROMPTS} requests one at a time, {LATENCY_TOKENS} tokens each: {result['tuned_over_base_latency']:.2f}  (mean {mine['latency']['tuned']['mean_s']:.3f} s vs {mine['latency']['base']['mean_s']:.3f} s; target <= 1.15)
+  CPU fp32 matmul throughput               {peak:7.1f} GFLOP/s
+training speed-up vs fp32 bare loop: {result['speedup_vs_fp32']:.2f}x   (target >= 2.0)""")
     return result
 
 

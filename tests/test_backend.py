@@ -46,3 +46,52 @@ def test_unknown_backend_and_no_server_are_clear_errors(isolated):
         backend.client("azure")
     with pytest.raises(backend.BackendUnavailable, match="workbook serve"):
         backend.local_server(start=False)
+
+
+def test_a_server_the_notebooks_start_stops_when_idle_and_workbook_stop_stops_it(isolated, monkeypatch, capsys):
+    from pathlib import Path
+
+    from helpers import cli
+
+    monkeypatch.setenv("WORKBOOK_IDLE_MINUTES", "45")
+    backend.client()
+    server = backend.local_server(start=False)
+    pid = httpx.get(f"{server.url}/health").json()["pid"]
+    assert "--idle-timeout\x0045.0" in Path(f"/proc/{pid}/cmdline").read_text()
+    port = os.environ["WORKBOOK_PORT"]
+    assert cli.main(["stop", "--port", port]) == 0
+    assert f"stopped the server at {server.url} (pid {pid}" in capsys.readouterr().out
+    assert backend._healthy(server.url) is None
+    assert cli.main(["stop", "--port", port]) == 0
+    assert "no workbook server runs" in capsys.readouterr().out
+
+
+def test_bad_idle_minutes_is_a_clear_error(isolated, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_IDLE_MINUTES", "soon")
+    with pytest.raises(backend.BackendUnavailable, match="WORKBOOK_IDLE_MINUTES must be a number of minutes above 0, got 'soon'"):
+        backend.client()
+
+
+def test_an_idle_server_waits_for_its_job_then_stops(tmp_path):
+    import time
+
+    from conftest import DATA, head_lines
+    from server_harness import ServerProcess, wait_for_job
+
+    server = ServerProcess(tmp_path / "data", "--idle-timeout", "0.05").start()  # 3 s
+    try:
+        client = server.client()
+        file = client.files.create(file=("t.jsonl", head_lines(DATA / "billing" / "train.jsonl", 24)), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", hyperparameters={"n_epochs": 2, "batch_size": 4})
+        time.sleep(8)  # no request for longer than the timeout, but a job is running
+        assert server.process.poll() is None, "the server stopped while its job was running"
+        server.process.wait(timeout=300)  # the job ends, then 3 s later the server stops by itself
+        assert server.process.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
+        assert b"idle timeout" in (tmp_path / f"server-{server.port}.log").read_bytes()
+    finally:
+        server.stop()
+    again = ServerProcess(tmp_path / "data").start()
+    try:
+        assert wait_for_job(again.client(), job.id, timeout_s=5).status == "succeeded"
+    finally:
+        again.stop()

@@ -11,6 +11,7 @@ Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.backend.client("openai")``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from helpers.paths import REPO_ROOT
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
+DEFAULT_IDLE_MINUTES = 30
 #: The key notebooks use on the local server: any non-empty key works there; each key is a workspace.
 LOCAL_KEY = "local-workbook"
 BACKENDS = ("local", "openai")
@@ -55,9 +57,27 @@ def _healthy(url: str) -> dict | None:
         return None
 
 
+def idle_minutes() -> float:
+    """How long a server started for the notebooks waits, with nothing to do, before it stops itself
+    (``WORKBOOK_IDLE_MINUTES``, default 30)."""
+    raw = os.environ.get("WORKBOOK_IDLE_MINUTES", "").strip() or str(DEFAULT_IDLE_MINUTES)
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0:
+        raise BackendUnavailable(f"WORKBOOK_IDLE_MINUTES must be a number of minutes above 0, got {raw!r}.")
+    return minutes
+
+
+def local_port(port: int | None = None) -> int:
+    return port or int(os.environ.get("WORKBOOK_PORT", DEFAULT_PORT))
+
+
 def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0) -> LocalServer:
-    """The local server at ``port``: found if it runs, else started in the background and waited for."""
-    port = port or int(os.environ.get("WORKBOOK_PORT", DEFAULT_PORT))
+    """The local server at ``port``: found if it runs, else started in the background and waited for. A server
+    started here stops itself after ``idle_minutes()`` with no request and no job; `workbook stop` stops it at once."""
+    port = local_port(port)
     data_dir = Path(data_dir or default_data_dir()).resolve()
     url = f"http://{DEFAULT_HOST}:{port}"
     server = LocalServer(url, data_dir, data_dir / "server.log")
@@ -71,7 +91,8 @@ def local_server(port: int | None = None, data_dir: Path | None = None, *, start
         raise BackendUnavailable(f"No local server at {url}. Start one with `workbook serve`.")
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(server.log_file, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+                          "--idle-timeout", str(idle_minutes())],
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -79,6 +100,24 @@ def local_server(port: int | None = None, data_dir: Path | None = None, *, start
             return server
         time.sleep(0.3)
     raise BackendUnavailable(f"The local server did not start within {timeout_s:.0f} s; see {server.log_file}.")
+
+
+def stop_local_server(port: int | None = None, timeout_s: float = 30.0) -> str:
+    """Stop the workbook server on this machine's ``port`` (SIGTERM to the pid its /health reports); says what happened."""
+    url = f"http://{DEFAULT_HOST}:{local_port(port)}"
+    health = _healthy(url)
+    if health is None:
+        return f"no workbook server runs at {url}."
+    try:
+        os.kill(int(health["pid"]), signal.SIGTERM)
+    except ProcessLookupError:
+        return f"the server at {url} (pid {health['pid']}) had already stopped."
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _healthy(url) is not None:
+        time.sleep(0.2)
+    if _healthy(url) is not None:
+        raise BackendUnavailable(f"The server at {url} (pid {health['pid']}) did not stop within {timeout_s:.0f} s.")
+    return f"stopped the server at {url} (pid {health['pid']}, data in {health.get('data_dir')})."
 
 
 def chosen_backend(backend: str | None = None) -> str:

@@ -63,6 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             print(f"workbook serve: cannot use --api-keys: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.idle_timeout is not None and not args.idle_timeout > 0:
+        print(f"workbook serve: --idle-timeout must be a number of minutes above 0, got {args.idle_timeout}.", file=sys.stderr)
+        return EXIT_USAGE
     for name in ("max_upload_mb", "max_storage_mb", "max_jobs_per_key"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -71,8 +74,20 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * MIB),
                     max_storage_bytes=int(args.max_storage_mb * MIB) if args.max_storage_mb else None,
                     max_active_jobs=args.max_jobs_per_key)
-    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits)
+    idle = args.idle_timeout * 60 if args.idle_timeout is not None else None
+    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return EXIT_OK
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from helpers.backend import BackendUnavailable, stop_local_server
+
+    try:
+        print(f"workbook stop: {stop_local_server(args.port)}")
+    except BackendUnavailable as exc:
+        print(f"workbook stop: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK
 
 
@@ -153,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-storage-mb", type=float, default=None, help="all files of one key together (default: no limit)")
     serve.add_argument("--max-jobs-per-key", type=int, default=None,
                        help="unfinished jobs one key may have; more get 429 with Retry-After (default: no limit)")
+    serve.add_argument("--idle-timeout", type=float, default=None, metavar="MINUTES",
+                       help="stop after this many minutes with no request and no running or waiting job (default: never; "
+                       "a server that the notebooks start stops after WORKBOOK_IDLE_MINUTES, default 30)")
     serve.set_defaults(handler=_serve)
+    stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
+    stop.add_argument("--port", type=int, default=None, help="default: WORKBOOK_PORT or 8321")
+    stop.set_defaults(handler=_stop)
     keys = commands.add_parser("keys", help="print COUNT new workshop keys, one per line with a name (for serve --api-keys)")
     keys.add_argument("count", type=int)
     keys.add_argument("--prefix", default="participant", help="name stem: participant-01, participant-02, ...")

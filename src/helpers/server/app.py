@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import secrets
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from helpers.server import localmodels
 from helpers.server.inference import Engine, Sampling, Target
 from helpers.server.jobs import ORGANIZATION, TERMINAL, JobRunner
+from helpers.server.shared import SharedModels
 from helpers.server.store import Store, new_id, now, owner_of
 
 log = logging.getLogger("workbook.server")
@@ -148,24 +151,41 @@ def first_line_problem(data: bytes) -> str | None:
     return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
 
 
+def stop_when_idle(timeout_s: float, last_request: list[float], runner: JobRunner) -> None:
+    """Send this process SIGTERM (uvicorn then shuts down cleanly) once ``timeout_s`` have passed since the last
+    request with no job running or waiting."""
+    while True:
+        time.sleep(max(0.5, min(30.0, timeout_s / 4)))
+        if time.monotonic() - last_request[0] >= timeout_s and runner.current is None and not runner.waiting():
+            log.warning("no request for %.0f s and no job to run: stopping (idle timeout)", timeout_s)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = None, limits: Limits | None = None,
-               start_worker: bool = True) -> FastAPI:
+               start_worker: bool = True, idle_timeout_s: float | None = None) -> FastAPI:
     """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys (a dict maps
     each key to a label the facilitator sees in ``/queue``). ``limits``: per-key limits (default: one file up
-    to 512 MiB, nothing else limited)."""
+    to 512 MiB, nothing else limited). ``idle_timeout_s``: stop the process after this long with no request and
+    no running or waiting job (None: run until stopped)."""
     limits = limits or Limits()
     labels = {owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {}
     localmodels.import_libraries()  # before any worker thread exists
     store = Store(data_dir)
-    engine = Engine()
-    runner = JobRunner(store)
+    models = SharedModels()  # one copy of each base model, for the trainer and the engine
+    engine = Engine(models)
+    runner = JobRunner(store, models)
     app = FastAPI(title="Fine-Tuning Workbook local backend", version="1.0", docs_url=None, redoc_url=None)
     app.state.store, app.state.engine, app.state.runner = store, engine, runner
+
+    last_request = [time.monotonic()]
 
     @app.on_event("startup")
     def _start() -> None:
         if start_worker:
             runner.start()
+        if idle_timeout_s is not None:
+            threading.Thread(target=stop_when_idle, args=(idle_timeout_s, last_request, runner), name="idle", daemon=True).start()
 
     # -- errors and auth -----------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -195,7 +215,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
 
     @app.middleware("http")
     async def _log_and_auth(request: Request, call_next):
-        started = time.perf_counter()
+        started = last_request[0] = time.monotonic()
         if request.url.path.startswith("/v1/"):
             header = request.headers.get("authorization", "")
             key = header[7:].strip() if header.lower().startswith("bearer ") else ""
@@ -211,7 +231,8 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                 response = await call_next(request)
         else:
             response = await call_next(request)
-        log.info('%s %s %s %.0fms', request.method, request.url.path, response.status_code, (time.perf_counter() - started) * 1000)
+        last_request[0] = time.monotonic()
+        log.info('%s %s %s %.0fms', request.method, request.url.path, response.status_code, (last_request[0] - started) * 1000)
         return response
 
     async def json_body(request: Request) -> dict[str, Any]:
@@ -474,7 +495,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             if ckpt["fine_tuned_model_checkpoint"] == name:
                 job = store.get("job", ckpt["fine_tuning_job_id"], owner)
                 return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION,
-                        "_base": localmodels.resolve_base(job["model"]).name, "_adapter": "lora"}
+                        "_base": localmodels.resolve_base(job["model"]).name}
         return None
 
     def find_model(request: Request, name: str) -> tuple[dict[str, Any], Target]:
@@ -486,7 +507,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         if card is None:
             raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
                            code="model_not_found")
-        target = Target(localmodels.base_models()[card["_base"]], store.model_dir(owner, name), card.get("_adapter") == "full")
+        target = Target(localmodels.base_models()[card["_base"]], store.model_dir(owner, name))
         return card, target
 
     @app.get("/v1/models")

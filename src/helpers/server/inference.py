@@ -1,15 +1,15 @@
 """Chat completions with the local base model and any fine-tuned model or checkpoint.
 
-One copy of each base model stays loaded; fine-tuned LoRA adapters are attached to it by name and kept
-(least recently used first out), so no request reloads weights. Requests that arrive together for the same
-model and settings are generated as one left-padded batch. Greedy decoding unless a temperature is given.
+The base model is the one copy the server shares with the trainer (``helpers.server.shared``); fine-tuned
+LoRA adapters are attached to it by name and kept (least recently used first out), so no request reloads
+weights. Requests that arrive together for the same model and settings are generated as one left-padded
+batch, between a training job's steps. Greedy decoding unless a temperature is given.
 """
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,9 @@ from typing import Any, Iterator
 import torch
 
 from helpers.server import localmodels
+from helpers.server.shared import SharedModels
 from helpers.server.training import render
 
-MAX_ADAPTERS = 8
 BATCH_WINDOW_S = 0.02
 MAX_BATCH = 16
 
@@ -45,11 +45,10 @@ class Generation:
 
 @dataclass(frozen=True)
 class Target:
-    """What serves a request: a base model, optionally with an adapter (or full weights) from a folder."""
+    """What serves a request: a base model, optionally with a LoRA adapter from a folder."""
 
     base: localmodels.LocalBase
     weights: Path | None = None
-    full: bool = False
 
 
 @dataclass
@@ -60,49 +59,11 @@ class _Request:
     future: Future = field(default_factory=Future)
 
 
-class _Loaded:
-    """A base model with its tokenizer and the adapters attached to it."""
-
-    def __init__(self, base: localmodels.LocalBase) -> None:
-        self.tokenizer = localmodels.load_tokenizer(base)
-        self.tokenizer.padding_side = "left"
-        self.model = localmodels.load_model(base)
-        self.model.eval()
-        self.adapters: OrderedDict[str, None] = OrderedDict()
-        self.peft = None
-
-    def use(self, weights: Path | None):
-        """The model to call for ``weights`` (None: the plain base)."""
-        if weights is None:
-            if self.peft is not None:
-                self.peft.base_model.disable_adapter_layers()
-            return self.peft or self.model
-        from peft import PeftModel
-
-        name = weights.name
-        with localmodels.LOADING:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name)
-            elif name not in self.adapters:
-                self.peft.load_adapter(weights, adapter_name=name)
-        self.adapters[name] = None
-        self.adapters.move_to_end(name)
-        while len(self.adapters) > MAX_ADAPTERS:
-            old, _ = self.adapters.popitem(last=False)
-            self.peft.delete_adapter(old)
-        self.peft.base_model.enable_adapter_layers()
-        self.peft.set_adapter(name)
-        self.peft.eval()
-        return self.peft
-
-
 class Engine:
     """Generates completions; thread-safe; batches concurrent requests."""
 
-    def __init__(self) -> None:
-        self._loaded: dict[str, _Loaded] = {}
-        self._full: OrderedDict[Path, tuple[Any, Any]] = OrderedDict()
-        self._lock = threading.Lock()  # one generation at a time: the CPU is the bottleneck
+    def __init__(self, models: SharedModels) -> None:
+        self.models = models
         self._counting: dict[str, Any] = {}  # base name -> a tokenizer only for counting prompt tokens
         self._counting_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
@@ -110,34 +71,11 @@ class Engine:
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
         self._worker.start()
 
-    # -- models ---------------------------------------------------------------------------------
-    def _model(self, target: Target):
-        if target.full and target.weights is not None:
-            if target.weights not in self._full:
-                from transformers import AutoModelForCausalLM
-
-                with localmodels.LOADING:
-                    model = AutoModelForCausalLM.from_pretrained(target.weights, dtype=torch.float32).to(localmodels.default_device()).eval()
-                self._full[target.weights] = (model, self._base(target.base).tokenizer)
-                while len(self._full) > 2:
-                    self._full.popitem(last=False)
-            return self._full[target.weights]
-        loaded = self._base(target.base)
-        return loaded.use(target.weights), loaded.tokenizer
-
-    def _base(self, base: localmodels.LocalBase) -> _Loaded:
-        if base.name not in self._loaded:
-            self._loaded[base.name] = _Loaded(base)
-        return self._loaded[base.name]
-
     def forget(self, weights: Path) -> None:
         """Drop a deleted model's adapter from memory."""
-        with self._lock:
-            self._full.pop(weights, None)
-            for loaded in self._loaded.values():
-                if weights.name in loaded.adapters and loaded.peft is not None:
-                    loaded.adapters.pop(weights.name)
-                    loaded.peft.delete_adapter(weights.name)
+        for shared in self.models.loaded():
+            with shared.hold():
+                shared.forget(weights)
 
     def prompt_tokens(self, base: localmodels.LocalBase, messages: list[dict[str, Any]]) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
@@ -196,8 +134,10 @@ class Engine:
         return kwargs
 
     def _run_batch(self, target: Target, conversations: list[list[dict[str, Any]]], sampling: Sampling) -> list[Generation]:
-        with self._lock:
-            model, tokenizer = self._model(target)
+        shared = self.models.get(target.base)
+        tokenizer = shared.tokenizer
+        with shared.hold():
+            model = shared.for_inference(target.weights)
             prompts = [render(tokenizer, messages, add_generation_prompt=True) for messages in conversations]
             encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             if sampling.seed is not None:
@@ -236,8 +176,10 @@ class Engine:
         """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far)."""
         from transformers import TextIteratorStreamer
 
-        with self._lock:
-            model, tokenizer = self._model(target)
+        shared = self.models.get(target.base)
+        tokenizer = shared.tokenizer
+        with shared.hold():
+            model = shared.for_inference(target.weights)
             prompt = render(tokenizer, messages, add_generation_prompt=True)
             encoded = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(model.device)
             streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

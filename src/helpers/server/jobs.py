@@ -22,6 +22,7 @@ from typing import Any
 
 from helpers.costs import auto_epochs
 from helpers.server import localmodels
+from helpers.server.shared import SharedModels
 from helpers.server.store import Store, new_id, now
 from helpers.validate import MIN_EXAMPLES, validate_file
 
@@ -41,8 +42,9 @@ def auto_batch_size(n_examples: int) -> int:
 class JobRunner:
     """Runs queued jobs in a background thread: keys take turns, each key's jobs oldest first."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, models: SharedModels) -> None:
         self.store = store
+        self.models = models
         self._queues: dict[str, deque[str]] = {}  # owner -> its waiting job ids, oldest first (owners in arrival order)
         self._served: dict[str, int] = {}  # owner -> the turn in which one of its jobs last started
         self._turn = 0
@@ -210,8 +212,7 @@ class JobRunner:
         hyper = job["method"][method]["hyperparameters"]
         settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
-                                          beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]),
-                                          adapter=job.get("_adapter", "lora"))
+                                          beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]))
         tokenizer = localmodels.load_tokenizer(base)
 
         def load(file_id: str | None) -> list:
@@ -236,7 +237,10 @@ class JobRunner:
         history = self._metrics_history(job_id, keep_through=resume_step)
         if resume_from is not None:
             self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
-        model = training.prepare_model(localmodels.load_model(base), settings, resume_from)
+        shared = self.models.get(base)
+        adapter = f"train_{job_id.replace('-', '_')}"
+        with shared.hold():
+            model = shared.add_training_adapter(adapter, settings, resume_from)
         started = time.monotonic()
 
         def on_step(m: training.StepMetrics) -> None:
@@ -252,7 +256,7 @@ class JobRunner:
 
         def on_epoch_end(epoch: int, step: int, m: training.StepMetrics) -> None:
             name = f"{_model_name(job)}:ckpt-step-{step}"
-            model.save_pretrained(self.store.model_dir(owner, name))
+            shared.save_adapter(adapter, self.store.model_dir(owner, name))  # train() holds the model here
             metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
             self.store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt"), "created_at": now(),
                                           "fine_tuned_model_checkpoint": name, "step_number": step, "metrics": metrics,
@@ -262,12 +266,18 @@ class JobRunner:
                 self.store.delete("checkpoint", old["id"])
                 shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
 
-        training.train(model, tokenizer, train_examples, valid_examples, settings, on_step=on_step,
-                       on_epoch_end=on_epoch_end, should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch)
-        name = _model_name(job)
-        model.save_pretrained(self.store.model_dir(owner, name))
+        try:
+            training.train(model, tokenizer, train_examples, valid_examples, settings, on_step=on_step,
+                           on_epoch_end=on_epoch_end, should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch,
+                           hold=lambda: shared.training_turn(adapter))
+            name = _model_name(job)
+            with shared.hold():
+                shared.save_adapter(adapter, self.store.model_dir(owner, name))
+        finally:
+            with shared.hold():
+                shared.remove_training_adapter(adapter)
         self.store.put("model", {"id": name, "object": "model", "created": now(), "owned_by": ORGANIZATION,
-                                 "_base": base.name, "_job": job_id, "_adapter": settings.adapter}, owner)
+                                 "_base": base.name, "_job": job_id}, owner)
         self.event(job_id, f"New fine-tuned model created: {name}")
         results = self._results_file(owner, job_id, history)
         job = self.store.get("job", job_id, None)

@@ -115,13 +115,48 @@ def load_tokenizer(base: LocalBase):
 
 
 def load_model(base: LocalBase, device: str | None = None):
-    """The base model in fp32 on ``device`` (a GPU when torch sees one)."""
-    import torch
+    """The base model on ``device`` (a GPU when torch sees one), its weights in ``compute_dtype()``.
+
+    Attention is transformers' "eager" implementation: for these short sequences it measured faster than SDPA
+    in training here (benchmarks/RESULTS.md)."""
     from transformers import AutoModelForCausalLM
 
+    device = device or default_device()
     with LOADING:
-        model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=torch.float32)
-    return model.to(device or default_device())
+        model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=compute_dtype(device), attn_implementation="eager")
+    return model.to(device)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def precision() -> str:
+    """``WORKBOOK_PRECISION``: "auto" (default: bf16 where the hardware has bf16 kernels, else fp32), "bf16" or "fp32"."""
+    value = os.environ.get("WORKBOOK_PRECISION", "auto").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ValueError(f"WORKBOOK_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}.")
+    return value
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether bf16 matmuls run on native kernels: on a CPU, oneDNN's check for AVX-512 BF16 / AMX (the same check
+    PyTorch makes); on a GPU, torch's."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def compute_dtype(device: str | None = None):
+    """torch.bfloat16 or torch.float32, by ``precision()`` and what the hardware supports."""
+    import torch
+
+    device = device or default_device()
+    wanted = precision()
+    if wanted == "bf16" and not bf16_supported(device):
+        raise RuntimeError(f"WORKBOOK_PRECISION=bf16, but this {device.upper()} has no bf16 kernels; use auto or fp32.")
+    return torch.bfloat16 if wanted == "bf16" or (wanted == "auto" and bf16_supported(device)) else torch.float32
 
 
 def default_device() -> str:

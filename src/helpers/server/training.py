@@ -1,26 +1,32 @@
-"""Fine-tuning a local model for real: supervised (LoRA or full) and DPO, on the CPU or a GPU.
+"""Fine-tuning a local model for real: supervised LoRA and DPO, on the CPU or a GPU.
 
 Labels are built from the model's own chat template: the loss covers the content of assistant messages
 with weight 1 and the ``<|im_end|>`` that closes them (so the model learns to stop), nothing else. Labels
-are never derived from the pad id, because pad == eos for SmolLM2. Batches are padded dynamically to
-their longest example.
+are never derived from the pad id, because pad == eos for SmolLM2. Batches hold examples of similar length
+(length-grouped, then shuffled) and are padded dynamically to their longest example.
+
+Precision: the frozen base weights are in the compute dtype of ``localmodels.compute_dtype()`` (bf16 where
+the CPU has bf16 kernels) and the forward pass runs under autocast; the LoRA weights, their gradients and
+AdamW's state stay in fp32, and the loss is computed in fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
 
 IGNORE = -100
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-BASE_LEARNING_RATE = {"lora": 1e-3, "full": 5e-5}  # times learning_rate_multiplier
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BASE_LEARNING_RATE = 1e-3  # times learning_rate_multiplier
 MAX_SEQ_LEN = 1024
+MEGABATCH = 16  # length grouping: examples are sorted by length within runs of MEGABATCH batches
 
 
 @dataclass
@@ -31,14 +37,21 @@ class TrainSettings:
     learning_rate_multiplier: float = 1.0
     beta: float = 0.1                   # DPO only
     seed: int = 0
-    adapter: str = "lora"               # or "full"
     lora_r: int = 16
     lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ALL_PROJECTIONS
     eval_every: int = 10                # steps between validation-batch losses
 
     @property
     def learning_rate(self) -> float:
-        return BASE_LEARNING_RATE[self.adapter] * self.learning_rate_multiplier
+        return BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+    def lora_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=list(self.lora_targets), task_type="CAUSAL_LM")
 
 
 @dataclass
@@ -134,18 +147,25 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def autocast(model):
+    """bf16 autocast when the model's frozen weights are bf16 (fp32 LoRA weights then compute in bf16 too)."""
+    dtype = _causal_lm(model).dtype
+    return torch.autocast(_causal_lm(model).device.type, dtype=dtype, enabled=dtype == torch.bfloat16)
+
+
 def loss_and_accuracy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
     """Mean token loss over labelled tokens, token accuracy, and how many tokens were labelled.
 
     Only labelled positions go through the output layer (49k-token vocabulary): the assistant's tokens are
-    a fraction of each example, so this saves most of the logits' compute and memory.
+    a fraction of each example, so this saves most of the logits' compute and memory. The loss is fp32.
     """
     lm = _causal_lm(model)
-    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE
+    with autocast(model):
+        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE
+        logits = lm.lm_head(hidden[mask]).float()
     count = int(mask.sum())
-    logits = lm.lm_head(hidden[mask])
     wanted = targets[mask]
     loss = F.cross_entropy(logits, wanted, reduction="sum") / max(count, 1)
     accuracy = float((logits.argmax(-1) == wanted).sum()) / max(count, 1)
@@ -169,7 +189,8 @@ def evaluate(model, examples: list, batch_size: int, pad_id: int, device: str) -
 
 def sequence_logprob(model, prompt: list[int], completion: list[int], device: str) -> torch.Tensor:
     ids = torch.tensor([prompt + completion], device=device)
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    with autocast(model):
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion, device=device)[:, None]).sum()
 
 
@@ -184,40 +205,67 @@ def dpo_loss(policy, pair: dict[str, list[int]], beta: float, device: str) -> tu
     return -F.logsigmoid(margin), float(margin > 0)
 
 
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of example indices: shuffled with ``seed``, sorted by length within runs of MEGABATCH batches so
+    that a batch pads little, then the batches themselves shuffled (so lengths do not trend through an epoch)."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    run = batch_size * MEGABATCH
+    batches = []
+    for first in range(0, len(order), run):
+        group = sorted(order[first : first + run], key=lambda i: lengths[i])
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def example_length(example) -> int:
+    return len(example[0]) if isinstance(example, tuple) else len(example["prompt"]) + max(len(example["chosen"]), len(example["rejected"]))
+
+
 # -- the loop --------------------------------------------------------------------------------------
 
 def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None = None):
-    """Wrap the base model for training (LoRA adapter, or all weights), optionally from a checkpoint."""
+    """Wrap a base model of its own for training with a LoRA adapter, optionally from a checkpoint (the server
+    instead adds the adapter to its shared base model: ``helpers.server.shared``)."""
+    from peft import PeftModel, get_peft_model
+
     from helpers.server.localmodels import LOADING
-
-    if settings.adapter == "full":
-        if resume_from is not None:
-            from transformers import AutoModelForCausalLM
-
-            with LOADING:
-                base_model = AutoModelForCausalLM.from_pretrained(resume_from, dtype=torch.float32).to(base_model.device)
-        return base_model
-    from peft import LoraConfig, PeftModel, get_peft_model
 
     with LOADING:
         torch.manual_seed(settings.seed)  # the adapter's initial weights follow the job's seed, so a job is reproducible
         if resume_from is not None:
-            return PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
-        config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.05,
-                            target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
-        return get_peft_model(base_model, config)
+            model = PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
+        else:
+            model = get_peft_model(base_model, settings.lora_config())
+    keep_input_dtype(model)
+    return model
+
+
+def keep_input_dtype(model) -> None:
+    """Let bf16 activations reach the LoRA layers as they are (autocast chooses the dtype of their matmuls);
+    peft would otherwise cast them to the adapter's fp32 and back, which costs more than the matmuls."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
           on_step: Callable[[StepMetrics], None], on_epoch_end: Callable[[int, int, StepMetrics], None],
-          should_stop: Callable[[], bool], start_epoch: int = 0) -> StepMetrics:
-    """Run the epochs from ``start_epoch``; ``train_examples`` are encoded (ids, labels) or DPO pairs."""
+          should_stop: Callable[[], bool], start_epoch: int = 0,
+          hold: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> StepMetrics:
+    """Run the epochs from ``start_epoch``; ``train_examples`` are encoded (ids, labels) or DPO pairs.
+
+    ``hold()`` is entered around every step, evaluation and ``on_epoch_end``: a model shared with an inference
+    engine is used by one thread at a time, and the engine gets its turns between steps."""
     device = str(next(model.parameters()).device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     torch.manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.n_epochs
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    with hold():  # which parameters train is the model's state while the adapter is active
+        trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
     warmup = max(1, total_steps // 20)
     offset = start_epoch * steps_per_epoch  # on resume, the schedule continues where it was
@@ -227,34 +275,37 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
         return min(1.0, (step + 1) / warmup) * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model.train()
+    lengths = [example_length(e) for e in train_examples]
     step = start_epoch * steps_per_epoch
     metrics = StepMetrics(step, total_steps, float("nan"), float("nan"))
     for epoch in range(start_epoch, settings.n_epochs):
-        order = list(range(len(train_examples)))
-        random.Random(settings.seed * 1000 + epoch).shuffle(order)
-        for first in range(0, len(order), settings.batch_size):
+        for indices in length_grouped_batches(lengths, settings.batch_size, settings.seed * 1000 + epoch):
             if should_stop():
                 raise Cancelled()
-            chunk = [train_examples[i] for i in order[first : first + settings.batch_size]]
-            if settings.method == "dpo":
-                losses, wins = zip(*(dpo_loss(model, pair, settings.beta, device) for pair in chunk))
-                loss = torch.stack(losses).mean()
-                accuracy = sum(wins) / len(wins)
-            else:
-                loss, accuracy, _ = loss_and_accuracy(model, collate(chunk, pad_id, device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
+            chunk = [train_examples[i] for i in indices]
+            with hold():
+                model.train()
+                if settings.method == "dpo":
+                    losses, wins = zip(*(dpo_loss(model, pair, settings.beta, device) for pair in chunk))
+                    loss = torch.stack(losses).mean()
+                    accuracy = sum(wins) / len(wins)
+                else:
+                    loss, accuracy, _ = loss_and_accuracy(model, collate(chunk, pad_id, device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
             step += 1
             metrics = StepMetrics(step, total_steps, float(loss.detach()), accuracy)
             if valid_examples and settings.method != "dpo" and (step % settings.eval_every == 0 or step == total_steps):
                 sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
-                metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, sample, settings.batch_size, pad_id, device)
+                with hold():
+                    metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, sample, settings.batch_size, pad_id, device)
             if step == total_steps and valid_examples and settings.method != "dpo":
-                metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
+                with hold():
+                    metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
             on_step(metrics)
-        on_epoch_end(epoch + 1, step, metrics)
+        with hold():
+            on_epoch_end(epoch + 1, step, metrics)
     return metrics

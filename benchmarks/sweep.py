@@ -1,0 +1,118 @@
+"""The sweep behind the local stand-in's "auto" hyperparameters: train in-process, score on held-out requests.
+
+    python benchmarks/sweep.py "epochs=3 batch=4 lr=2 targets=all rag=0.5" "epochs=5 targets=mlp" ...
+
+Each quoted run is a set of key=value settings (defaults below); it trains SmolLM2-135M-Instruct on the course
+train set with the server's own training code (``helpers.server.training``), then scores greedy answers on
+the 111 held-out requests of ``test.jsonl`` (no retrieval) and on ``test_new_codes.jsonl`` (codes training never
+saw) without and with 5 retrieved codes. One JSON line per run is appended to ``benchmarks/out/sweep.jsonl``.
+
+Keys: ``epochs``, ``batch``, ``lr`` (the learning-rate multiplier; the LoRA learning rate is 1e-3 times it),
+``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
+carry retrieved codes), ``n`` (training examples, 0 = all 333), ``seed``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+BILLING = ROOT / "data" / "billing"
+OUT = Path(__file__).resolve().parent / "out"
+TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+           "mlp": ("gate_proj", "up_proj", "down_proj"), "attn": ("q_proj", "k_proj", "v_proj", "o_proj")}
+DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1}
+
+
+def parse(text: str) -> dict:
+    run = dict(DEFAULTS)
+    for item in text.split():
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown key {key!r} in {text!r}; keys: {', '.join(DEFAULTS)}")
+        run[key] = type(DEFAULTS[key])(value) if key != "targets" else value
+    return run
+
+
+def answers(model, tokenizer, requests: list[list[dict]], batch: int = 16) -> list[str]:
+    """Greedy answers, batched (left padding), as the server gives them."""
+    import torch
+
+    from helpers.server.training import autocast, render
+
+    tokenizer.padding_side = "left"
+    out = []
+    model.eval()
+    for first in range(0, len(requests), batch):
+        prompts = [render(tokenizer, m, add_generation_prompt=True) for m in requests[first : first + batch]]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad(), autocast(model):
+            generated = model.generate(**encoded, max_new_tokens=32, do_sample=False, temperature=None, top_p=None,
+                                       top_k=None, pad_token_id=tokenizer.eos_token_id)
+        out += tokenizer.batch_decode(generated[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
+    from helpers.billing import parse_answer
+    from helpers.retrieval import with_retrieval
+
+    requests = [r["messages"][:-1] for r in rows]
+    if rag:
+        requests = [with_retrieval(m) for m in requests]
+    given = answers(model, tokenizer, requests)
+    expected = [r["messages"][-1]["content"] for r in rows]
+    codes = [(parse_answer(g) or (None,))[0] == parse_answer(e)[0] for g, e in zip(given, expected)]
+    return {"code_accuracy": sum(codes) / len(rows), "exact_match": sum(g.strip() == e for g, e in zip(given, expected)) / len(rows)}
+
+
+def run_one(run: dict) -> dict:
+    from helpers import dataprep, retrieval
+    from helpers.server import localmodels, training
+
+    base = localmodels.resolve_base("gpt-4.1-mini")
+    tokenizer = localmodels.load_tokenizer(base)
+    with tempfile.TemporaryDirectory() as work:
+        subset = dataprep.take(BILLING / "train.jsonl", run["n"], Path(work))
+        path = Path(work) / "train_rag.jsonl"
+        retrieval.augment_file(subset, path, run["rag"], 5, run["seed"])
+        rows = dataprep.read_jsonl(path)
+    examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
+    settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"],
+                                      seed=run["seed"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]])
+    model = training.prepare_model(localmodels.load_model(base), settings)
+    started = time.perf_counter()
+    last = training.train(model, tokenizer, examples, [], settings, on_step=lambda m: None,
+                          on_epoch_end=lambda *a: None, should_stop=lambda: False)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(ids) for ids, _ in examples) * run["epochs"]
+    result = {**run, "examples": len(examples), "train_s": round(seconds, 1), "tokens_per_s": round(tokens / seconds),
+              "final_loss": round(last.train_loss, 4), "precision": str(localmodels.compute_dtype()).removeprefix("torch."),
+              "test": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test.jsonl"), rag=False),
+              "new_codes": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=False),
+              "new_codes_rag": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=True)}
+    return result
+
+
+def main(argv: list[str]) -> int:
+    runs = [parse(text) for text in (argv or [""])]
+    OUT.mkdir(exist_ok=True)
+    for run in runs:
+        result = run_one(run)
+        with (OUT / "sweep.jsonl").open("a") as out:
+            out.write(json.dumps(result) + "\n")
+        print(f"{' '.join(f'{k}={run[k]}' for k in DEFAULTS)}: {result['train_s']} s ({result['tokens_per_s']} tokens/s), "
+              f"loss {result['final_loss']}; test code {result['test']['code_accuracy']:.3f} exact {result['test']['exact_match']:.3f}; "
+              f"new codes {result['new_codes']['code_accuracy']:.3f}, with retrieval {result['new_codes_rag']['code_accuracy']:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,178 @@
+"""One copy of each base model in the server process, shared by the trainer and the inference engine.
+
+A base model is loaded once, its weights in ``localmodels.compute_dtype()`` (bf16 where the CPU has bf16
+kernels). A fine-tuning job adds its LoRA adapter to it (fp32 weights, trained under bf16 autocast) and
+removes it when the job ends; the inference engine attaches each fine-tuned model's saved adapter by name (in
+the compute dtype, a bounded cache, least recently used out) and answers for the base with every adapter
+disabled. Nothing is ever merged into the shared weights.
+
+Which adapter is active is state of the one model, so one thread uses it at a time: ``hold()`` is a fair
+lock (first come, first served), so a training job and chat requests take turns, a step or a batch at a time,
+and never run torch on the two cores at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from helpers.server import localmodels
+
+MAX_ADAPTERS = 8  # fine-tuned models kept attached for inference
+
+
+class FairLock:
+    """A lock granted in the order it was asked for (a ticket lock), so a thread that releases and at once asks
+    again (a training loop) cannot starve the others (chat requests). Not re-entrant."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
+
+
+def adapter_name(weights: Path) -> str:
+    """A stable adapter name for a saved adapter's folder (peft names may not contain dots)."""
+    return "m" + hashlib.sha1(str(weights.resolve()).encode()).hexdigest()[:16]
+
+
+class SharedModel:
+    """A base model, its tokenizer (left padding, for batched generation) and the adapters attached to it.
+
+    Every method that touches the model is called inside ``hold()``."""
+
+    def __init__(self, base: localmodels.LocalBase) -> None:
+        self.base = base
+        self.hold = FairLock()
+        self.tokenizer = localmodels.load_tokenizer(base)
+        self.tokenizer.padding_side = "left"
+        self.model = localmodels.load_model(base)
+        self.model.eval()
+        self.peft = None  # a PeftModel around self.model, from the first adapter on
+        self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
+        self._training: set[str] = set()
+
+    # -- inference ------------------------------------------------------------------------------
+    def for_inference(self, weights: Path | None):
+        """The model to generate with: the plain base (None), or the base with the adapter saved in ``weights``."""
+        if weights is None:
+            if self.peft is not None:
+                self.peft.base_model.disable_adapter_layers()
+            return self.model
+        name = adapter_name(weights)
+        if name not in self._inference:
+            self._attach(name, lambda: self._load(weights, name, trainable=False))
+        self._inference[name] = None
+        self._inference.move_to_end(name)
+        while len(self._inference) > MAX_ADAPTERS:
+            old, _ = self._inference.popitem(last=False)
+            self.peft.delete_adapter(old)
+        self._activate(name, trainable=False)
+        self.peft.eval()
+        return self.peft
+
+    def forget(self, weights: Path) -> None:
+        """Drop a deleted model's adapter."""
+        name = adapter_name(weights)
+        if self._inference.pop(name, "absent") is None:
+            self.peft.delete_adapter(name)
+
+    # -- training -------------------------------------------------------------------------------
+    def add_training_adapter(self, name: str, settings, resume_from: Path | None = None):
+        """Add a trainable LoRA adapter (new, seeded with the job's seed, or from a checkpoint); returns the model."""
+        import torch
+
+        def create() -> None:
+            torch.manual_seed(settings.seed)  # the adapter's initial weights follow the job's seed
+            if resume_from is not None:
+                self._load(resume_from, name, trainable=True)
+            elif self.peft is None:
+                from peft import get_peft_model
+
+                self.peft = get_peft_model(self.model, settings.lora_config(), adapter_name=name)
+            else:
+                self.peft.add_adapter(name, settings.lora_config())
+
+        self._attach(name, create)
+        self._training.add(name)
+        self._activate(name, trainable=True)
+        return self.peft
+
+    @contextmanager
+    def training_turn(self, name: str) -> Iterator[None]:
+        """Hold the model with the training adapter ``name`` active and trainable."""
+        with self.hold():
+            self._activate(name, trainable=True)
+            yield
+
+    def save_adapter(self, name: str, folder: Path) -> None:
+        """Write adapter ``name`` in peft's format (adapter_config.json + adapter_model.safetensors)."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.peft, adapter_name=name)
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+        self.peft.peft_config[name].save_pretrained(str(folder))
+
+    def remove_training_adapter(self, name: str) -> None:
+        if name in self._training:
+            self._training.discard(name)
+            self.peft.delete_adapter(name)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _load(self, weights: Path, name: str, *, trainable: bool) -> None:
+        """Load a saved adapter: fp32 to train on, the compute dtype to answer with."""
+        from peft import PeftModel
+
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name, is_trainable=trainable,
+                                                  autocast_adapter_dtype=trainable)
+        else:
+            self.peft.load_adapter(weights, adapter_name=name, is_trainable=trainable, autocast_adapter_dtype=trainable)
+
+    def _attach(self, name: str, create) -> None:
+        from helpers.server.training import keep_input_dtype
+
+        with localmodels.LOADING:
+            create()
+        keep_input_dtype(self.peft)
+
+    def _activate(self, name: str, *, trainable: bool) -> None:
+        self.peft.base_model.enable_adapter_layers()
+        self.peft.set_adapter(name, inference_mode=not trainable)
+
+
+class SharedModels:
+    """The loaded base models by name, each loaded on first use."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, SharedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, base: localmodels.LocalBase) -> SharedModel:
+        with self._lock:
+            if base.name not in self._models:
+                self._models[base.name] = SharedModel(base)
+            return self._models[base.name]
+
+    def loaded(self) -> list[SharedModel]:
+        with self._lock:
+            return list(self._models.values())
