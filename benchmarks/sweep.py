@@ -7,7 +7,7 @@ train set with the server's own training code (``helpers.server.training``), the
 the 111 held-out requests of ``test.jsonl`` (no retrieval) and on ``test_new_codes.jsonl`` (codes training never
 saw) without and with 5 retrieved codes. One JSON line per run is appended to ``benchmarks/out/sweep.jsonl``.
 
-Keys: ``epochs``, ``batch``, ``lr`` (the learning-rate multiplier; the LoRA learning rate is 1e-3 times it),
+Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`` trains at 4e-3),
 ``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
 carry retrieved codes), ``n`` (training examples, 0 = all 333), ``seed``.
 """
@@ -85,7 +85,7 @@ def run_one(run: dict) -> dict:
         retrieval.augment_file(subset, path, run["rag"], 5, run["seed"])
         rows = dataprep.read_jsonl(path)
     examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
-    settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"],
+    settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
                                       seed=run["seed"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]])
     model = training.prepare_model(localmodels.load_model(base), settings)
     started = time.perf_counter()

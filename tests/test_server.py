@@ -116,6 +116,20 @@ def test_the_fine_tuned_model_answers_in_the_trained_format(server, trained):
     assert tuned >= 3 and tuned > base, (tuned, base)
 
 
+def test_one_copy_of_the_base_model_serves_the_trainer_and_chat(server, trained):
+    import httpx
+
+    from helpers.server.localmodels import compute_dtype, resolve_base
+
+    client = server.client()
+    client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=[{"role": "user", "content": "CBC"}], max_tokens=4)
+    client.chat.completions.create(model="gpt-4.1-nano", messages=[{"role": "user", "content": "CBC"}], max_tokens=4)
+    loaded = httpx.get(f"{server.url}/health").json()["models"]
+    assert [m["base"] for m in loaded] == [resolve_base("gpt-4.1-mini").name]  # every alias, the job and chat: one model
+    assert loaded[0]["dtype"] == str(compute_dtype()).removeprefix("torch.")
+    assert loaded[0]["training_adapters"] == 0 and loaded[0]["inference_adapters"] >= 1  # the job's adapter left with it
+
+
 def test_models_list_retrieve_and_delete(server, trained):
     client = server.client()
     name = trained["job"].fine_tuned_model

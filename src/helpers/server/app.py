@@ -248,7 +248,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(store.data_dir), "pid": os.getpid(),
-                "inference": dict(engine.stats)}
+                "inference": dict(engine.stats), "models": [m.describe() for m in models.loaded()]}
 
     @app.get("/queue")
     def queue(request: Request) -> dict[str, Any]:

@@ -34,9 +34,15 @@ ORGANIZATION = "org-local"
 OWNER_LABEL = "local"
 
 
+#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
+#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged); DPO: 1e-3, as before (not swept).
+AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.5}
+
+
 def auto_batch_size(n_examples: int) -> int:
-    """Local rule for ``batch_size="auto"``: about 2% of the examples, between 1 and 8."""
-    return max(1, min(8, round(n_examples * 0.02)))
+    """Local rule for ``batch_size="auto"``: 4, fewer for a very small file (at least 8 steps per epoch).
+    LoRA learns best from small batches; the sweep in benchmarks/RESULTS.md chose 4 for the course data."""
+    return max(1, min(4, n_examples // 8))
 
 
 class JobRunner:
@@ -345,7 +351,7 @@ def _resolved_hyperparameters(job: dict[str, Any], n_examples: int) -> dict[str,
     resolved = {
         "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
         "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
-        "learning_rate_multiplier": 1.0 if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
+        "learning_rate_multiplier": AUTO_LR_MULTIPLIER[kind] if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
     }
     if kind == "dpo":
         resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]

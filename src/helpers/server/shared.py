@@ -69,6 +69,11 @@ class SharedModel:
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
 
+    def describe(self) -> dict:
+        """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
+        return {"base": self.base.name, "dtype": str(self.model.dtype).removeprefix("torch."),
+                "inference_adapters": len(self._inference), "training_adapters": len(self._training)}
+
     # -- inference ------------------------------------------------------------------------------
     def for_inference(self, weights: Path | None):
         """The model to generate with: the plain base (None), or the base with the adapter saved in ``weights``."""

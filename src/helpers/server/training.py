@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 IGNORE = -100
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-BASE_LEARNING_RATE = 1e-3  # times learning_rate_multiplier
+BASE_LEARNING_RATE = 2e-3  # times learning_rate_multiplier (LoRA); "auto" multipliers: helpers.server.jobs
 MAX_SEQ_LEN = 1024
 MEGABATCH = 16  # length grouping: examples are sorted by length within runs of MEGABATCH batches
 
@@ -266,7 +266,7 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
     total_steps = steps_per_epoch * settings.n_epochs
     with hold():  # which parameters train is the model's state while the adapter is active
         trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0, fused=True)
     warmup = max(1, total_steps // 20)
     offset = start_epoch * steps_per_epoch  # on resume, the schedule continues where it was
 

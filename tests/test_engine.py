@@ -1,0 +1,67 @@
+"""The engine's parts that need no server: precision choice, the fair lock, length-grouped batches."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from helpers.server import localmodels
+from helpers.server.shared import FairLock
+from helpers.server.training import length_grouped_batches
+
+
+def test_precision_is_bf16_where_the_cpu_has_bf16_kernels_and_can_be_forced(monkeypatch):
+    monkeypatch.delenv("WORKBOOK_PRECISION", raising=False)
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert localmodels.compute_dtype("cpu") == (torch.bfloat16 if native else torch.float32)
+    monkeypatch.setenv("WORKBOOK_PRECISION", "fp32")
+    assert localmodels.compute_dtype("cpu") == torch.float32
+    monkeypatch.setenv("WORKBOOK_PRECISION", "BF16")
+    if native:
+        assert localmodels.compute_dtype("cpu") == torch.bfloat16
+    else:
+        with pytest.raises(RuntimeError, match="no bf16 kernels"):
+            localmodels.compute_dtype("cpu")
+
+
+def test_an_unknown_precision_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORKBOOK_PRECISION", "half")
+    with pytest.raises(ValueError, match="WORKBOOK_PRECISION must be one of auto, bf16, fp32, got 'half'"):
+        localmodels.compute_dtype("cpu")
+
+
+def test_the_fair_lock_serves_threads_in_the_order_they_asked():
+    hold, order = FairLock(), []
+    started = threading.Event()
+
+    def trainer() -> None:  # releases and asks again at once, as a training loop does
+        for step in range(5):
+            with hold():
+                started.set()
+                order.append(f"step {step}")
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    started.wait()
+    with hold():  # a chat request arriving mid-training gets the next turn, not the end of the job
+        order.append("chat")
+    thread.join()
+    assert order.index("chat") <= 2, order
+
+
+def test_length_grouped_batches_hold_every_example_once_and_pad_little():
+    import random
+
+    lengths = [random.Random(i).randint(60, 200) for i in range(333)]
+    batches = length_grouped_batches(lengths, 4, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(333))
+    assert all(1 <= len(b) <= 4 for b in batches)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    plain = sum(max(lengths[i] for i in range(j, min(j + 4, 333))) * len(range(j, min(j + 4, 333))) for j in range(0, 333, 4))
+    assert padded < plain * 0.9
+    assert length_grouped_batches(lengths, 4, seed=3) == batches and length_grouped_batches(lengths, 4, seed=4) != batches
+    # the batches themselves are shuffled: lengths do not trend through an epoch
+    assert [max(lengths[i] for i in b) for b in batches] != sorted(max(lengths[i] for i in b) for b in batches)
