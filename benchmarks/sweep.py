@@ -93,7 +93,8 @@ def run_one(run: dict) -> dict:
                           on_epoch_end=lambda *a: None, should_stop=lambda: False)
     seconds = time.perf_counter() - started
     tokens = sum(len(ids) for ids, _ in examples) * run["epochs"]
-    result = {**run, "examples": len(examples), "train_s": round(seconds, 1), "tokens_per_s": round(tokens / seconds),
+    peak_mb = int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")).split()[1]) // 1024
+    result = {**run, "examples": len(examples), "train_s": round(seconds, 1), "peak_rss_mb": peak_mb, "tokens_per_s": round(tokens / seconds),
               "final_loss": round(last.train_loss, 4), "precision": str(localmodels.compute_dtype()).removeprefix("torch."),
               "test": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test.jsonl"), rag=False),
               "new_codes": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=False),
@@ -109,7 +110,7 @@ def main(argv: list[str]) -> int:
         with (OUT / "sweep.jsonl").open("a") as out:
             out.write(json.dumps(result) + "\n")
         print(f"{' '.join(f'{k}={run[k]}' for k in DEFAULTS)}: {result['train_s']} s ({result['tokens_per_s']} tokens/s), "
-              f"loss {result['final_loss']}; test code {result['test']['code_accuracy']:.3f} exact {result['test']['exact_match']:.3f}; "
+              f"loss {result['final_loss']}, peak {result['peak_rss_mb']} MB; test code {result['test']['code_accuracy']:.3f} exact {result['test']['exact_match']:.3f}; "
               f"new codes {result['new_codes']['code_accuracy']:.3f}, with retrieval {result['new_codes_rag']['code_accuracy']:.3f}", flush=True)
     return 0
 

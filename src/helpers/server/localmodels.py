@@ -114,6 +114,44 @@ def load_tokenizer(base: LocalBase):
         return AutoTokenizer.from_pretrained(weights_dir(base))
 
 
+def bf16_weights_dir(base: LocalBase) -> Path:
+    """A bf16 copy of the base model's folder (made once from the fp32 one), so that loading in bf16 never holds the
+    fp32 weights in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = weights_dir(base)
+    target = source.with_name(f"{base.name}-bf16")
+    if (target / "config.json").exists():
+        return target
+    with open(source.parent / f".{base.name}-bf16.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            with LOADING:
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+            staging = target.with_name(f".{base.name}-bf16.staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            model.save_pretrained(staging)
+            for name in os.listdir(source):  # tokenizer files
+                if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                    shutil.copy(source / name, staging / name)
+            os.replace(staging, target)
+    return target
+
+
+def release_freed_memory_promptly() -> None:
+    """Make glibc return large freed blocks to the system at once (a fixed mmap threshold of 128 KiB). By default the
+    threshold grows as tensors are freed, later tensors come from the heap, and a training job leaves the server's
+    resident memory about 0.6 GB higher for good (measured). Elsewhere than glibc: nothing to do."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def load_model(base: LocalBase, device: str | None = None):
     """The base model on ``device`` (a GPU when torch sees one), its weights in ``compute_dtype()``.
 
@@ -121,9 +159,13 @@ def load_model(base: LocalBase, device: str | None = None):
     in training here (benchmarks/RESULTS.md)."""
     from transformers import AutoModelForCausalLM
 
+    import torch
+
     device = device or default_device()
+    dtype = compute_dtype(device)
+    folder = bf16_weights_dir(base) if dtype == torch.bfloat16 else weights_dir(base)
     with LOADING:
-        model = AutoModelForCausalLM.from_pretrained(weights_dir(base), dtype=compute_dtype(device), attn_implementation="eager")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
     return model.to(device)
 
 

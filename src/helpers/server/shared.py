@@ -68,6 +68,7 @@ class SharedModel:
         self.peft = None  # a PeftModel around self.model, from the first adapter on
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
+        self._active: tuple[str, bool] | None = None  # (adapter, trainable) now active; None: adapters off or unknown
 
     def describe(self) -> dict:
         """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
@@ -78,8 +79,9 @@ class SharedModel:
     def for_inference(self, weights: Path | None):
         """The model to generate with: the plain base (None), or the base with the adapter saved in ``weights``."""
         if weights is None:
-            if self.peft is not None:
+            if self.peft is not None and self._active is not None:
                 self.peft.base_model.disable_adapter_layers()
+                self._active = None
             return self.model
         name = adapter_name(weights)
         if name not in self._inference:
@@ -89,6 +91,7 @@ class SharedModel:
         while len(self._inference) > MAX_ADAPTERS:
             old, _ = self._inference.popitem(last=False)
             self.peft.delete_adapter(old)
+            self._active = None
         self._activate(name, trainable=False)
         self.peft.eval()
         return self.peft
@@ -98,6 +101,7 @@ class SharedModel:
         name = adapter_name(weights)
         if self._inference.pop(name, "absent") is None:
             self.peft.delete_adapter(name)
+            self._active = None
 
     # -- training -------------------------------------------------------------------------------
     def add_training_adapter(self, name: str, settings, resume_from: Path | None = None):
@@ -141,6 +145,7 @@ class SharedModel:
         if name in self._training:
             self._training.discard(name)
             self.peft.delete_adapter(name)
+            self._active = None
 
     # -- internals ------------------------------------------------------------------------------
     def _load(self, weights: Path, name: str, *, trainable: bool) -> None:
@@ -159,10 +164,15 @@ class SharedModel:
         with localmodels.LOADING:
             create()
         keep_input_dtype(self.peft)
+        self._active = None  # adding an adapter may change which one peft has active
 
     def _activate(self, name: str, *, trainable: bool) -> None:
+        """Make ``name`` the active adapter (a walk over every module in peft: skipped when it already is)."""
+        if self._active == (name, trainable):
+            return
         self.peft.base_model.enable_adapter_layers()
         self.peft.set_adapter(name, inference_mode=not trainable)
+        self._active = (name, trainable)
 
 
 class SharedModels:

@@ -128,8 +128,11 @@ def encode_preference(tokenizer, example: dict[str, Any]) -> dict[str, list[int]
     return out
 
 
+PAD_TO_MULTIPLE = 16  # fewer distinct shapes: oneDNN compiles and caches a matmul kernel per shape
+
+
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in batch)
+    width = -(-max(len(ids) for ids, _ in batch) // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
