@@ -3,7 +3,8 @@
 Labels are built from the model's own chat template: the loss covers the content of assistant messages
 with weight 1 and the ``<|im_end|>`` that closes them (so the model learns to stop), nothing else. Labels
 are never derived from the pad id, because pad == eos for SmolLM2. Batches hold examples of similar length
-(length-grouped, then shuffled) and are padded dynamically to their longest example.
+(length-grouped, then shuffled) and are padded dynamically to their longest example, rounded up to a
+multiple of PAD_TO_MULTIPLE.
 
 Precision: the frozen base weights are in the compute dtype of ``localmodels.compute_dtype()`` (bf16 where
 the CPU has bf16 kernels) and the forward pass runs under autocast; the LoRA weights, their gradients and
