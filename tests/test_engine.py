@@ -1,4 +1,4 @@
-"""The engine's parts that need no server: precision choice, the fair lock, length-grouped batches."""
+"""The engine's parts that need no server: precision choice, the fair lock, length-grouped batches, batches in parts."""
 from __future__ import annotations
 
 import threading
@@ -65,3 +65,42 @@ def test_length_grouped_batches_hold_every_example_once_and_pad_little():
     assert length_grouped_batches(lengths, 4, seed=3) == batches and length_grouped_batches(lengths, 4, seed=4) != batches
     # the batches themselves are shuffled: lengths do not trend through an epoch
     assert [max(lengths[i] for i in b) for b in batches] != sorted(max(lengths[i] for i in b) for b in batches)
+
+
+def test_a_long_batch_trains_in_parts_with_the_gradients_of_one_pass():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.server.training import IGNORE, accumulate_gradients, micro_batches
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).float()
+    rng = torch.Generator().manual_seed(1)
+    batch = []
+    for length in (9, 30, 17, 40):  # labels: the second half of each example
+        ids = torch.randint(0, 64, (length,), generator=rng).tolist()
+        batch.append((ids, [IGNORE] * (length // 2) + ids[length // 2:]))
+    # shortest first, padded to multiples of 16: 9 and 17 fit in 2 x 32 tokens, 30 with them would need 3 x 32
+    assert [[len(ids) for ids, _ in part] for part in micro_batches(batch, 64)] == [[9, 17], [30], [40]]
+
+    def gradients(max_tokens: int):
+        model.zero_grad()
+        loss, accuracy = accumulate_gradients(model, batch, 0, "cpu", max_tokens=max_tokens)
+        return loss, accuracy, [p.grad.clone() for p in model.parameters()]
+
+    whole_loss, whole_accuracy, whole = gradients(10_000)
+    parts_loss, parts_accuracy, parts = gradients(64)
+    assert torch.allclose(parts_loss, whole_loss, atol=1e-6)
+    assert parts_accuracy == pytest.approx(whole_accuracy)
+    for a, b in zip(parts, whole):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_torch_work_runs_in_a_thread_of_its_own_and_its_errors_reach_the_caller():
+    from helpers.server.shared import in_own_thread
+
+    caller = threading.get_ident()
+    assert in_own_thread(lambda: threading.get_ident(), "probe") != caller
+    assert in_own_thread(lambda: 6 * 7, "probe") == 42
+    with pytest.raises(ZeroDivisionError):
+        in_own_thread(lambda: 1 / 0, "probe")

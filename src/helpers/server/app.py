@@ -171,7 +171,6 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     limits = limits or Limits()
     labels = {owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {}
     localmodels.import_libraries()  # before any worker thread exists
-    localmodels.release_freed_memory_promptly()
     store = Store(data_dir)
     models = SharedModels()  # one copy of each base model, for the trainer and the engine
     engine = Engine(models)

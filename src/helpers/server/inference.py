@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from helpers.server import localmodels
-from helpers.server.shared import SharedModels
+from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.training import render
 
 BATCH_WINDOW_S = 0.02
@@ -115,7 +115,8 @@ class Engine:
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             try:
-                results = self._run_batch(first.target, [r.messages for r in batch], first.sampling)
+                results = in_own_thread(lambda: self._run_batch(first.target, [r.messages for r in batch], first.sampling),
+                                        "inference batch")
                 for request, result in zip(batch, results):
                     request.future.set_result(result)
             except Exception as exc:  # reported to each caller

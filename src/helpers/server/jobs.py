@@ -22,7 +22,7 @@ from typing import Any
 
 from helpers.costs import auto_epochs
 from helpers.server import localmodels
-from helpers.server.shared import SharedModels
+from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 from helpers.validate import MIN_EXAMPLES, validate_file
 
@@ -132,7 +132,7 @@ class JobRunner:
                 job_id = _take_next(self._queues, self._served, self._turn)
                 self._current = job_id
             try:
-                self._run(job_id)
+                in_own_thread(lambda: self._run(job_id), f"fine-tuning {job_id}")
             except Exception as exc:  # a bug or resource problem: the job fails, the server lives on
                 log.error("job %s crashed: %s", job_id, traceback.format_exc())
                 self._finish(job_id, "failed", error={"code": "server_error", "param": None,

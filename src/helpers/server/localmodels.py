@@ -139,19 +139,6 @@ def bf16_weights_dir(base: LocalBase) -> Path:
     return target
 
 
-def release_freed_memory_promptly() -> None:
-    """Make glibc return large freed blocks to the system at once (a fixed mmap threshold of 128 KiB). By default the
-    threshold grows as tensors are freed, later tensors come from the heap, and a training job leaves the server's
-    resident memory about 0.6 GB higher for good (measured). Elsewhere than glibc: nothing to do."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def load_model(base: LocalBase, device: str | None = None):
     """The base model on ``device`` (a GPU when torch sees one), its weights in ``compute_dtype()``.
 
