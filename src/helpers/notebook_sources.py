@@ -353,7 +353,7 @@ notebook on your own data: `workbook report 02_data_prep -p DATASET_PATH my_data
 NOTEBOOKS["03_training"] = [
     md("""
 # 03 · Training
-**Time:** about 4 minutes with the defaults, about 12 minutes for the full course set on a 2-core CPU · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
+**Time:** about 3 minutes with the defaults, about 7 minutes for the full course set on a 2-core CPU · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
 """),
     params("""
 BACKEND = "local"
