@@ -142,12 +142,13 @@ def test_03_training_succeeds_and_bills_like_openai(nbval_run):
     assert metrics["n_checkpoints"] == metrics["hyperparameters"]["n_epochs"]
     report = validate_file(DATA / "billing" / "train.jsonl", model="gpt-4.1-mini")
     assert metrics["estimated_cost_usd"] == pytest.approx(metrics["trained_tokens"] * prices("gpt-4.1-mini", fine_tuned=True).training / 1e6)
-    assert metrics["n_train"] < report.n_examples
+    assert metrics["n_train"] == report.n_examples  # the default trains on the whole set (fewer examples learn few codes)
     assert metrics["n_with_retrieved_codes"] == round(metrics["n_train"] * metrics["rag_share"]) > 0
 
 
-def test_04_fine_tuned_beats_base_on_format(nbval_run):
+def test_04_fine_tuned_beats_base_on_format_and_codes(nbval_run):
     metrics = nbval_run["04_inference_and_eval"]
+    assert metrics["tuned"]["code_accuracy"] > metrics["base"]["code_accuracy"]
     assert metrics["tuned"]["format_compliance"] > metrics["base"]["format_compliance"]
     assert metrics["tuned"]["format_compliance"] >= 0.75
     rag = metrics["new_codes"]
