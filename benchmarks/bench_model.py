@@ -126,11 +126,17 @@ def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
     return [encode_chat(tokenizer, row["messages"]) for row in rows]
 
 
-def validation_loss(model, tokenizer) -> float:
+def validation_examples(tokenizer) -> list[tuple[list[int], list[int]]]:
+    """The course validation set, encoded: what the job validates on, and what every contender is scored on."""
     from helpers.dataprep import read_jsonl
+
+    return encoded(tokenizer, read_jsonl(VALID))
+
+
+def validation_loss(model, tokenizer) -> float:
     from helpers.server.training import evaluate
 
-    return evaluate(model, encoded(tokenizer, read_jsonl(VALID)), 8, tokenizer.eos_token_id, "cpu")[0]
+    return evaluate(model, validation_examples(tokenizer), 8, tokenizer.eos_token_id, "cpu")[0]
 
 
 def fp32_loop(rows: list[dict]) -> dict:
@@ -155,9 +161,7 @@ def fp32_loop(rows: list[dict]) -> dict:
     warmup = max(1, total // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (total - s) / max(1, total - warmup)))
-    from helpers.dataprep import read_jsonl
-
-    valid = encoded(tokenizer, read_jsonl(VALID))
+    valid = validation_examples(tokenizer)
 
     def batch_of(chunk):
         width = max(len(ids) for ids, _ in chunk)
@@ -214,9 +218,7 @@ def own_loop(rows: list[dict]) -> dict:
     tokenizer = localmodels.load_tokenizer(base)
     examples = encoded(tokenizer, rows)
     config = settings(len(examples))
-    from helpers.dataprep import read_jsonl
-
-    valid = encoded(tokenizer, read_jsonl(VALID))  # the job reports validation metrics; so does this loop
+    valid = validation_examples(tokenizer)  # the job reports validation metrics; so does this loop
     model = training.prepare_model(localmodels.load_model(base), config)
     training.train(model, tokenizer, examples, valid, config, on_step=lambda m: None, on_epoch_end=lambda *a: None,
                    should_stop=lambda: False)

@@ -74,6 +74,7 @@ def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
 
 
 def run_one(run: dict) -> dict:
+    from bench_model import peak_rss_mb  # this folder's benchmark helpers
     from helpers import dataprep, retrieval
     from helpers.server import localmodels, training
 
@@ -93,7 +94,7 @@ def run_one(run: dict) -> dict:
                           on_epoch_end=lambda *a: None, should_stop=lambda: False)
     seconds = time.perf_counter() - started
     tokens = sum(len(ids) for ids, _ in examples) * run["epochs"]
-    peak_mb = int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM")).split()[1]) // 1024
+    peak_mb = int(peak_rss_mb(os.getpid()))
     result = {**run, "examples": len(examples), "train_s": round(seconds, 1), "peak_rss_mb": peak_mb, "tokens_per_s": round(tokens / seconds),
               "final_loss": round(last.train_loss, 4), "precision": str(localmodels.compute_dtype()).removeprefix("torch."),
               "test": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test.jsonl"), rag=False),

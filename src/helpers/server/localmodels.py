@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 from helpers.catalogue import base_model_name
 from helpers.paths import DATA_DIR, user_cache_dir
@@ -79,16 +80,26 @@ def _gguf_path(base: LocalBase) -> Path:
     return path
 
 
-def weights_dir(base: LocalBase) -> Path:
-    """A folder with the base model in safetensors (made once from the GGUF, under a file lock)."""
-    target = model_cache_dir() / base.name
+def _made_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, a model folder: ``build(staging)`` writes it into a staging folder the first time, under a file
+    lock (several processes may start at once), and the staging folder is renamed into place when complete."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{base.name}.lock", "w") as lock:
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            return target
+        if not (target / "config.json").exists():
+            staging = target.with_name(f".{target.name}.staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            build(staging)
+            os.replace(staging, target)
+    return target
+
+
+def weights_dir(base: LocalBase) -> Path:
+    """A folder with the base model in safetensors (made once from the GGUF)."""
+
+    def build(staging: Path) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,12 +110,10 @@ def weights_dir(base: LocalBase) -> Path:
         model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        staging = target.with_name(f".{base.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-    return target
+
+    return _made_once(model_cache_dir() / base.name, build)
 
 
 def load_tokenizer(base: LocalBase):
@@ -117,26 +126,20 @@ def load_tokenizer(base: LocalBase):
 def bf16_weights_dir(base: LocalBase) -> Path:
     """A bf16 copy of the base model's folder (made once from the fp32 one), so that loading in bf16 never holds the
     fp32 weights in memory."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     source = weights_dir(base)
-    target = source.with_name(f"{base.name}-bf16")
-    if (target / "config.json").exists():
-        return target
-    with open(source.parent / f".{base.name}-bf16.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "config.json").exists():
-            with LOADING:
-                model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
-            staging = target.with_name(f".{base.name}-bf16.staging")
-            shutil.rmtree(staging, ignore_errors=True)
-            model.save_pretrained(staging)
-            for name in os.listdir(source):  # tokenizer files
-                if name.startswith(("tokenizer", "special_tokens", "chat_template")):
-                    shutil.copy(source / name, staging / name)
-            os.replace(staging, target)
-    return target
+
+    def build(staging: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with LOADING:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
+        model.save_pretrained(staging)
+        for name in os.listdir(source):  # tokenizer files
+            if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                shutil.copy(source / name, staging / name)
+
+    return _made_once(source.with_name(f"{base.name}-bf16"), build)
 
 
 def load_model(base: LocalBase, device: str | None = None):
