@@ -353,7 +353,7 @@ notebook on your own data: `workbook report 02_data_prep -p DATASET_PATH my_data
 NOTEBOOKS["03_training"] = [
     md("""
 # 03 · Training
-**Time:** about 4 minutes with the defaults (2 epochs), about 7 minutes at course size (3 epochs) on a 2-core CPU · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
+**Time:** about 4 minutes with the defaults (2 epochs), about 6 minutes at course size (3 epochs) on a 2-core CPU · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
 """),
     params("""
 BACKEND = "local"
@@ -396,8 +396,8 @@ step sees; the learning-rate multiplier scales the step size.
 A quarter of the training examples (`RAG_SHARE`) get the five codes retrieval finds for them in their prompt,
 so the model learns to use retrieved codes as well as to answer from the one-line prompt: notebook 04 shows why.
 Why a quarter, not all: those examples are about twice as long, so every one of them makes the job longer,
-and the plain requests are what most of the test asks. Measured on the whole set (benchmarks/RESULTS.md),
-with a quarter the tuned model still answers most codes it never trained on from the retrieved list.
+and the plain requests are what most of the test asks. Notebook 04 measures what the tuned model then does
+with retrieved codes for codes it never trained on.
 """),
     code("""
 subset, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
