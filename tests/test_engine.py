@@ -104,3 +104,78 @@ def test_torch_work_runs_in_a_thread_of_its_own_and_its_errors_reach_the_caller(
     assert in_own_thread(lambda: 6 * 7, "probe") == 42
     with pytest.raises(ZeroDivisionError):
         in_own_thread(lambda: 1 / 0, "probe")
+
+
+def test_the_lean_lora_forward_gives_peft_s_outputs_and_gradients():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.server import lora_forward
+
+    def tiny(seed: int):
+        torch.manual_seed(seed)
+        base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2)).float()
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        model = get_peft_model(base, config, adapter_name="one")
+        model.add_adapter("two", config)
+        for name, p in model.named_parameters():  # B starts at zero; make both adapters change the outputs
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+        return model
+
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(2))
+    peft_model, lean_model = tiny(0), tiny(0)
+    assert lora_forward.install(lean_model) == 6 and lora_forward.install(lean_model) == 6  # idempotent
+    assert sum("forward" in m.__dict__ for m in lean_model.modules()) == 6
+
+    def run(model, adapter: str | None):
+        model.zero_grad()
+        if adapter is None:
+            with model.disable_adapter():
+                return model(input_ids=ids).logits, None
+        model.set_adapter(adapter)
+        logits = model(input_ids=ids).logits
+        logits.square().mean().backward()
+        return logits, [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    outputs = {}
+    for adapter in ("one", "two", None):
+        (want, want_grads), (got, got_grads) = run(peft_model, adapter), run(lean_model, adapter)
+        assert torch.allclose(got, want, atol=1e-5), adapter
+        for a, b in zip(got_grads or [], want_grads or []):
+            assert torch.allclose(a, b, atol=1e-5), adapter
+        outputs[adapter] = got
+    assert not torch.allclose(outputs["one"], outputs["two"]) and not torch.allclose(outputs["one"], outputs[None])
+
+
+def test_a_shared_prefix_goes_through_the_model_once_with_the_same_loss_and_gradients():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.server.training import IGNORE, collate, loss_and_accuracy, shared_prefix_length
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).float()
+    rng = torch.Generator().manual_seed(1)
+    prefix = torch.randint(0, 64, (12,), generator=rng).tolist()
+    batch = []
+    for prompt, answer in ((3, 5), (9, 2), (1, 7)):  # a shared system prompt, a user part, a labelled answer
+        rest = torch.randint(0, 64, (prompt + answer,), generator=rng).tolist()
+        batch.append((prefix + rest, [IGNORE] * (12 + prompt) + rest[prompt:]))
+    # the third example's answer starts at token 13: token 13 is predicted from position 12, so 12 tokens are shared
+    assert shared_prefix_length(batch) == 12
+    assert shared_prefix_length(batch[:1]) == 0  # one example: nothing to share
+    assert shared_prefix_length([(prefix[:5] + [1] * 9, [IGNORE] * 13 + [1]), (prefix[:5] + [2] * 9, [IGNORE] * 13 + [2])]) == 0  # too short to pay
+
+    def run(prefix_len: int):
+        model.zero_grad()
+        loss, accuracy, count = loss_and_accuracy(model, collate(batch, 0, "cpu", prefix_len))
+        loss.backward()
+        return loss.detach(), accuracy, count, [p.grad.clone() for p in model.parameters()]
+
+    shared, whole = run(12), run(0)
+    assert shared[2] == whole[2] == 14  # every labelled token, and only those
+    assert torch.allclose(shared[0], whole[0], atol=1e-6) and shared[1] == pytest.approx(whole[1])
+    for a, b in zip(shared[3], whole[3]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
