@@ -9,7 +9,8 @@ saw) without and with 5 retrieved codes. One JSON line per run is appended to ``
 
 Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`` trains at 4e-3),
 ``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
-carry retrieved codes), ``n`` (training examples, 0 = all 333), ``seed``.
+carry retrieved codes), ``k`` (codes retrieved for them), ``n`` (training examples, 0 = all 333), ``seed``, ``plus``
+(LoRA+: the B matrices' learning rate over A's).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A base model is loaded once, its weights in ``localmodels.compute_dtype()`` (bf16 where the CPU has bf16
 kernels). A fine-tuning job adds its LoRA adapter to it (fp32 weights, trained under bf16 autocast) and
-removes it when the job ends; the inference engine attaches each fine-tuned model's saved adapter by name (fp32
-weights too, a bounded cache, least recently used out) and answers for the base with every adapter
+removes it when the job ends; the inference engine attaches each fine-tuned model's saved adapter by name (in
+the compute dtype, a bounded cache, least recently used out) and answers for the base with every adapter
 disabled. Nothing is ever merged into the shared weights.
 
 Which adapter is active is state of the one model, so one thread uses it at a time: ``hold()`` is a fair
@@ -174,22 +174,21 @@ class SharedModel:
 
     # -- internals ------------------------------------------------------------------------------
     def _load(self, weights: Path, name: str, *, trainable: bool) -> None:
-        """Load a saved adapter with fp32 weights, to train on or to answer with (``lora_forward``: for one token, a
-        LoRA matmul in fp32 costs a fraction of one in bf16 on this CPU)."""
+        """Load a saved adapter: fp32 to train on, the compute dtype to answer with."""
         from peft import PeftModel
 
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name, is_trainable=trainable,
-                                                  autocast_adapter_dtype=True)
+                                                  autocast_adapter_dtype=trainable)
         else:
-            self.peft.load_adapter(weights, adapter_name=name, is_trainable=trainable, autocast_adapter_dtype=True)
+            self.peft.load_adapter(weights, adapter_name=name, is_trainable=trainable, autocast_adapter_dtype=trainable)
 
     def _attach(self, name: str, create) -> None:
-        from helpers.server import lora_forward
+        from helpers.server.training import keep_input_dtype
 
         with localmodels.LOADING:
             create()
-        lora_forward.install(self.peft)
+        keep_input_dtype(self.peft)
         self._active = None  # adding an adapter may change which one peft has active
 
     def _activate(self, name: str, *, trainable: bool) -> None:

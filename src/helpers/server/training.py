@@ -44,7 +44,7 @@ class TrainSettings:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ALL_PROJECTIONS
     eval_every: int = 10                # steps between validation-batch losses
-    lora_b_lr_ratio: float = 1.0        # LoRA+ (Hayou et al., 2024): the B matrices learn this many times faster
+    lora_b_lr_ratio: float = 1.0        # LoRA+ (Hayou et al., 2024): B learns this many times faster (sweep only)
 
     @property
     def learning_rate(self) -> float:
@@ -138,31 +138,8 @@ PAD_TO_MULTIPLE = 16  # fewer distinct shapes: oneDNN compiles and caches a matm
 MAX_TOKENS_PER_PASS = 384
 
 
-def padded_width(batch: list[tuple[list[int], list[int]]], prefix_len: int = 0) -> int:
-    """Width of the collated batch: the shared prefix plus the rest padded to a multiple of PAD_TO_MULTIPLE."""
-    return prefix_len + -(-(max(len(ids) for ids, _ in batch) - prefix_len) // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE
-
-
-# A batch's examples start with the same tokens (the chat template and the task's system prompt: 43 of the 83 tokens
-# of a course example). Those tokens go through the model once per pass, the rest of every example attends to their
-# keys and values: the same loss and gradients, a third fewer tokens through the model on the course set.
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix_length(batch: list[tuple[list[int], list[int]]]) -> int:
-    """How many leading tokens every example of ``batch`` shares, short of any labelled target (the hidden state
-    at position p - 1 predicts token p, so tokens 1..p must be unlabelled); 0 when that is under MIN_SHARED_PREFIX
-    tokens or the batch has one example."""
-    if len(batch) < 2:
-        return 0
-    first = batch[0][0]
-    length = min(len(ids) for ids, _ in batch)
-    for _, labels in batch:
-        length = min(length, next((i for i, t in enumerate(labels) if t != IGNORE), len(labels)) - 1)
-    p = 0
-    while p < length and all(ids[p] == first[p] for ids, _ in batch):
-        p += 1
-    return p if p >= MIN_SHARED_PREFIX else 0
+def padded_width(batch: list[tuple[list[int], list[int]]]) -> int:
+    return -(-max(len(ids) for ids, _ in batch) // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE
 
 
 def micro_batches(batch: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list]:
@@ -177,9 +154,8 @@ def micro_batches(batch: list[tuple[list[int], list[int]]], max_tokens: int) -> 
     return passes
 
 
-def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str, prefix_len: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; ``prefix_len`` (``shared_prefix_length``) is recorded for ``loss_and_accuracy``."""
-    width = padded_width(batch, prefix_len)
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = padded_width(batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -187,7 +163,7 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str, 
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device), "prefix_len": prefix_len}
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 # -- metrics ---------------------------------------------------------------------------------------
@@ -210,16 +186,9 @@ def loss_and_accuracy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     a fraction of each example, so this saves most of the logits' compute and memory. The loss is fp32.
     """
     lm = _causal_lm(model)
-    p = batch.get("prefix_len", 0)
     with autocast(model):
-        if p:  # the shared prefix once, its keys and values repeated for every example (gradients flow back through them)
-            ids = batch["input_ids"]
-            cache = lm.model(input_ids=ids[:1, :p], use_cache=True).cache
-            cache.batch_repeat_interleave(ids.shape[0])
-            hidden = lm.model(input_ids=ids[:, p:], attention_mask=batch["attention_mask"], cache=cache, use_cache=True).last_hidden_state[:, :-1]
-        else:
-            hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
-        targets = batch["labels"][:, p + 1:]
+        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
         logits = lm.lm_head(hidden[mask]).float()
     count = int(mask.sum())
@@ -235,8 +204,8 @@ def evaluate(model, examples: list, batch_size: int, pad_id: int, device: str) -
     model.eval()
     loss_sum = correct = tokens = 0.0
     for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        loss, accuracy, count = loss_and_accuracy(model, collate(chunk, pad_id, device, shared_prefix_length(chunk)))
+        batch = collate(examples[i : i + batch_size], pad_id, device)
+        loss, accuracy, count = loss_and_accuracy(model, batch)
         loss_sum += float(loss) * count
         correct += accuracy * count
         tokens += count
@@ -252,7 +221,7 @@ def accumulate_gradients(model, batch: list[tuple[list[int], list[int]]], pad_id
     total = torch.zeros(())
     correct = 0.0
     for part in micro_batches(batch, max_tokens):
-        loss, accuracy, count = loss_and_accuracy(model, collate(part, pad_id, device, shared_prefix_length(part)))
+        loss, accuracy, count = loss_and_accuracy(model, collate(part, pad_id, device))
         (loss * (count / max(labelled, 1))).backward()
         total += loss.detach() * count
         correct += accuracy * count
@@ -303,7 +272,6 @@ def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None 
     instead adds the adapter to its shared base model: ``helpers.server.shared``)."""
     from peft import PeftModel, get_peft_model
 
-    from helpers.server import lora_forward
     from helpers.server.localmodels import LOADING
 
     with LOADING:
@@ -312,8 +280,16 @@ def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None 
             model = PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
         else:
             model = get_peft_model(base_model, settings.lora_config())
-    lora_forward.install(model)
+    keep_input_dtype(model)
     return model
+
+
+def keep_input_dtype(model) -> None:
+    """Let bf16 activations reach the LoRA layers as they are (autocast chooses the dtype of their matmuls);
+    peft would otherwise cast them to the adapter's fp32 and back, which costs more than the matmuls."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
