@@ -104,3 +104,32 @@ def test_torch_work_runs_in_a_thread_of_its_own_and_its_errors_reach_the_caller(
     assert in_own_thread(lambda: 6 * 7, "probe") == 42
     with pytest.raises(ZeroDivisionError):
         in_own_thread(lambda: 1 / 0, "probe")
+
+
+def test_lora_plus_gives_the_b_matrices_a_larger_learning_rate():
+    from types import SimpleNamespace
+
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.server.training import IGNORE, TrainSettings, train
+
+    def first_step(ratio: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=4, num_key_value_heads=2)).float()
+        settings = TrainSettings(n_epochs=1, batch_size=2, lora_r=4, lora_alpha=8, lora_b_lr_ratio=ratio)
+        model = get_peft_model(base, settings.lora_config())
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        examples = [(list(range(1, 11)), [IGNORE] * 5 + list(range(6, 11))), (list(range(3, 13)), [IGNORE] * 5 + list(range(8, 13)))]
+        train(model, SimpleNamespace(pad_token_id=0, eos_token_id=0), examples, [], settings, on_step=lambda m: None,
+              on_epoch_end=lambda *a: None, should_stop=lambda: False)
+        moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters() if p.requires_grad}
+        return max(v for n, v in moved.items() if "lora_B" in n), max(v for n, v in moved.items() if "lora_A" in n)
+
+    plain_b, plain_a = first_step(1.0)
+    plus_b, plus_a = first_step(4.0)
+    # B starts at zero, so only B moves in the first step, and Adam's first step is the learning rate itself
+    assert plain_a == plus_a == 0.0
+    assert plain_b == pytest.approx(TrainSettings().learning_rate, rel=1e-3)
+    assert plus_b == pytest.approx(4 * plain_b, rel=1e-3)
