@@ -329,14 +329,13 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
             chunk = [train_examples[i] for i in indices]
             with hold():
                 model.train()
+                optimizer.zero_grad(set_to_none=True)
                 if settings.method == "dpo":
                     losses, wins = zip(*(dpo_loss(model, pair, settings.beta, device) for pair in chunk))
                     loss = torch.stack(losses).mean()
                     accuracy = sum(wins) / len(wins)
-                    optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                 else:
-                    optimizer.zero_grad(set_to_none=True)
                     loss, accuracy = accumulate_gradients(model, chunk, pad_id, device)
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
