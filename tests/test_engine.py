@@ -133,3 +133,30 @@ def test_lora_plus_gives_the_b_matrices_a_larger_learning_rate():
     assert plain_a == plus_a == 0.0
     assert plain_b == pytest.approx(TrainSettings().learning_rate, rel=1e-3)
     assert plus_b == pytest.approx(4 * plain_b, rel=1e-3)
+
+
+def test_neftune_noises_the_embeddings_of_training_passes_only_and_within_its_bound():
+    import math
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from helpers.server.training import neftune
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2)).float()
+    embeddings = model.get_input_embeddings()
+    ids = torch.randint(0, 64, (2, 10))
+    clean = embeddings(ids).detach()
+    bound = 5.0 / math.sqrt(10 * 32)
+    with neftune(model, 5.0):
+        model.train()
+        noise = embeddings(ids).detach() - clean
+        assert float(noise.abs().max()) <= bound + 1e-6
+        assert float(noise.abs().max()) > bound / 2 and float(noise.abs().mean()) > bound / 4  # uniform in [-b, b]
+        with torch.no_grad():  # answers between steps, and validation, see the clean embeddings
+            assert torch.equal(embeddings(ids), clean)
+        model.eval()
+        assert torch.equal(embeddings(ids).detach(), clean)
+    model.train()
+    assert torch.equal(embeddings(ids).detach(), clean)  # the hook is gone after training
