@@ -140,12 +140,14 @@ def validation_loss(model, tokenizer) -> float:
 
 
 def fp32_loop(rows: list[dict]) -> dict:
-    """The usual transformers + peft loop in fp32: random batches, full logits (``labels=``), same hyperparameters."""
+    """The usual transformers + peft loop in fp32: random batches, full logits (``labels=``), same hyperparameters
+    and recipe (NEFTune noise included)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers.server.localmodels import resolve_base, weights_dir
+    from helpers.server.training import neftune
 
     started = time.perf_counter()
     folder = weights_dir(resolve_base(MODEL))
@@ -182,22 +184,23 @@ def fp32_loop(rows: list[dict]) -> dict:
     model.train()
     tokens, losses, step = 0, [], 0
     train_started = time.perf_counter()
-    for epoch in range(EPOCHS):
-        order = list(range(len(examples)))
-        random.Random(SEED * 1000 + epoch).shuffle(order)
-        for first in range(0, len(order), config.batch_size):
-            batch = batch_of([examples[i] for i in order[first : first + config.batch_size]])
-            tokens += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if step % config.eval_every == 0 or step == total:  # as the job does: a validation batch, then the whole file
-                evaluate(random.Random(step).sample(valid, min(len(valid), config.batch_size)))
+    with neftune(model, config.neftune_alpha):  # the same recipe as the job (transformers' Trainer: neftune_noise_alpha)
+        for epoch in range(EPOCHS):
+            order = list(range(len(examples)))
+            random.Random(SEED * 1000 + epoch).shuffle(order)
+            for first in range(0, len(order), config.batch_size):
+                batch = batch_of([examples[i] for i in order[first : first + config.batch_size]])
+                tokens += int(batch["attention_mask"].sum())
+                loss = model(**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                if step % config.eval_every == 0 or step == total:  # as the job does: a validation batch, then the whole file
+                    evaluate(random.Random(step).sample(valid, min(len(valid), config.batch_size)))
     evaluate(valid)
     train_s = time.perf_counter() - train_started
     with tempfile.TemporaryDirectory() as out:
