@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser lab test test-browser reports bench bench-data clean-venv
+.PHONY: setup browser lab test test-browser notebooks reports bench bench-data clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
@@ -47,6 +47,10 @@ test: setup browser
 ## test-browser: only the real-browser test (JupyterLab + Playwright + Chromium); screenshots in test-artifacts/browser/
 test-browser: setup browser
 	WORKBOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -m browser
+
+## notebooks: write notebooks/*.ipynb from their text sources (notebooks/*.py) and run each at its defaults
+notebooks: setup
+	$(PY) scripts/build_notebooks.py --execute
 
 ## reports: execute every notebook (course-sized parameters) into reports/*.html
 reports: setup

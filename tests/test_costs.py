@@ -72,3 +72,38 @@ def test_break_even_is_where_monthly_costs_meet():
     table = costs.compare_approaches([prompting, tuned], [0, volume, 2 * volume])
     assert list(table.columns) == ["prompting", "fine-tuned"]
     assert costs.cheapest_approach([prompting, tuned], 2 * volume).name == "fine-tuned"
+
+
+def test_wilson_interval_matches_known_values_and_stays_in_bounds():
+    from helpers.evaluation import wilson_interval
+
+    assert wilson_interval(8, 16) == pytest.approx((0.280, 0.720), abs=1e-3)
+    low, high = wilson_interval(0, 16)
+    assert low == 0.0 and high == pytest.approx(0.194, abs=1e-3)
+    assert wilson_interval(16, 16)[1] == 1.0 and wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_findings_follow_the_numbers_they_describe():
+    """Sentences rendered from numbers change when the numbers do (so they cannot contradict them)."""
+    import pandas as pd
+
+    from helpers import finetune
+    from helpers.distill import comparison_findings
+
+    steps = pd.DataFrame({"step": [1, 2, 3, 4], "train_loss": [2.0, 1.0, 0.5, 0.2], "train_accuracy": [0.1, 0.5, 0.7, 0.9],
+                          "valid_loss": [None, 1.1, None, 0.9], "valid_mean_token_accuracy": [None, 0.5, None, 0.6]})
+    falling = pd.DataFrame({"step": [2, 4], "full_valid_loss": [1.0, 0.8], "full_valid_mean_token_accuracy": [0.5, 0.6]})
+    rising = falling.assign(full_valid_loss=[0.8, 1.0])
+    assert "fell every epoch" in finetune.curve_findings(steps, falling)[-1]
+    assert "began to memorise; the checkpoint of epoch 1" in finetune.curve_findings(steps, rising)[-1]
+
+    def summary(accuracy: float, usd: float, tokens: float) -> dict:
+        return {"n": 20, "code_accuracy": accuracy, "code_accuracy_ci_low": accuracy / 2, "code_accuracy_ci_high": accuracy,
+                "usd_per_1000_queries": usd, "input_tokens": tokens}
+
+    good = comparison_findings({"teacher": summary(0.8, 0.1, 300), "student base": summary(0.0, 0.01, 50),
+                                "student": summary(0.76, 0.01, 50)})
+    assert "keeps 95% of the teacher's accuracy at 10% of its price" in good[1] and good[2].startswith("Distillation worked")
+    short = comparison_findings({"teacher": summary(0.8, 0.1, 300), "student base": summary(0.0, 0.01, 50),
+                                 "student": summary(0.4, 0.01, 50)})
+    assert "falls short" in short[2]

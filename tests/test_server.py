@@ -96,7 +96,9 @@ def test_one_checkpoint_per_epoch_each_usable_as_a_model(server, trained):
     assert [c.step_number for c in checkpoints] == [8, 4]  # newest first
     for checkpoint in checkpoints:
         assert checkpoint.fine_tuned_model_checkpoint == f"{trained['job'].fine_tuned_model}:ckpt-step-{checkpoint.step_number}"
-        assert {"train_loss", "train_mean_token_accuracy"} <= set(checkpoint.metrics.model_dump(exclude_none=True))
+        # as on OpenAI, each checkpoint carries the whole validation file's loss at the end of its epoch
+        assert {"train_loss", "train_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"} <= \
+            set(checkpoint.metrics.model_dump(exclude_none=True))
         reply = client.chat.completions.create(model=checkpoint.fine_tuned_model_checkpoint,
                                                messages=[{"role": "user", "content": "lipid panel"}], max_tokens=5)
         assert reply.model == checkpoint.fine_tuned_model_checkpoint

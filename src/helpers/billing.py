@@ -63,6 +63,32 @@ def format_answer(code: str, description: str) -> str:
     return f"CPT Code: {code} - {description}"
 
 
+def cpt_definition_findings(answer: str | None) -> list[str]:
+    """What a model's answer to "what is a CPT code?" shows: does it know what CPT stands for?"""
+    if "procedural terminology" in (answer or "").lower():
+        return ["The answer knows what CPT stands for: Current Procedural Terminology, the American Medical "
+                "Association's codes for medical procedures and services."]
+    return ["The answer never says Current Procedural Terminology (the American Medical Association's codes for "
+            "medical procedures and services): it is an invention, told in a confident voice. A model fluent in "
+            "English but without the facts makes them up; the rest of the course measures how far a prompt, "
+            "retrieval and fine-tuning each close that gap."]
+
+
+def answer_findings(expected: str, answer: str | None) -> list[str]:
+    """One answer against the expected one: right, a wrong code in the right format, or not in the format."""
+    want, got = parse_answer(expected), parse_answer(answer)
+    if got is None:
+        return ["The answer is not in the format `CPT Code: NNNNN - Description`, so no code can be read from it."]
+    if (answer or "").strip() == expected.strip():
+        return ["The answer is exactly the expected one, code and description."]
+    known = {c.code: c.description for c in load_codes()}
+    if got[0] == want[0]:
+        return [f"The code is right ({got[0]}); the description differs from the table's \"{want[1]}\"."]
+    what = f"a real code of the table ({known[got[0]]})" if got[0] in known else "a code that is not in the table"
+    return [f"Wrong code: {got[0]}, {what}, where {want[0]} was expected, in the right format. One request says "
+            "little either way; notebook 04 scores every held-out request."]
+
+
 def parse_answer(text: str | None) -> tuple[str, str] | None:
     """``(code, description)`` when ``text`` is exactly in the answer format, else None."""
     match = ANSWER_PATTERN.match((text or "").strip())

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from helpers.paths import DATA_DIR, REPO_ROOT
+from helpers.paths import DATA_DIR, REPO_ROOT, shown
 
 
 def metrics_dir() -> Path:
@@ -45,6 +45,14 @@ class Course:
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(_plain(self.recorded), indent=2, allow_nan=False))
         tmp.replace(self.metrics_path)
+
+
+    def findings(self, topic: str, lines: list[str]) -> None:
+        """Show sentences computed from this notebook's numbers as a list; record them as ``findings[topic]``."""
+        from IPython.display import Markdown, display
+
+        self.record(findings={**self.recorded.get("findings", {}), topic: list(lines)})
+        display(Markdown("\n".join(f"- {line}" for line in lines)))
 
 
 def _plain(value: Any) -> Any:
@@ -79,7 +87,7 @@ def setup(notebook: str, backend: str | None = None) -> Course:
     shared = shared_server_url()
     server = f"workshop server {shared}" if shared else "local server"
     where = f"{server} (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
-    print(f"{notebook}: backend = {where}; data = {DATA_DIR}")
+    print(f"{notebook}: backend = {where}; data = {shown(DATA_DIR)}")
     return course
 
 
@@ -111,5 +119,5 @@ def environment_report(course: Course):
             rows.append(("workshop server", f"{course.client.base_url} (your key is read from WORKBOOK_API_KEY)"))
         else:
             server = local_server()
-            rows.append(("local server", f"{server.api_url} (data in {server.data_dir}, log {server.log_file.name})"))
+            rows.append(("local server", f"{server.api_url} (data in {shown(server.data_dir)}, log {server.log_file.name})"))
     return pd.DataFrame(rows, columns=["check", "value"]).set_index("check")

@@ -34,9 +34,11 @@ def recommend(task: Task) -> tuple[str, list[str]]:
         return (LADDER[1] if task.needs_facts_outside_model else LADDER[0]), reasons
     if task.needs_strict_format_or_style:
         reasons.append("a fixed format or style is what fine-tuning teaches best")
+    if task.needs_facts_outside_model:  # and a strict format: each rung does its own part
+        return f"{LADDER[2]} + {LADDER[1]}", reasons
     if task.queries_per_month >= 100_000 and task.prompting_meets_quality:
         reasons.append("a big model already does it well: distill it into a small one and pay less per query")
         return LADDER[3], reasons
     if task.queries_per_month >= 100_000:
-        reasons.append("at this volume, a short prompt on a tuned model costs far less than a long one")
+        reasons.append("at this volume, a short prompt on a tuned model costs far less than a long prompt")
     return LADDER[2], reasons or ["prompting falls short and there is enough data to train"]

@@ -82,3 +82,26 @@ def student_file(kept: pd.DataFrame, pool: list[dict], path: Path, system_prompt
         for row in kept.itertuples():
             handle.write(json.dumps(chat_example(by_id[row.pool_id], row.answer.strip(), system_prompt), ensure_ascii=False) + "\n")
     return len(kept)
+
+
+def comparison_findings(comparison: dict[str, dict]) -> list[str]:
+    """What notebook 05's comparison shows, in sentences computed from it (``comparison``: teacher, student base,
+    student, each a summary from ``helpers.evaluation.summarize``)."""
+    teacher, base, student = comparison["teacher"], comparison["student base"], comparison["student"]
+    share = student["code_accuracy"] / teacher["code_accuracy"] if teacher["code_accuracy"] else float("nan")
+    cost = student["usd_per_1000_queries"] / teacher["usd_per_1000_queries"]
+    lines = [f"On {int(student['n'])} held-out requests the student names the right code {student['code_accuracy']:.0%} "
+             f"of the time (95% CI {student['code_accuracy_ci_low']:.0%}-{student['code_accuracy_ci_high']:.0%}), the "
+             f"teacher {teacher['code_accuracy']:.0%} ({teacher['code_accuracy_ci_low']:.0%}-{teacher['code_accuracy_ci_high']:.0%}), "
+             f"the student's base {base['code_accuracy']:.0%}.",
+             f"The student keeps {share:.0%} of the teacher's accuracy at {cost:.0%} of its price per 1,000 queries "
+             f"(${student['usd_per_1000_queries']:.4f} against ${teacher['usd_per_1000_queries']:.4f}), with "
+             f"{student['input_tokens']:.0f} input tokens a request against the teacher's {teacher['input_tokens']:.0f}."]
+    if share >= 0.9:
+        lines.append("Distillation worked here: nearly the teacher's accuracy at a fraction of its price.")
+    elif student["code_accuracy"] > base["code_accuracy"]:
+        lines.append("The student learned from the teacher (it beats its base) but falls short of it at these settings: "
+                     "more labelled requests (`N_POOL`) or epochs close the gap, at a cost you can now weigh.")
+    else:
+        lines.append("The student did not learn the task from the teacher's answers at these settings.")
+    return lines

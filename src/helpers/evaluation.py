@@ -1,6 +1,8 @@
 """Scoring models on the billing task: exact match, format, per-code accuracy, latency, tokens, cost."""
 from __future__ import annotations
 
+import math
+
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -43,13 +45,32 @@ def evaluate(client, model: str, examples: list[dict], *, prompt: Callable[[list
     return pd.DataFrame(rows)
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a proportion (95% by default): honest for small n and for 0 or n successes."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def summarize(results: pd.DataFrame, *, priced_as: str, fine_tuned: bool) -> dict[str, float]:
-    """Headline numbers; cost per 1,000 queries at the OpenAI prices of ``priced_as``."""
+    """Headline numbers with 95% Wilson intervals for code accuracy and exact match; cost per 1,000 queries at
+    the OpenAI prices of ``priced_as``."""
     prompt, completion = results["prompt_tokens"].mean(), results["completion_tokens"].mean()
+    n = len(results)
+    code_low, code_high = wilson_interval(int(results["code_ok"].sum()), n)
+    exact_low, exact_high = wilson_interval(int(results["exact"].sum()), n)
     return {
+        "n": n,
         "exact_match": float(results["exact"].mean()),
+        "exact_match_ci_low": exact_low,
+        "exact_match_ci_high": exact_high,
         "format_compliance": float(results["format_ok"].mean()),
         "code_accuracy": float(results["code_ok"].mean()),
+        "code_accuracy_ci_low": code_low,
+        "code_accuracy_ci_high": code_high,
         "latency_p50_s": float(np.percentile(results["latency_s"], 50)),
         "latency_p95_s": float(np.percentile(results["latency_s"], 95)),
         "input_tokens": float(prompt),
@@ -65,3 +86,41 @@ def per_code(results: pd.DataFrame) -> pd.DataFrame:
 def worst_mistakes(results: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     wrong = results[~results["exact"]]
     return wrong.sort_values(["format_ok", "code_ok"])[["request", "expected", "answer"]].head(n)
+
+
+def _accuracy(summary: dict, key: str = "code_accuracy") -> str:
+    n = int(summary["n"])
+    return (f"{round(summary[key] * n)}/{n} ({summary[key]:.0%}; 95% CI "
+            f"{summary[key + '_ci_low']:.0%}-{summary[key + '_ci_high']:.0%})")
+
+
+def comparison_findings(base: dict, tuned: dict, unseen: dict[str, dict], n_unseen_codes: int) -> list[str]:
+    """What notebook 04's tables show, in sentences computed from them."""
+    lines = []
+    gain = tuned["code_accuracy"] - base["code_accuracy"]
+    verb = "beats" if gain > 0 else ("matches" if gain == 0 else "trails")
+    lines.append(f"On {int(tuned['n'])} held-out requests the fine-tuned model names the right code {_accuracy(tuned)}, the base "
+                 f"{_accuracy(base)}: fine-tuning {verb} the base by {abs(gain) * 100:.0f} percentage points. Exact answers: "
+                 f"{_accuracy(tuned, 'exact_match')} against {_accuracy(base, 'exact_match')}.")
+    if tuned["code_accuracy_ci_low"] > base["code_accuracy_ci_high"]:
+        lines.append("The two 95% intervals do not overlap: the gain is not luck of the sample.")
+    else:
+        lines.append("The two 95% intervals overlap: on this sample the difference could be luck; run more requests "
+                     "(`N_TEST = 0`) before concluding.")
+    lines.append(f"Answers in the required format: fine-tuned {tuned['format_compliance']:.0%}, base "
+                 f"{base['format_compliance']:.0%}.")
+    rows = unseen
+    lines.append(f"On {int(rows['fine-tuned']['n'])} requests for {n_unseen_codes} codes training never saw: fine-tuned "
+                 f"{rows['fine-tuned']['code_accuracy']:.0%}, fine-tuned + RAG {rows['fine-tuned + RAG']['code_accuracy']:.0%}, "
+                 f"base + RAG {rows['base + RAG']['code_accuracy']:.0%}.")
+    if rows["fine-tuned + RAG"]["code_accuracy"] > rows["fine-tuned"]["code_accuracy"]:
+        lines.append(f"Retrieval supplies what training could not, for {rows['fine-tuned + RAG']['input_tokens'] - rows['fine-tuned']['input_tokens']:.0f} "
+                     "more input tokens a request.")
+    else:
+        lines.append("Retrieval did not help the fine-tuned model on these requests.")
+    if rows["base + RAG"]["format_compliance"] < 0.5:
+        lines.append(f"The base model with retrieved codes answers in the required format only "
+                     f"{rows['base + RAG']['format_compliance']:.0%} of the time: the 135M stand-in cannot follow the "
+                     "format from an instruction, so its answers cannot be scored, whatever the candidates. A large "
+                     "model follows such an instruction; here the format has to be trained in.")
+    return lines

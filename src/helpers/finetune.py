@@ -97,21 +97,56 @@ def checkpoints_frame(client, job_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_results(frame: pd.DataFrame):
+def plot_results(frame: pd.DataFrame, checkpoints: pd.DataFrame | None = None):
+    """Loss and token accuracy per step: training, the sampled validation batches, and (from the checkpoints)
+    the whole validation file at each epoch's end."""
     import matplotlib.pyplot as plt
 
     figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 3.5))
-    loss.plot(frame["step"], frame["train_loss"], label="training")
-    accuracy.plot(frame["step"], frame["train_accuracy"], label="training")
+    loss.plot(frame["step"], frame["train_loss"], label="training", alpha=0.6)
+    accuracy.plot(frame["step"], frame["train_accuracy"], label="training", alpha=0.6)
     valid = frame.dropna(subset=["valid_loss"])
     if len(valid):
-        loss.plot(valid["step"], valid["valid_loss"], "o-", label="validation")
-        accuracy.plot(valid["step"], valid["valid_mean_token_accuracy"], "o-", label="validation")
+        loss.plot(valid["step"], valid["valid_loss"], ".:", label="validation, one batch")
+        accuracy.plot(valid["step"], valid["valid_mean_token_accuracy"], ".:", label="validation, one batch")
+    if checkpoints is not None and "full_valid_loss" in checkpoints:
+        full = checkpoints.dropna(subset=["full_valid_loss"]).sort_values("step")
+        loss.plot(full["step"], full["full_valid_loss"], "s-", markersize=8, label="validation, whole file")
+        accuracy.plot(full["step"], full["full_valid_mean_token_accuracy"], "s-", markersize=8, label="validation, whole file")
     loss.set(xlabel="step", ylabel="loss", title="Loss")
     accuracy.set(xlabel="step", ylabel="token accuracy", title="Token accuracy")
     loss.legend()
     accuracy.legend()
     return figure
+
+
+def curve_findings(frame: pd.DataFrame, checkpoints: pd.DataFrame) -> list[str]:
+    """What a job's curves show, in sentences computed from them (notebook 03)."""
+    lines = [f"Training loss went from {frame['train_loss'].iloc[0]:.3f} at the first step to "
+             f"{frame['train_loss'].iloc[-1]:.3f} at the last."]
+    full = checkpoints.dropna(subset=["full_valid_loss"]).sort_values("step") if "full_valid_loss" in checkpoints else checkpoints.iloc[0:0]
+    sampled = frame.dropna(subset=["valid_loss"])
+    if len(full) and len(sampled):
+        last = sampled.iloc[-1]
+        lines.append(f"The validation batch sampled at step {int(last['step'])} gave {last['valid_loss']:.3f}; the whole "
+                     f"validation file at the end gave {full['full_valid_loss'].iloc[-1]:.3f}. The sampled points range from "
+                     f"{sampled['valid_loss'].min():.3f} to {sampled['valid_loss'].max():.3f}: one batch is a noisy estimate, "
+                     "so judge the fit on the whole-file points, one per epoch.")
+    losses = [float(v) for v in full["full_valid_loss"]]
+    if len(losses) >= 2:
+        best = losses.index(min(losses))
+        trail = ", ".join(f"{v:.3f}" for v in losses)
+        if all(b < a for a, b in zip(losses, losses[1:])):
+            lines.append(f"Whole-file validation loss by epoch: {trail}. It fell every epoch: no sign of memorising yet.")
+        elif best == len(losses) - 1:
+            lines.append(f"Whole-file validation loss by epoch: {trail}. It rose in between but ended at its lowest: keep "
+                         "the last checkpoint, and watch the next run.")
+        else:
+            lines.append(f"Whole-file validation loss by epoch: {trail}. It was lowest after epoch {best + 1} and rose after: "
+                         f"the model began to memorise; the checkpoint of epoch {best + 1} is the one to keep.")
+    elif len(losses) == 1:
+        lines.append(f"Whole-file validation loss after the one epoch: {losses[0]:.3f}; a trend needs two epochs or more.")
+    return lines
 
 
 def latest_job(client, metadata: dict[str, str]) -> Any:

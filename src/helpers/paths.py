@@ -8,6 +8,26 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Shipped course data and the dated tables (prices, model catalogue).
 DATA_DIR = Path(os.environ.get("WORKBOOK_DATA_DIR", REPO_ROOT / "data"))
+#: The course notebooks: each ``NN_name.ipynb`` paired (jupytext) with its text source ``NN_name.py``.
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebook_names() -> list[str]:
+    """The course notebooks in reading order (``00_start_here``, ``01_when_to_fine_tune``, ...)."""
+    return sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def shown(path: str | Path) -> str:
+    """A path as a notebook shows it: relative to the repository when inside it, ``~/...`` under the home folder,
+    so executed notebooks and reports do not carry one machine's folders."""
+    path = Path(path)
+    for root, label in ((REPO_ROOT, ""), (Path.home(), "~/")):
+        try:
+            relative = path.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+        return f"{label}{relative.as_posix()}" if str(relative) != "." else (label.rstrip("/") or ".")
+    return str(path)
 
 
 def user_cache_dir() -> Path:

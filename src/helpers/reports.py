@@ -15,8 +15,7 @@ from typing import Any
 
 import nbformat
 
-from helpers.notebook_sources import NOTEBOOK_DIR, NOTEBOOKS
-from helpers.paths import REPO_ROOT
+from helpers.paths import NOTEBOOK_DIR, REPO_ROOT, notebook_names
 
 REPORTS_DIR = REPO_ROOT / "reports"
 #: Course-sized parameters for ``make reports`` (the notebooks' own defaults are the fast ones).
@@ -33,9 +32,11 @@ class ReportError(RuntimeError):
 
 
 def notebook_parameters(name: str) -> dict[str, Any]:
-    """The names and default values of a notebook's parameters cell."""
-    cell = next(c for c in NOTEBOOKS[name] if "parameters" in c.metadata.get("tags", []))
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+    """The names and default values of a notebook's ``parameters`` cell, as papermill reads them."""
+    import papermill
+
+    found = papermill.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    return {key: ast.literal_eval(value["default"]) for key, value in found.items()}
 
 
 def parse_value(text: str) -> Any:
@@ -48,8 +49,8 @@ def parse_value(text: str) -> Any:
 
 def resolve(name: str) -> str:
     stem = Path(name).stem
-    if stem not in NOTEBOOKS:
-        raise ReportError(f"No notebook {name!r}. Notebooks: {', '.join(NOTEBOOKS)}.")
+    if stem not in notebook_names():
+        raise ReportError(f"No notebook {name!r}. Notebooks: {', '.join(notebook_names())}.")
     return stem
 
 
@@ -93,4 +94,4 @@ def _refuse_secrets(*paths: Path) -> None:
 
 
 def make_all(out_dir: Path = REPORTS_DIR, include_input: bool = True) -> list[Path]:
-    return [make_report(name, REPORT_PARAMETERS.get(name), out_dir=out_dir, include_input=include_input) for name in NOTEBOOKS]
+    return [make_report(name, REPORT_PARAMETERS.get(name), out_dir=out_dir, include_input=include_input) for name in notebook_names()]

@@ -1,8 +1,10 @@
-"""The four ways to serve the billing task, priced from the table, with token counts measured on the data.
+"""The ways to serve the billing task, priced from the table, with token counts measured on the data.
 
 * prompting: a large model with instructions, the whole code table and worked examples in every prompt;
 * RAG: a mid-size model with instructions and the few codes retrieved for this request;
-* fine-tuned: a fine-tuned mid-size model with a one-line prompt (it learned the format and the codes);
+* fine-tuned: a fine-tuned mid-size model with a one-line prompt (it learns the format and the codes it was
+  trained on; notebook 04 measures how well, and that codes it never saw stay unknown);
+* fine-tuned + RAG: the same tuned model given the retrieved codes too (what answers codes training never saw);
 * distilled: a fine-tuned small model, trained on a big model's answers, same short prompt.
 
 Token counts are tiktoken counts (``o200k_base``) of real prompts built from ``data/billing``; prices come
@@ -71,7 +73,7 @@ def course_approaches(sizes: PromptSizes, *, training_examples: int | None = Non
                       epochs: int | str = "auto", retrains_per_year: int = 4, input_tokens: int | None = None,
                       output_tokens: int | None = None, prompting_model: str = "gpt-4.1", tuned_model: str = "gpt-4.1-mini",
                       student_model: str = "gpt-4.1-nano") -> list[Approach]:
-    """The four approaches. ``input_tokens`` overrides the short prompt's size (the long prompts keep their
+    """The five approaches. ``input_tokens`` overrides the short prompt's size (the long prompts keep their
     measured overhead on top); training is paid ``retrains_per_year`` times a year."""
     examples = training_examples or sizes.train_examples
     per_example = tokens_per_example or sizes.train_tokens_per_example
@@ -85,6 +87,7 @@ def course_approaches(sizes: PromptSizes, *, training_examples: int | None = Non
         Approach("prompting", prompting_model, sizes.prompting_input + extra, output),
         Approach("RAG", tuned_model, sizes.rag_input + extra, output),
         Approach("fine-tuned", tuned_model, short, output, fine_tuned=True, monthly_fixed_usd=yearly(tuning)),
+        Approach("fine-tuned + RAG", tuned_model, sizes.rag_input + extra, output, fine_tuned=True, monthly_fixed_usd=yearly(tuning)),
         Approach("distilled", student_model, short, output, fine_tuned=True, monthly_fixed_usd=yearly(distilling)),
     ]
 
@@ -96,14 +99,62 @@ def scenario_table(approaches: list[Approach], volumes: list[int]):
     return table
 
 
+def _named(approaches: list[Approach], name: str) -> Approach:
+    return next(a for a in approaches if a.name == name)
+
+
+def cheaper_from(a: Approach, than: Approach) -> float | None:
+    """The monthly volume from which ``a`` costs less than ``than``: 0 if it always does, None if it never does."""
+    if a.monthly_cost(0) <= than.monthly_cost(0) and a.per_query_usd() <= than.per_query_usd():
+        return 0.0
+    if a.per_query_usd() >= than.per_query_usd():
+        return None
+    return break_even_queries(than, a)
+
+
 def break_even_table(approaches: list[Approach]):
-    """Monthly query volume at which each later approach becomes cheaper than prompting."""
+    """Per approach: its price per query, its fixed monthly cost, and the monthly volume from which it is cheaper
+    than prompting and than RAG (0: at any volume; empty: never)."""
     import pandas as pd
 
-    base = approaches[0]
+    prompting, rag = _named(approaches, "prompting"), _named(approaches, "RAG")
     rows = [{"approach": a.name, "per_query_usd": a.per_query_usd(), "monthly_fixed_usd": a.monthly_fixed_usd,
-             "cheaper_than_prompting_from": break_even_queries(base, a)} for a in approaches]
+             "cheaper_than_prompting_from": None if a is prompting else cheaper_from(a, prompting),
+             "cheaper_than_RAG_from": None if a is rag else cheaper_from(a, rag)} for a in approaches]
     return pd.DataFrame(rows).set_index("approach")
+
+
+def cost_findings(table, approaches: list[Approach]) -> list[str]:
+    """What the monthly-cost table shows, in sentences computed from it (the summary of notebook 01)."""
+    volumes = list(table.index)
+    costs = table.drop(columns="cheapest")
+    names = list(costs.columns)
+    dearest = [costs.loc[v].idxmax() for v in volumes]
+    lines = []
+    for volume in (volumes[0], volumes[-1]):
+        row = costs.loc[volume]
+        lines.append(f"At {volume:,} queries a month the cheapest is {row.idxmin()} (${row.min():,.2f} a month) "
+                     f"and the dearest {row.idxmax()} (${row.max():,.2f}).")
+    if all(d == "prompting" for d in dearest):
+        lines.append("Prompting (the whole code table and worked examples in every request) is the dearest at every volume "
+                     "in the table: it has no set-up cost, but its long prompt costs more per query than anything else.")
+    else:
+        lines.append("Prompting is not the dearest everywhere: " + ", ".join(f"at {v:,} the dearest is {d}" for v, d in zip(volumes, dearest)) + ".")
+    tuned, rag = _named(approaches, "fine-tuned"), _named(approaches, "RAG")
+    volume = cheaper_from(tuned, rag)
+    if volume is None:
+        lines.append(f"RAG is cheaper than the fine-tuned model at every volume: a fine-tuned model's tokens cost more "
+                     f"(${tuned.per_query_usd() * 1000:.3f} against ${rag.per_query_usd() * 1000:.3f} per 1,000 queries) "
+                     "than the few retrieved codes save, and training adds a fixed cost.")
+    else:
+        lines.append(f"The fine-tuned model becomes cheaper than RAG from {volume:,.0f} queries a month.")
+    both = _named(approaches, "fine-tuned + RAG")
+    lines.append(f"Fine-tuned + RAG, the set-up that also answers codes training never saw (notebook 04), costs "
+                 f"{both.per_query_usd() / rag.per_query_usd():.2f}x RAG per query, plus training; fine-tuning pays "
+                 "here for what it does to quality, not for what it saves.")
+    cheapest = {costs.loc[v].idxmin() for v in volumes}
+    lines.append("Cheapest across the volumes in the table: " + ", ".join(sorted(cheapest, key=names.index)) + ".")
+    return lines
 
 
 def examples_for_budget(model: str, budget_usd: float, tokens_per_example: int, epochs: int = 3) -> int:
@@ -111,3 +162,14 @@ def examples_for_budget(model: str, budget_usd: float, tokens_per_example: int, 
     from helpers.costs import prices
 
     return int(budget_usd * 1_000_000 / (tokens_per_example * epochs * prices(model, fine_tuned=True).training))
+
+
+def claim_findings(sizes: PromptSizes, low_usd: float, high_usd: float, model: str = "gpt-4.1-mini") -> list[str]:
+    """The "$low-$high to fine-tune" claim against what the course's own data costs to train (OpenAI's rule of epochs)."""
+    cost = training_cost(model, sizes.train_examples, sizes.train_tokens_per_example)
+    low = examples_for_budget(model, low_usd, sizes.train_tokens_per_example)
+    high = examples_for_budget(model, high_usd, sizes.train_tokens_per_example)
+    return [f"Training {model} on the course's {sizes.train_examples} examples costs ${cost:,.2f}, "
+            f"{low_usd / cost:,.0f}x less than the claim's ${low_usd:,.0f}; ${low_usd:,.0f}-${high_usd:,.0f} buys "
+            f"{low:,}-{high:,} examples of this size: the claim is about data sets {low // sizes.train_examples:,}x "
+            f"to {high // sizes.train_examples:,}x larger than this one."]

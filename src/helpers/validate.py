@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import tiktoken
 
+from helpers.paths import shown
 from helpers import chat_format as cf
 from helpers.catalogue import default_model, model_info
 from helpers.costs import estimate_training_cost
@@ -90,7 +91,7 @@ class ValidationReport:
         """A few lines for people: the verdict, the counts, and what to fix first."""
         verdict = "OK" if self.ok else "NOT READY"
         s = self.stats
-        lines = [f"{self.path}: {verdict} - {self.n_examples} examples ({self.format or 'unknown format'}), "
+        lines = [f"{shown(self.path)}: {verdict} - {self.n_examples} examples ({self.format or 'unknown format'}), "
                  f"{s['error_count']} errors, {s['warning_count']} warnings"]
         if s.get("valid_examples"):
             t = s["total_tokens_per_example"]
@@ -199,10 +200,11 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 class _Validator:
-    def __init__(self, path: Path, model: str, min_examples: int) -> None:
+    def __init__(self, path: Path, model: str, min_examples: int, n_epochs: int | str = "auto") -> None:
         self.path = path
         self.model = model
         self.min_examples = min_examples
+        self.n_epochs = n_epochs
         info = model_info(model)
         self.limit = info.training_max_tokens_per_example
         self.encoding = get_encoding(info.encoding)
@@ -389,7 +391,7 @@ class _Validator:
         }
         cost: dict[str, Any]
         try:
-            estimate = estimate_training_cost(self.model, self.billing_tokens, self.valid) if self.valid else None
+            estimate = estimate_training_cost(self.model, self.billing_tokens, self.valid, self.n_epochs) if self.valid else None
             cost = estimate.as_dict() if estimate else {"model": self.model, "cost_usd": None, "note": "no valid examples"}
         except ValueError as exc:
             cost = {"model": self.model, "cost_usd": None, "note": str(exc)}
@@ -426,10 +428,12 @@ def _reject_constant(name: str) -> None:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def validate_file(path: str | Path, model: str | None = None, *, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
+def validate_file(path: str | Path, model: str | None = None, *, min_examples: int = MIN_EXAMPLES,
+                  n_epochs: int | str = "auto") -> ValidationReport:
     """Validate a fine-tuning JSONL file for ``model`` (default: the course's default model).
 
-    ``min_examples`` is OpenAI's minimum for a training file; a validation file needs only one.
+    ``min_examples`` is OpenAI's minimum for a training file; a validation file needs only one. The cost
+    estimate is for ``n_epochs`` ("auto": OpenAI's rule for the file's size).
 
     Raises ``FileNotFoundError``/``IsADirectoryError`` for a path that is not a file and ``ValueError``
     for an unknown model; everything wrong *inside* the file is reported, not raised.
@@ -439,4 +443,6 @@ def validate_file(path: str | Path, model: str | None = None, *, min_examples: i
         raise FileNotFoundError(f"No such file: {path}")
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give the path of a .jsonl file.")
-    return _Validator(path, model or default_model(), min_examples).run()
+    if n_epochs != "auto" and not (isinstance(n_epochs, int) and 1 <= n_epochs <= 50):
+        raise ValueError(f"n_epochs must be \"auto\" or a whole number from 1 to 50, got {n_epochs!r}.")
+    return _Validator(path, model or default_model(), min_examples, n_epochs).run()

@@ -63,11 +63,12 @@ class CostExplorer:
         with self.output:
             self.output.clear_output(wait=True)
             figure, axis = plt.subplots()
-            volumes = np.linspace(0, self.max_queries, 60)
+            volumes = np.geomspace(1_000, self.max_queries, 60)  # log scales: every crossing is visible
             for approach in approaches:
                 axis.plot(volumes, [approach.monthly_cost(v) for v in volumes], label=approach.name)
             axis.axvline(volume, color="grey", linestyle=":", linewidth=1)
-            axis.set(xlabel="queries per month", ylabel="USD per month", title="Monthly cost (prices: data/prices.json)")
+            axis.set(xlabel="queries per month", ylabel="USD per month", title="Monthly cost (prices: data/prices.json)",
+                     xscale="log", yscale="log")
             axis.legend()
             plt.show()
 

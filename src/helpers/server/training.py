@@ -370,7 +370,8 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                     sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
                     with hold():
                         metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, sample, settings.batch_size, pad_id, device)
-                if step == total_steps and valid_examples and settings.method != "dpo":
+                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+                if end_of_epoch and valid_examples and settings.method != "dpo":  # as OpenAI: the whole file, per epoch
                     with hold():
                         metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
                 on_step(metrics)

@@ -1,0 +1,106 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Inference and evaluation
+# **Time:** about 1 minute with the defaults, about 6 minutes on the whole test set · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_NEW_CODES` x 4 short requests (the table in 3.1 prices them).
+
+# %% tags=["parameters"]
+BACKEND = "local"
+BASE_MODEL = "gpt-4.1-mini"
+TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
+N_TEST = 16  # 0 means all held-out test requests
+N_NEW_CODES = 6  # 0 means all requests for codes absent from training
+RETRIEVED_CODES = 5
+MAX_TOKENS = 32
+CONCURRENCY = 8
+
+# %%
+import pandas as pd
+from helpers.course import setup
+from helpers import billing, dataprep, evaluation, finetune, retrieval
+from helpers.paths import REPO_ROOT
+course = setup("04_inference_and_eval", BACKEND)
+tuned = finetune.course_model(course.client, TUNED_MODEL)
+print("fine-tuned model:", tuned)
+
+# %% [markdown]
+# ## 1. Why
+# A falling loss curve is not a result. What matters is how the model answers requests it has never seen, how
+# often the answer is usable at all, how fast, and at what price.
+
+# %% [markdown]
+# ## 2. What
+# Four measures on the held-out test set (phrasings never seen in training): **exact match** (the whole answer
+# right), **format compliance** (parseable as `CPT Code: NNNNN - Description`), **code accuracy** (the right
+# code), and **latency** (p50, p95). Then the course's key lesson, measured: fine-tuning teaches format and
+# style; facts the model never saw have to come from retrieval.
+
+# %% [markdown]
+# ## 3. Hands-on
+# ### 3.1 Base vs fine-tuned on held-out requests
+# Priced at OpenAI's prices for the model each one stands in for.
+
+# %%
+test = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", N_TEST)
+base_results = evaluation.evaluate(course.client, BASE_MODEL, test, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY)
+tuned_results = evaluation.evaluate(course.client, tuned, test, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY)
+summary = pd.DataFrame({"base": evaluation.summarize(base_results, priced_as=BASE_MODEL, fine_tuned=False),
+                        "fine-tuned": evaluation.summarize(tuned_results, priced_as=BASE_MODEL, fine_tuned=True)})
+course.record(base=summary["base"].to_dict(), tuned=summary["fine-tuned"].to_dict(), n_test=len(test))
+summary.round(4)
+
+# %% [markdown]
+# ### 3.2 Which codes it gets wrong
+
+# %%
+evaluation.per_code(tuned_results).head(10)
+
+# %%
+evaluation.worst_mistakes(tuned_results)
+
+# %% [markdown]
+# ### 3.3 Facts it has never seen
+# Six codes never appear in the training data (`test_new_codes.jsonl` holds five requests for each; `N_NEW_CODES`
+# of them are used here). Fine-tuning cannot teach them; retrieval can put them in the prompt, and notebook 03
+# trained the model to use such candidates. Code accuracy on those requests, with and without the top retrieved
+# codes in the prompt:
+
+# %%
+new_codes = dataprep.read_jsonl(REPO_ROOT / "data/billing/test_new_codes.jsonl", N_NEW_CODES)
+with_rag = lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)
+runs = {"base": (BASE_MODEL, None), "base + RAG": (BASE_MODEL, with_rag), "fine-tuned": (tuned, None), "fine-tuned + RAG": (tuned, with_rag)}
+unseen = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, model, new_codes, prompt=prompt,
+                                                                      max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
+                                                  priced_as=BASE_MODEL, fine_tuned=model != BASE_MODEL)
+                       for name, (model, prompt) in runs.items()})
+course.record(new_codes=unseen.loc[["code_accuracy", "format_compliance", "input_tokens"]].to_dict())
+unseen.loc[["code_accuracy", "format_compliance", "exact_match", "input_tokens", "usd_per_1000_queries"]].round(4)
+
+# %% [markdown]
+# ## 4. Summary
+# What the tables above show, written from their numbers:
+
+# %%
+n_unseen_codes = len({billing.parse_answer(row["messages"][-1]["content"])[0] for row in new_codes})
+course.findings("comparison", evaluation.comparison_findings(summary["base"].to_dict(), summary["fine-tuned"].to_dict(),
+                                                             unseen.to_dict(), n_unseen_codes))
+
+# %% [markdown]
+# - Compare on held-out data, and look at format compliance as well as accuracy: an answer your system cannot
+#   parse is a failure whatever it says.
+# - A small sample gives a wide interval: read the 95% confidence intervals before the point estimates.
+#
+# **Exercises.** (1) Run with `N_TEST = 0` for the whole test set. (2) Try a checkpoint model from notebook 03
+# as `TUNED_MODEL`: is an earlier epoch better?
