@@ -2,6 +2,7 @@
 
     python scripts/build_notebooks.py            # inputs from the .py files; outputs of unchanged cells kept
     python scripts/build_notebooks.py --execute  # then run each notebook top to bottom at its defaults (make notebooks)
+    python scripts/build_notebooks.py --execute 01_when_to_fine_tune   # only the notebooks named
 
 With ``--execute`` every cell's output is stored, so a reader on GitHub sees a full run; nbval compares the
 outputs of the cells tagged ``nbval-check-output``. The run uses a scratch server folder and port, and stops the
@@ -57,6 +58,12 @@ def execute(path: Path) -> nbformat.NotebookNode:
 
 def main(argv: list[str]) -> int:
     run = "--execute" in argv
+    names = [a for a in argv if not a.startswith("--")]
+    sources = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
+    unknown = sorted(set(names) - {s.stem for s in sources})
+    if unknown:
+        print(f"No notebook {', '.join(unknown)}; notebooks: {', '.join(s.stem for s in sources)}", file=sys.stderr)
+        return 2
     if run:  # keep the user's own server, metrics and data out of it
         (REPO_ROOT / ".workbook").mkdir(exist_ok=True)
         scratch = tempfile.mkdtemp(prefix="build-notebooks-", dir=REPO_ROOT / ".workbook")  # shown as .workbook/...
@@ -64,10 +71,10 @@ def main(argv: list[str]) -> int:
         os.environ.setdefault("WORKBOOK_SERVER_DIR", os.path.join(scratch, "server"))
         os.environ.setdefault("WORKBOOK_PORT", "8329")
     try:
-        for source in sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.py")):
+        for source in sources:
             path = source.with_suffix(".ipynb")
             nbformat.write(synced(source), path)
-            if run:
+            if run and (not names or source.stem in names):
                 nbformat.write(execute(path), path)
             print(path)
     finally:

@@ -74,6 +74,11 @@ def browser():
         chromium.close()
 
 
+def idle(page) -> None:
+    """Wait until the kernel has nothing left to do (widget updates included)."""
+    page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle")).wait_for(timeout=120_000)
+
+
 def open_and_run_all(browser, lab, name: str):
     """Open a notebook in JupyterLab, Run > Run All Cells, and wait until every code cell has run."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -81,6 +86,11 @@ def open_and_run_all(browser, lab, name: str):
     page.goto(f"{lab['url']}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={lab['token']}")
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
     page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle")).wait_for(timeout=120_000)  # kernel ready
+    # the committed notebook shows a stored run: clear it, so that every prompt number seen below is from this run
+    page.get_by_role("menuitem", name="Edit", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Clear Outputs of All Cells")).click()
+    page.wait_for_function("""() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+                                    .every(p => !/\\d/.test(p.textContent))""", timeout=30_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
     code_cells = page.locator(".jp-Notebook .jp-CodeCell").count()
@@ -89,6 +99,7 @@ def open_and_run_all(browser, lab, name: str):
                   .map(p => p.textContent.trim());
                   return prompts.length === n && prompts.every(t => /^\\[\\d+\\]:$/.test(t)); }""",
         arg=code_cells, timeout=RUN_TIMEOUT_MS)
+    idle(page)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'] :text('Traceback')")
     assert errors.count() == 0, errors.first.inner_text()
     return page
@@ -110,7 +121,10 @@ def test_01_cost_slider_changes_the_costs_and_break_even_on_screen(browser, lab)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] / 2 + 120, box["y"] + box["height"] / 2, steps=10)
     page.mouse.up()
-    page.wait_for_function("([el, old]) => el.innerText !== old", arg=[summary.element_handle(), before], timeout=30_000)
+    # the cost of prompting is the first figure of the text; it moves with the input tokens
+    page.wait_for_function("([el, old]) => el.innerText.split(';')[0] !== old.split(';')[0]",
+                           arg=[summary.element_handle(), before], timeout=30_000)
+    idle(page)  # the kernel redraws for every value the drag passed through; read the last
     after = summary.inner_text()
     page.screenshot(path=str(ARTIFACTS / "01_after.png"), full_page=False)
     assert readout.inner_text() != start_value

@@ -23,12 +23,14 @@ class CostExplorer:
         style = {"description_width": "180px"}
         layout = widgets.Layout(width="520px")
         self.queries = widgets.IntSlider(100_000, min=1_000, max=max_queries, step=1_000, description="queries per month", style=style, layout=layout)
-        self.input_tokens = widgets.IntSlider(sizes.short_input, min=20, max=4_000, step=10, description="input tokens per query", style=style, layout=layout)
+        self.input_tokens = widgets.IntSlider(sizes.short_input, min=20, max=4_000, step=1, description="input tokens per query", style=style, layout=layout)
         self.output_tokens = widgets.IntSlider(sizes.output, min=1, max=1_000, description="output tokens per query", style=style, layout=layout)
-        self.examples = widgets.IntSlider(sizes.train_examples, min=10, max=50_000, step=10, description="training examples", style=style, layout=layout)
-        self.tokens_per_example = widgets.IntSlider(sizes.train_tokens_per_example, min=20, max=4_000, step=10, description="tokens per example", style=style, layout=layout)
+        self.examples = widgets.IntSlider(sizes.train_examples, min=10, max=50_000, step=1, description="training examples", style=style, layout=layout)
+        self.tokens_per_example = widgets.IntSlider(sizes.train_tokens_per_example, min=20, max=4_000, step=1, description="tokens per example", style=style, layout=layout)
         self.epochs = widgets.IntSlider(3, min=1, max=25, description="epochs", style=style, layout=layout)
         self.retrains = widgets.IntSlider(4, min=0, max=52, description="retrains per year", style=style, layout=layout)
+        # step 1 where the start is a measured value: a slider snaps its value to its step when it is drawn, which
+        # would change the figures (and the break-even points) before anyone touched it
         self.sliders = [self.queries, self.input_tokens, self.output_tokens, self.examples, self.tokens_per_example, self.epochs, self.retrains]
         self.output = widgets.Output()
         self.text = widgets.HTML()
