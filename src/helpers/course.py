@@ -46,7 +46,6 @@ class Course:
         tmp.write_text(json.dumps(_plain(self.recorded), indent=2, allow_nan=False))
         tmp.replace(self.metrics_path)
 
-
     def findings(self, topic: str, lines: list[str]) -> None:
         """Show sentences computed from this notebook's numbers as a list; record them as ``findings[topic]``."""
         from IPython.display import Markdown, display
