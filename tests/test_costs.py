@@ -96,6 +96,7 @@ def test_findings_follow_the_numbers_they_describe():
     rising = falling.assign(full_valid_loss=[0.8, 1.0])
     assert "fell every epoch" in finetune.curve_findings(steps, falling)[-1]
     assert "began to memorise; the checkpoint of epoch 1" in finetune.curve_findings(steps, rising)[-1]
+    assert len(finetune.curve_findings(steps, pd.DataFrame({"step": [2, 4]}))) == 1  # no validation file: no trend to state
 
     def summary(accuracy: float, usd: float, tokens: float) -> dict:
         return {"n": 20, "code_accuracy": accuracy, "code_accuracy_ci_low": accuracy / 2, "code_accuracy_ci_high": accuracy,

@@ -140,8 +140,8 @@ def test_01_costs_match_the_price_table(course_env):
     assert metrics["break_even"]["fine-tuned"] > 0
     # the summary is written from the table: each sentence must agree with the numbers beside it
     table = scenarios.scenario_table(approaches, [1_000, 10_000, 100_000, 1_000_000])
-    findings = metrics["findings"]["costs"]
-    assert findings[:len(scenarios.cost_findings(table, approaches))] == scenarios.cost_findings(table, approaches)
+    findings, expected = metrics["findings"]["costs"], scenarios.cost_findings(table, approaches)
+    assert findings[:len(expected)] == expected
     top = table.drop(columns="cheapest").loc[1_000_000]
     assert f"At 1,000,000 queries a month the cheapest is {top.idxmin()}" in findings[1]
     dearest_everywhere = all(table.drop(columns="cheapest").loc[v].idxmax() == "prompting" for v in table.index)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -109,18 +108,17 @@ def comparison_findings(base: dict, tuned: dict, unseen: dict[str, dict], n_unse
                      "(`N_TEST = 0`) before concluding.")
     lines.append(f"Answers in the required format: fine-tuned {tuned['format_compliance']:.0%}, base "
                  f"{base['format_compliance']:.0%}.")
-    rows = unseen
-    lines.append(f"On {int(rows['fine-tuned']['n'])} requests for {n_unseen_codes} codes training never saw: fine-tuned "
-                 f"{rows['fine-tuned']['code_accuracy']:.0%}, fine-tuned + RAG {rows['fine-tuned + RAG']['code_accuracy']:.0%}, "
-                 f"base + RAG {rows['base + RAG']['code_accuracy']:.0%}.")
-    if rows["fine-tuned + RAG"]["code_accuracy"] > rows["fine-tuned"]["code_accuracy"]:
-        lines.append(f"Retrieval supplies what training could not, for {rows['fine-tuned + RAG']['input_tokens'] - rows['fine-tuned']['input_tokens']:.0f} "
+    lines.append(f"On {int(unseen['fine-tuned']['n'])} requests for {n_unseen_codes} codes training never saw: fine-tuned "
+                 f"{unseen['fine-tuned']['code_accuracy']:.0%}, fine-tuned + RAG {unseen['fine-tuned + RAG']['code_accuracy']:.0%}, "
+                 f"base + RAG {unseen['base + RAG']['code_accuracy']:.0%}.")
+    if unseen["fine-tuned + RAG"]["code_accuracy"] > unseen["fine-tuned"]["code_accuracy"]:
+        lines.append(f"Retrieval supplies what training could not, for {unseen['fine-tuned + RAG']['input_tokens'] - unseen['fine-tuned']['input_tokens']:.0f} "
                      "more input tokens a request.")
     else:
         lines.append("Retrieval did not help the fine-tuned model on these requests.")
-    if rows["base + RAG"]["format_compliance"] < 0.5:
+    if unseen["base + RAG"]["format_compliance"] < 0.5:
         lines.append(f"The base model with retrieved codes answers in the required format only "
-                     f"{rows['base + RAG']['format_compliance']:.0%} of the time: the 135M stand-in cannot follow the "
+                     f"{unseen['base + RAG']['format_compliance']:.0%} of the time: the 135M stand-in cannot follow the "
                      "format from an instruction, so its answers cannot be scored, whatever the candidates. A large "
                      "model follows such an instruction; here the format has to be trained in.")
     return lines

@@ -124,15 +124,15 @@ def curve_findings(frame: pd.DataFrame, checkpoints: pd.DataFrame) -> list[str]:
     """What a job's curves show, in sentences computed from them (notebook 03)."""
     lines = [f"Training loss went from {frame['train_loss'].iloc[0]:.3f} at the first step to "
              f"{frame['train_loss'].iloc[-1]:.3f} at the last."]
-    full = checkpoints.dropna(subset=["full_valid_loss"]).sort_values("step") if "full_valid_loss" in checkpoints else checkpoints.iloc[0:0]
+    full = checkpoints.dropna(subset=["full_valid_loss"]).sort_values("step") if "full_valid_loss" in checkpoints else None
+    losses = [] if full is None else [float(v) for v in full["full_valid_loss"]]  # none without a validation file
     sampled = frame.dropna(subset=["valid_loss"])
-    if len(full) and len(sampled):
+    if losses and len(sampled):
         last = sampled.iloc[-1]
         lines.append(f"The validation batch sampled at step {int(last['step'])} gave {last['valid_loss']:.3f}; the whole "
-                     f"validation file at the end gave {full['full_valid_loss'].iloc[-1]:.3f}. The sampled points range from "
+                     f"validation file at the end gave {losses[-1]:.3f}. The sampled points range from "
                      f"{sampled['valid_loss'].min():.3f} to {sampled['valid_loss'].max():.3f}: one batch is a noisy estimate, "
                      "so judge the fit on the whole-file points, one per epoch.")
-    losses = [float(v) for v in full["full_valid_loss"]]
     if len(losses) >= 2:
         best = losses.index(min(losses))
         trail = ", ".join(f"{v:.3f}" for v in losses)

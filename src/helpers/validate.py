@@ -22,10 +22,10 @@ from typing import Any, Iterator
 import numpy as np
 import tiktoken
 
-from helpers.paths import shown
 from helpers import chat_format as cf
 from helpers.catalogue import default_model, model_info
 from helpers.costs import estimate_training_cost
+from helpers.paths import shown
 from helpers.token_counts import ToolTokenCache, role_token_table, token_parts
 from helpers.tokens import get_encoding
 

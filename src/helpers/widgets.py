@@ -10,8 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from helpers.costs import break_even_queries
-from helpers.scenarios import PromptSizes, course_approaches, scenario_table
+from helpers.scenarios import PromptSizes, cheaper_from, course_approaches, scenario_table
 
 
 class CostExplorer:
@@ -23,14 +22,14 @@ class CostExplorer:
         style = {"description_width": "180px"}
         layout = widgets.Layout(width="520px")
         self.queries = widgets.IntSlider(100_000, min=1_000, max=max_queries, step=1_000, description="queries per month", style=style, layout=layout)
+        # step 1 where the start is a measured value: a slider snaps its value to its step when it is drawn, which
+        # would change the figures (and the break-even points) before anyone touched it
         self.input_tokens = widgets.IntSlider(sizes.short_input, min=20, max=4_000, step=1, description="input tokens per query", style=style, layout=layout)
         self.output_tokens = widgets.IntSlider(sizes.output, min=1, max=1_000, description="output tokens per query", style=style, layout=layout)
         self.examples = widgets.IntSlider(sizes.train_examples, min=10, max=50_000, step=1, description="training examples", style=style, layout=layout)
         self.tokens_per_example = widgets.IntSlider(sizes.train_tokens_per_example, min=20, max=4_000, step=1, description="tokens per example", style=style, layout=layout)
         self.epochs = widgets.IntSlider(3, min=1, max=25, description="epochs", style=style, layout=layout)
         self.retrains = widgets.IntSlider(4, min=0, max=52, description="retrains per year", style=style, layout=layout)
-        # step 1 where the start is a measured value: a slider snaps its value to its step when it is drawn, which
-        # would change the figures (and the break-even points) before anyone touched it
         self.sliders = [self.queries, self.input_tokens, self.output_tokens, self.examples, self.tokens_per_example, self.epochs, self.retrains]
         self.output = widgets.Output()
         self.text = widgets.HTML()
@@ -49,18 +48,18 @@ class CostExplorer:
         self.table = scenario_table(approaches, [volume])
         costs = {a.name: a.monthly_cost(volume) for a in approaches}
         cheapest = min(costs, key=costs.get)
-        self.break_even = {a.name: break_even_queries(approaches[0], a) for a in approaches[1:]}
+        self.break_even = {a.name: cheaper_from(a, approaches[0]) for a in approaches[1:]}  # 0: any volume, None: never
         self.summary = {"queries_per_month": volume, "monthly_cost_usd": costs, "cheapest": cheapest, "break_even_vs_prompting": self.break_even}
         parts = [f"<b>{name}</b>: ${cost:,.2f}/month" for name, cost in costs.items()]
         crossings = []
         for approach in approaches[1:]:
             volume_at = self.break_even[approach.name]
-            if volume_at:
-                crossings.append(f"{approach.name} beats prompting from {volume_at:,.0f} queries/month")
-            elif approach.monthly_cost(1) < approaches[0].monthly_cost(1):
+            if volume_at is None:
+                crossings.append(f"{approach.name} never beats prompting")
+            elif volume_at == 0:
                 crossings.append(f"{approach.name} is cheaper than prompting at any volume")
             else:
-                crossings.append(f"{approach.name} never beats prompting")
+                crossings.append(f"{approach.name} beats prompting from {volume_at:,.0f} queries/month")
         self.text.value = f"At {volume:,} queries/month: " + "; ".join(parts) + f". Cheapest: <b>{cheapest}</b>.<br>" + "<br>".join(crossings)
         with self.output:
             self.output.clear_output(wait=True)

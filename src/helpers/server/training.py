@@ -345,6 +345,7 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
     step = start_epoch * steps_per_epoch
     metrics = StepMetrics(step, total_steps, float("nan"), float("nan"))
     noisy = settings.method == "supervised" and settings.neftune_alpha > 0
+    validating = bool(valid_examples) and settings.method != "dpo"
     with neftune(model, settings.neftune_alpha) if noisy else contextlib.nullcontext():
         for epoch in range(start_epoch, settings.n_epochs):
             for indices in length_grouped_batches(lengths, settings.batch_size, settings.seed * 1000 + epoch):
@@ -366,12 +367,11 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                     scheduler.step()
                 step += 1
                 metrics = StepMetrics(step, total_steps, float(loss.detach()), accuracy)
-                if valid_examples and settings.method != "dpo" and (step % settings.eval_every == 0 or step == total_steps):
+                if validating and (step % settings.eval_every == 0 or step == total_steps):
                     sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
                     with hold():
                         metrics.valid_loss, metrics.valid_mean_token_accuracy = evaluate(model, sample, settings.batch_size, pad_id, device)
-                end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-                if end_of_epoch and valid_examples and settings.method != "dpo":  # as OpenAI: the whole file, per epoch
+                if validating and step % steps_per_epoch == 0:  # as OpenAI: the whole file at each epoch's end
                     with hold():
                         metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
                 on_step(metrics)
