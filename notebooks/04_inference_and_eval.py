@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 04 · Inference and evaluation
-# **Time:** about 1 minute with the defaults, about 3 minutes on the whole test set (measured 2.5) · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_NEW_CODES` x 4 short requests (the table in 3.1 prices them).
+# **Time:** about 3 minutes with the defaults (the long prompt takes half of it), about 5 on the whole test set · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
 
 # %% tags=["parameters"]
 BACKEND = "local"
@@ -22,6 +22,7 @@ BASE_MODEL = "gpt-4.1-mini"
 TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
 N_TEST = 16  # 0 means all held-out test requests
 N_NEW_CODES = 6  # 0 means all requests for codes absent from training
+N_PROMPTING = 16  # test requests for the prompting rung (its 1,400-token prompt takes seconds each here; 0 means N_TEST)
 RETRIEVED_CODES = 5
 MAX_TOKENS = 32
 CONCURRENCY = 8
@@ -29,7 +30,7 @@ CONCURRENCY = 8
 # %%
 import pandas as pd
 from helpers.course import setup
-from helpers import billing, dataprep, evaluation, finetune, retrieval
+from helpers import billing, dataprep, evaluation, finetune, retrieval, scenarios
 from helpers.paths import REPO_ROOT
 course = setup("04_inference_and_eval", BACKEND)
 tuned = finetune.course_model(course.client, TUNED_MODEL)
@@ -62,18 +63,38 @@ course.record(base=summary["base"].to_dict(), tuned=summary["fine-tuned"].to_dic
 summary.round(4)
 
 # %% [markdown]
-# ### 3.2 Which codes it gets wrong
+# ### 3.2 The prompting rung, measured
+# 01 prices prompting (the whole code table and 20 worked examples in every prompt) and RAG (five retrieved
+# codes) as the rungs before fine-tuning. Here they are measured with the base model on the first
+# `N_PROMPTING` of the same requests (the long prompt is slow on a CPU).
+
+# %%
+prompting_test = test[:N_PROMPTING] if N_PROMPTING else test
+prompts = {"base + long prompt": scenarios.with_long_prompt, "base + RAG": lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)}
+prompting = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, BASE_MODEL, prompting_test, prompt=prompt,
+                                                                         max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
+                                                     priced_as=BASE_MODEL, fine_tuned=False)
+                          for name, prompt in prompts.items()})
+course.record(prompting=prompting.to_dict())
+course.findings("prompting", evaluation.prompting_findings(summary["base"].to_dict(), prompting.to_dict()))
+prompting.loc[["code_accuracy", "format_compliance", "input_tokens", "latency_p50_s", "usd_per_1000_queries"]].round(4)
+
+# %% [markdown]
+# ### 3.3 Which codes it gets wrong
+# The fine-tuned model's accuracy per code (worst first), its wrong answers sorted by kind, and a few of them.
 
 # %%
 evaluation.per_code(tuned_results).head(10)
 
 # %%
+course.record(mistakes=evaluation.mistakes(tuned_results).to_dict())
+course.findings("mistakes", evaluation.mistake_findings(tuned_results))
 evaluation.worst_mistakes(tuned_results)
 
 # %% [markdown]
-# ### 3.3 Facts it has never seen
-# Six codes never appear in the training data (`test_new_codes.jsonl` holds five requests for each; `N_NEW_CODES`
-# of them are used here). Fine-tuning cannot teach them; retrieval can put them in the prompt, and notebook 03
+# ### 3.4 Facts it has never seen
+# Six codes never appear in the training data (`test_new_codes.jsonl` holds five requests for each; the first
+# `N_NEW_CODES` requests are used here). Fine-tuning cannot teach them; retrieval can put them in the prompt, and notebook 03
 # trained the model to use such candidates. Code accuracy on those requests, with and without the top retrieved
 # codes in the prompt:
 
@@ -89,13 +110,24 @@ course.record(new_codes=unseen.loc[["code_accuracy", "format_compliance", "input
 unseen.loc[["code_accuracy", "format_compliance", "exact_match", "input_tokens", "usd_per_1000_queries"]].round(4)
 
 # %% [markdown]
+# ### 3.5 Two counts of the same tokens
+# The server reports input tokens counted with the local model's tokenizer (SmolLM2's); 01 counted the same
+# prompts with OpenAI's (`o200k_base`). The tables here price the server's count at OpenAI's prices.
+
+# %%
+openai_tokens = sum(scenarios.openai_input_tokens(row["messages"][:-1]) for row in test) / len(test)
+course.record(openai_input_tokens=openai_tokens)
+course.findings("tokens", evaluation.token_findings(summary["fine-tuned"].to_dict(), openai_tokens))
+
+# %% [markdown]
 # ## 4. Summary
 # What the tables above show, written from their numbers:
 
 # %%
 n_unseen_codes = len({billing.parse_answer(row["messages"][-1]["content"])[0] for row in new_codes})
 course.findings("comparison", evaluation.comparison_findings(summary["base"].to_dict(), summary["fine-tuned"].to_dict(),
-                                                             unseen.to_dict(), n_unseen_codes))
+                                                             unseen.to_dict(), n_unseen_codes)
+                + evaluation.seed_findings(summary["fine-tuned"].to_dict(), unseen.to_dict()))
 
 # %% [markdown]
 # - Compare on held-out data, and look at format compliance as well as accuracy: an answer your system cannot

@@ -63,3 +63,10 @@ def test_answer_format_round_trip():
     assert billing.parse_answer(billing.format_answer("99213", "Office visit")) == ("99213", "Office visit")
     for bad in ("99213", "CPT Code: 9921 - x", "The code is CPT Code: 99213 - x", "", None):
         assert billing.parse_answer(bad) is None
+
+
+def test_the_pool_has_an_answer_key_of_training_codes_that_the_pool_file_does_not_show():
+    key = billing.pool_answers()
+    assert list(key) == [p["id"] for p in load("pool")]
+    assert set(key.values()) == {c.code for c in billing.load_codes() if c.in_training}
+    assert all(set(p) == {"id", "procedure"} for p in load("pool"))

@@ -108,3 +108,48 @@ def test_findings_follow_the_numbers_they_describe():
     short = comparison_findings({"teacher": summary(0.8, 0.1, 300), "student base": summary(0.0, 0.01, 50),
                                  "student": summary(0.4, 0.01, 50)})
     assert "falls short" in short[2]
+
+
+def test_distillation_set_up_pays_the_teacher_to_label_the_pool():
+    from helpers import scenarios
+
+    sizes = scenarios.measure_prompt_sizes()
+    approaches = {a.name: a for a in scenarios.course_approaches(sizes, retrains_per_year=12)}
+    setup = scenarios.distillation_setup_cost(sizes, approaches["prompting"])
+    assert sizes.pool_requests == 444
+    assert setup["teacher labelling"] == pytest.approx(444 * approaches["prompting"].per_query_usd())
+    assert setup["total"] == pytest.approx(setup["teacher labelling"] + setup["student training"])
+    assert approaches["distilled"].monthly_fixed_usd == pytest.approx(setup["total"])  # retrained monthly
+
+
+def test_price_per_correct_answer_uses_measured_accuracy_and_labels_assumptions():
+    from helpers import scenarios
+
+    approaches = scenarios.course_approaches(scenarios.measure_prompt_sizes())
+    summary = lambda accuracy: {"code_accuracy": accuracy, "n": 111}  # noqa: E731
+    metrics = {"04_inference_and_eval": {"tuned": summary(0.8), "prompting": {"base + long prompt": summary(0.0),
+                                                                             "base + RAG": summary(0.0)}},
+               "05_distillation": {"comparison": {"teacher": summary(0.9), "student": summary(0.1)}}}
+    accuracy = scenarios.measured_accuracy(metrics, assumed=0.5)
+    assert accuracy["fine-tuned"] == (0.8, "measured in 04 on 111 requests (local stand-in)")
+    assert scenarios.measured_accuracy({}, assumed=0.5)["distilled"][1].startswith("assumed 50%")
+    frame = scenarios.per_correct_answer(approaches, accuracy)
+    assert frame.loc["fine-tuned", "usd_per_1000_correct"] == pytest.approx(frame.loc["fine-tuned", "usd_per_1000_queries"] / 0.8)
+    assert frame["usd_per_1000_correct"].isna().tolist() == [True, True, False, False, False]  # never right: no price
+    lines = scenarios.per_correct_findings(frame)
+    assert lines[0].startswith("Cheapest per query: distilled")
+    assert lines[1].startswith("Cheapest per correct answer: fine-tuned") and "changes the ranking" in lines[1]
+    assert lines[2].startswith("prompting, RAG never named the right code")
+
+
+def test_the_seeds_figures_get_verdicts_computed_from_the_table():
+    from helpers import scenarios
+
+    sizes = scenarios.measure_prompt_sizes()
+    approaches = scenarios.course_approaches(sizes)
+    rag = next(a for a in approaches if a.name == "RAG")
+    table = scenarios.seed_figures(sizes, approaches, (0.79, "measured in 04 on 111 requests (local stand-in)"))
+    assert table.loc["RAG per query", "verdict"].startswith(f"{0.01 / rag.per_query_usd():,.0f}x too high")
+    assert "50% of today's input price" in table.loc["a distilled model's price", "verdict"]
+    assert "fine-tuned 79%" in table.loc["the intern analogy (accuracy by rung)", "today's table / this data"]
+    assert len(table) == 6 and table["verdict"].str.len().min() > 20

@@ -16,7 +16,7 @@ import papermill
 import pytest
 
 from conftest import DATA, REPO
-from helpers import billing, scenarios
+from helpers import billing, distill, evaluation, scenarios
 from helpers.costs import estimate_training_cost, prices
 from helpers.validate import validate_file
 from server_harness import free_port
@@ -149,6 +149,12 @@ def test_01_costs_match_the_price_table(course_env):
     rag, tuned = (next(a for a in approaches if a.name == n) for n in ("RAG", "fine-tuned"))
     assert (rag.per_query_usd() < tuned.per_query_usd()) == any(line.startswith("RAG is cheaper than the fine-tuned model") for line in findings)
     assert not any("saves on every query" in line or "prompting wins" in line for line in findings)
+    # price per correct answer: no 04/05 run in this environment yet, so every accuracy is the labelled assumption
+    accuracy = scenarios.measured_accuracy({}, 0.8)
+    per_correct = scenarios.per_correct_answer(approaches, accuracy)
+    assert metrics["per_correct"] == per_correct.to_dict(orient="index")
+    assert metrics["findings"]["per correct answer"] == scenarios.per_correct_findings(per_correct)
+    assert metrics["seed_figures"] == scenarios.seed_figures(sizes, approaches, accuracy["fine-tuned"]).to_dict(orient="index")
     assert metrics["course_training_cost_usd"] == pytest.approx(estimate_training_cost("gpt-4.1-mini", sizes.train_examples * sizes.train_tokens_per_example, sizes.train_examples).cost_usd)
 
 
@@ -201,6 +207,20 @@ def test_04_fine_tuned_beats_base_on_format_and_codes(nbval_run):
     lines = metrics["findings"]["comparison"]
     assert "fine-tuning beats the base" in lines[0]
     assert any(line.startswith("Retrieval supplies what training could not") for line in lines)
+    # the prompting rung is measured on the same requests, and its sentence says why it fails with a 135M base
+    prompting = metrics["prompting"]
+    assert prompting["base + long prompt"]["input_tokens"] > 10 * metrics["base"]["input_tokens"]
+    assert prompting["base + long prompt"]["n"] == prompting["base + RAG"]["n"] == min(16, metrics["n_test"])  # N_PROMPTING
+    assert metrics["findings"]["prompting"] == evaluation.prompting_findings(metrics["base"], prompting)
+    failing = max(row["format_compliance"] for row in prompting.values()) < 0.5
+    assert failing == ("the reason is the model, not the method" in metrics["findings"]["prompting"][1])
+    # wrong answers sorted by kind; the count matches the accuracy beside it
+    assert sum(metrics["mistakes"].values()) == round((1 - metrics["tuned"]["code_accuracy"]) * metrics["n_test"])
+    assert metrics["findings"]["mistakes"][1:2] == (["No answer named a wrong code."] if not sum(metrics["mistakes"].values()) else
+                                                     [f"Of {sum(metrics['mistakes'].values())} wrong answers: " + "; ".join(
+                                                         f"{n} {kind}" for kind, n in metrics["mistakes"].items() if n) + "."])
+    # two tokenizers, one sentence that says which counted more
+    assert metrics["findings"]["tokens"] == evaluation.token_findings(metrics["tuned"], metrics["openai_input_tokens"])
 
 
 def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run):
@@ -216,6 +236,12 @@ def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run)
     from helpers.distill import comparison_findings
 
     assert metrics["findings"]["comparison"] == comparison_findings(table)
+    assert metrics["findings"]["cookbook"] == distill.cookbook_findings(table)
+    # the filter is measured against the pool's answer key: kept + dropped = every answer, and the sentence follows
+    labels = metrics["teacher_labels"]
+    assert labels["kept by the filter"]["answers"] == metrics["n_kept"]
+    assert labels["kept by the filter"]["answers"] + labels["dropped by the filter"]["answers"] == labels["every answer"]["answers"]
+    assert metrics["findings"]["filter"] == distill.filter_findings(labels)
     share = table["student"]["code_accuracy"] / table["teacher"]["code_accuracy"]
     assert ("Distillation worked here" in metrics["findings"]["comparison"][-1]) == (share >= 0.9)
 

@@ -13,6 +13,8 @@ How the splits are made (per code, with a fixed seed):
 * codes marked ``in_training: false`` appear only in ``test_new_codes.jsonl``: facts the fine-tuned
   model has never seen, to show what retrieval adds;
 * ``pool.jsonl`` is unlabeled (``id`` and ``procedure``): what a teacher model labels for distillation;
+  ``pool_answers.jsonl`` (``id`` and ``code``) is its answer key, never shown to teacher or student, only
+  used to measure how often the teacher's labels are right;
 * ``flawed.jsonl`` is deliberately broken, one flaw per line, for the data-prep lesson.
 """
 from __future__ import annotations
@@ -89,6 +91,12 @@ def answer_findings(expected: str, answer: str | None) -> list[str]:
             "little either way; notebook 04 scores every held-out request."]
 
 
+def same_description(a: str, b: str) -> bool:
+    """Two descriptions say the same, ignoring case, punctuation and spacing."""
+    words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731
+    return words(a) == words(b)
+
+
 def parse_answer(text: str | None) -> tuple[str, str] | None:
     """``(code, description)`` when ``text`` is exactly in the answer format, else None."""
     match = ANSWER_PATTERN.match((text or "").strip())
@@ -159,7 +167,7 @@ def _draw(phrases: tuple[str, ...], n: int, rng: random.Random, seen: set[str]) 
 
 
 def build_datasets(seed: int = SEED) -> dict[str, list[dict]]:
-    """Every split as a list of JSON objects (deterministic for a given seed)."""
+    """Every split as a list of JSON objects (deterministic for a given seed), plus the pool's answer key."""
     rng = random.Random(seed)
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {name: [] for name in SPLIT_SIZES}
@@ -173,12 +181,19 @@ def build_datasets(seed: int = SEED) -> dict[str, list[dict]]:
             for text in _draw(phrases, SPLIT_SIZES[name], rng, seen):
                 splits[name].append(chat_example(text, code.answer))
         for text in _draw(train_phrases, SPLIT_SIZES["pool"], rng, seen):
-            splits["pool"].append({"procedure": text})
+            splits["pool"].append({"procedure": text, "code": code.code})
     for name in splits:
         rng.shuffle(splits[name])
-    for i, item in enumerate(splits["pool"], start=1):
-        splits["pool"][i - 1] = {"id": f"pool-{i:04d}", **item}
+    pool = [{"id": f"pool-{i:04d}", **item} for i, item in enumerate(splits["pool"], start=1)]
+    splits["pool"] = [{"id": item["id"], "procedure": item["procedure"]} for item in pool]
+    splits["pool_answers"] = [{"id": item["id"], "code": item["code"]} for item in pool]
     return splits
+
+
+def pool_answers() -> dict[str, str]:
+    """The pool's answer key: pool id -> the code its request was written for (for measuring a teacher only)."""
+    lines = (BILLING_DIR / "pool_answers.jsonl").read_text(encoding="utf-8").splitlines()
+    return {row["id"]: row["code"] for row in map(json.loads, lines)}
 
 
 def flawed_lines() -> list[bytes]:

@@ -20,6 +20,12 @@ def metrics_dir() -> Path:
     return Path(os.environ.get("WORKBOOK_METRICS_DIR") or REPO_ROOT / ".workbook" / "metrics")
 
 
+def recorded_metrics(notebook: str) -> dict[str, Any]:
+    """The numbers another notebook recorded in its last run here (empty if it has not run)."""
+    path = metrics_dir() / f"{notebook}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 @dataclass
 class Course:
     notebook: str

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from helpers.billing import parse_answer
+from helpers.billing import load_codes, parse_answer, same_description
 from helpers.costs import query_cost
 
 
@@ -122,3 +122,95 @@ def comparison_findings(base: dict, tuned: dict, unseen: dict[str, dict], n_unse
                      "format from an instruction, so its answers cannot be scored, whatever the candidates. A large "
                      "model follows such an instruction; here the format has to be trained in.")
     return lines
+
+
+MISTAKE_KINDS = ("not in the answer format", "a code that does not exist", "the right description, a wrong number",
+                 "another real code, whole", "one code's number, another's description")
+
+
+def mistake_kind(answer: str, expected_code: str) -> str:
+    """Which of :data:`MISTAKE_KINDS` a wrong answer is."""
+    table = {c.code: c.description for c in load_codes()}
+    parsed = parse_answer(answer)
+    if parsed is None:
+        return MISTAKE_KINDS[0]
+    code, description = parsed
+    if code not in table:
+        return MISTAKE_KINDS[1]
+    if same_description(description, table[expected_code]):
+        return MISTAKE_KINDS[2]
+    if same_description(description, table[code]):
+        return MISTAKE_KINDS[3]
+    return MISTAKE_KINDS[4]
+
+
+def mistakes(results: pd.DataFrame) -> pd.Series:
+    """How many wrong answers of each kind (wrong means the code is wrong)."""
+    wrong = results[~results["code_ok"]]
+    kinds = pd.Series([mistake_kind(a, c) for a, c in zip(wrong["answer"], wrong["expected_code"])], dtype=object)
+    return kinds.value_counts().reindex(list(MISTAKE_KINDS), fill_value=0).rename("wrong answers")
+
+
+def mistake_findings(results: pd.DataFrame) -> list[str]:
+    """What the per-code table and the mistakes show, in sentences computed from ``results``."""
+    by_code = per_code(results)
+    always, never = int((by_code["accuracy"] == 1).sum()), int((by_code["accuracy"] == 0).sum())
+    median = results.groupby("expected_code").size().median()
+    lines = [f"Of the {len(by_code)} codes in this sample, {always} were always right and {never} never "
+             f"(with a median of {median:.0f} request{'' if median == 1 else 's'} a code, one answer moves a code's "
+             "accuracy a lot)."]
+    kinds = mistakes(results)
+    if not kinds.sum():
+        return lines + ["No answer named a wrong code."]
+    lines.append(f"Of {kinds.sum()} wrong answers: " + "; ".join(f"{n} {kind}" for kind, n in kinds.items() if n) + ".")
+    if kinds["the right description, a wrong number"]:
+        lines.append("A right description with a wrong number means the model recognised the procedure but did not tie "
+                     "it to its number: the numbers are arbitrary five-digit strings, learned from nine examples a code. "
+                     "The code table catches such an answer; 05 filters the teacher's answers with exactly this check.")
+    if kinds["another real code, whole"]:
+        lines.append("A real code given whole, with its own description, is a confusion between neighbours (an office "
+                     "visit of another level, a related test): the answer is consistent, so only the request shows it wrong.")
+    return lines
+
+
+def prompting_findings(base: dict, prompting: dict[str, dict]) -> list[str]:
+    """The prompting rung measured: the base model with prompting's long prompt and with retrieved codes
+    (``prompting``: "base + long prompt", "base + RAG"; summaries from :func:`summarize`)."""
+    long, rag = prompting["base + long prompt"], prompting["base + RAG"]
+    lines = [f"The base model with the whole code table and worked examples in its prompt ({long['input_tokens']:.0f} input "
+             f"tokens) names the right code {_accuracy(long)} and answers in the format {long['format_compliance']:.0%} of "
+             f"the time; with five retrieved codes instead ({rag['input_tokens']:.0f} tokens), {_accuracy(rag)}, format "
+             f"{rag['format_compliance']:.0%}; with the one-line instruction, {_accuracy(base)}."]
+    if max(long["format_compliance"], rag["format_compliance"]) < 0.5:
+        lines.append("Locally the prompting rung fails, and the reason is the model, not the method: a 135M model continues "
+                     "the text it is given rather than obeying an instruction about its form, and a long prompt only gives "
+                     "it more to continue. A large model such as gpt-4.1 follows this prompt, which is why 01 prices "
+                     "prompting as the first rung; here the format has to be trained in, and 03 does that.")
+    else:
+        lines.append("The prompt alone got the base model into the format much of the time: prompting is a real "
+                     "contender here, at the price per query 01 shows.")
+    return lines
+
+
+def seed_findings(tuned: dict, unseen: dict[str, dict]) -> list[str]:
+    """The seed's claim for fine-tuning ("accuracy: Very High (domain)") set against this run's numbers."""
+    seen, new, new_rag = tuned["code_accuracy"], unseen["fine-tuned"]["code_accuracy"], unseen["fine-tuned + RAG"]["code_accuracy"]
+    verdict = ("holds for the codes it trained on" if tuned["code_accuracy_ci_low"] >= 0.8 else
+               "is not reached for the codes it trained on" if seen < 0.5 else
+               "is only partly reached for the codes it trained on")
+    return [f"The course outline (the seed this workbook grew from) rates a fine-tuned model's accuracy \"Very High "
+            f"(domain)\". Here that {verdict} ({_accuracy(tuned)}, "
+            f"a 135M model after minutes of CPU training; a larger model learns the same data better), and \"domain\" means "
+            f"exactly what was in the training file: codes it never saw {new:.0%}, the same with retrieval {new_rag:.0%}."]
+
+
+def token_findings(tuned: dict, openai_tokens: float) -> list[str]:
+    """Why the server's input-token count differs from 01's (``openai_tokens``: the o200k_base count of the same
+    requests)."""
+    local = tuned["input_tokens"]
+    more = "more" if local > openai_tokens else "fewer"
+    return [f"The server counted {local:.1f} input tokens a request with SmolLM2's tokenizer; OpenAI's o200k_base counts "
+            f"{openai_tokens:.1f} for the same messages (01 priced with that count). Two tokenizers cut the same text "
+            f"differently: SmolLM2's 49k-piece vocabulary and its chat template give {abs(local / openai_tokens - 1):.0%} "
+            f"{more} tokens here, so this notebook's dollar figures are that much {'above' if local > openai_tokens else 'below'} "
+            "what OpenAI would bill for these requests."]

@@ -35,20 +35,35 @@ class PromptSizes:
     output: int
     train_tokens_per_example: int
     train_examples: int
+    pool_requests: int
 
 
-def _messages_tokens(messages: list[dict]) -> int:
-    """Input tokens of a request by the chat recipe (messages plus the reply primer)."""
+def openai_input_tokens(messages: list[dict]) -> int:
+    """Input tokens OpenAI counts for a request (``o200k_base``, messages plus the reply primer)."""
     return count_example_tokens({"messages": messages}, get_encoding("o200k_base")).total
+
+
+def _train_rows() -> list[dict]:
+    return [json.loads(line) for line in (billing.BILLING_DIR / "train.jsonl").read_text().splitlines()]
+
+
+def long_system_prompt() -> str:
+    """Prompting's system prompt: the instruction, the whole code table and worked examples from training."""
+    shots = "\n".join(f"{r['messages'][1]['content']} -> {r['messages'][2]['content']}" for r in _train_rows()[:FEW_SHOT_EXAMPLES])
+    return f"{billing.SYSTEM_PROMPT}\n\nCodes:\n{billing.code_reference()}\n\nExamples:\n{shots}"
+
+
+def with_long_prompt(messages: list[dict]) -> list[dict]:
+    """The same request with its system prompt replaced by prompting's long one."""
+    return [{"role": "system", "content": long_system_prompt()}, *[m for m in messages if m["role"] != "system"]]
 
 
 def measure_prompt_sizes() -> PromptSizes:
     """Build each approach's prompt for the course's test requests and count their tokens."""
     rows = [json.loads(line) for line in (billing.BILLING_DIR / "test.jsonl").read_text().splitlines()]
-    train = [json.loads(line) for line in (billing.BILLING_DIR / "train.jsonl").read_text().splitlines()]
-    shots = "\n".join(f"{r['messages'][1]['content']} -> {r['messages'][2]['content']}" for r in train[:FEW_SHOT_EXAMPLES])
+    train = _train_rows()
     codes = billing.load_codes()
-    long_system = f"{billing.SYSTEM_PROMPT}\n\nCodes:\n{billing.code_reference()}\n\nExamples:\n{shots}"
+    long_system = long_system_prompt()
     # RAG adds RETRIEVED_CODES code lines to the prompt; which ones does not change the size much.
     rag_system = f"{billing.SYSTEM_PROMPT}\n\nCandidate codes:\n{billing.code_reference(codes[:RETRIEVED_CODES])}"
     encoding = get_encoding("o200k_base")
@@ -57,7 +72,7 @@ def measure_prompt_sizes() -> PromptSizes:
     per_example = [count_example_tokens(r, encoding).total for r in train]
 
     def average_input(system: str) -> int:
-        return round(mean(_messages_tokens([{"role": "system", "content": system}, {"role": "user", "content": u}]) for u in users))
+        return round(mean(openai_input_tokens([{"role": "system", "content": system}, {"role": "user", "content": u}]) for u in users))
 
     return PromptSizes(
         prompting_input=average_input(long_system),
@@ -66,6 +81,7 @@ def measure_prompt_sizes() -> PromptSizes:
         output=round(mean(len(encoding.encode_ordinary(a)) for a in answers)),
         train_tokens_per_example=round(mean(per_example)),
         train_examples=len(train),
+        pool_requests=len((billing.BILLING_DIR / "pool.jsonl").read_text().splitlines()),
     )
 
 
@@ -74,22 +90,32 @@ def course_approaches(sizes: PromptSizes, *, training_examples: int | None = Non
                       output_tokens: int | None = None, prompting_model: str = "gpt-4.1", tuned_model: str = "gpt-4.1-mini",
                       student_model: str = "gpt-4.1-nano") -> list[Approach]:
     """The five approaches. ``input_tokens`` overrides the short prompt's size (the long prompts keep their
-    measured overhead on top); training is paid ``retrains_per_year`` times a year."""
+    measured overhead on top); training is paid ``retrains_per_year`` times a year. Distillation's set-up is the
+    teacher (the prompting approach) labelling the pool plus the student's training on its answers."""
     examples = training_examples or sizes.train_examples
     per_example = tokens_per_example or sizes.train_tokens_per_example
     short = input_tokens or sizes.short_input
     extra = short - sizes.short_input
     output = output_tokens or sizes.output
     tuning = training_cost(tuned_model, examples, per_example, epochs)
-    distilling = training_cost(student_model, examples, per_example, epochs)
+    prompting = Approach("prompting", prompting_model, sizes.prompting_input + extra, output)
+    distilling = distillation_setup_cost(sizes, prompting, student_model, per_example, epochs)["total"]
     yearly = lambda one_run: one_run * retrains_per_year / 12  # noqa: E731  (monthly share)
     return [
-        Approach("prompting", prompting_model, sizes.prompting_input + extra, output),
+        prompting,
         Approach("RAG", tuned_model, sizes.rag_input + extra, output),
         Approach("fine-tuned", tuned_model, short, output, fine_tuned=True, monthly_fixed_usd=yearly(tuning)),
         Approach("fine-tuned + RAG", tuned_model, sizes.rag_input + extra, output, fine_tuned=True, monthly_fixed_usd=yearly(tuning)),
         Approach("distilled", student_model, short, output, fine_tuned=True, monthly_fixed_usd=yearly(distilling)),
     ]
+
+
+def distillation_setup_cost(sizes: PromptSizes, teacher: Approach, student_model: str = "gpt-4.1-nano",
+                            tokens_per_example: int | None = None, epochs: int | str = "auto") -> dict[str, float]:
+    """One distillation run: the teacher answers every pool request, the student trains on the answers."""
+    labelling = sizes.pool_requests * teacher.per_query_usd()
+    training = training_cost(student_model, sizes.pool_requests, tokens_per_example or sizes.train_tokens_per_example, epochs)
+    return {"teacher labelling": labelling, "student training": training, "total": labelling + training}
 
 
 def scenario_table(approaches: list[Approach], volumes: list[int]):
@@ -173,3 +199,116 @@ def claim_findings(sizes: PromptSizes, low_usd: float, high_usd: float, model: s
             f"{low_usd / cost:,.0f}x less than the claim's ${low_usd:,.0f}; ${low_usd:,.0f}-${high_usd:,.0f} buys "
             f"{low:,}-{high:,} examples of this size: the claim is about data sets {low // sizes.train_examples:,}x "
             f"to {high // sizes.train_examples:,}x larger than this one."]
+
+
+# Where each approach's accuracy is measured: notebook, and the keys of its summary in that notebook's metrics.
+MEASURED_IN = {
+    "prompting": ("04_inference_and_eval", ("prompting", "base + long prompt")),
+    "RAG": ("04_inference_and_eval", ("prompting", "base + RAG")),
+    "fine-tuned": ("04_inference_and_eval", ("tuned",)),
+    "fine-tuned + RAG": ("05_distillation", ("comparison", "teacher")),
+    "distilled": ("05_distillation", ("comparison", "student")),
+}
+
+
+def measured_accuracy(metrics: dict[str, dict], assumed: float) -> dict[str, tuple[float, str]]:
+    """Per approach: code accuracy on the held-out test set and where it comes from, measured by 04/05 when
+    ``metrics`` (notebook -> its recorded metrics) hold it, else ``assumed``, labelled so."""
+    out = {}
+    for name, (notebook, keys) in MEASURED_IN.items():
+        summary = metrics.get(notebook) or {}
+        for key in keys:
+            summary = summary.get(key) or {}
+        if summary.get("code_accuracy") is not None:
+            out[name] = (summary["code_accuracy"], f"measured in {notebook[:2]} on {int(summary['n'])} requests (local stand-in)")
+        else:
+            out[name] = (assumed, f"assumed {assumed:.0%} (run 04 and 05 to measure)")
+    return out
+
+
+def per_correct_answer(approaches: list[Approach], accuracy: dict[str, tuple[float, str]]):
+    """Price per 1,000 queries beside price per 1,000 *correct* answers (queries / accuracy)."""
+    import pandas as pd
+
+    rows = [{"approach": a.name, "usd_per_1000_queries": 1000 * a.per_query_usd(), "code_accuracy": accuracy[a.name][0],
+             "usd_per_1000_correct": 1000 * a.per_query_usd() / accuracy[a.name][0] if accuracy[a.name][0] else None,
+             "accuracy_from": accuracy[a.name][1]} for a in approaches]
+    return pd.DataFrame(rows).set_index("approach")
+
+
+def per_correct_findings(frame) -> list[str]:
+    """What :func:`per_correct_answer`'s table shows, in sentences computed from it."""
+    per_query = frame["usd_per_1000_queries"].idxmin()
+    answered = frame.dropna(subset=["usd_per_1000_correct"])
+    lines = [f"Cheapest per query: {per_query} (${frame.loc[per_query, 'usd_per_1000_queries']:.3f} per 1,000 queries)."]
+    if len(answered):
+        best = answered["usd_per_1000_correct"].idxmin()
+        lines.append(f"Cheapest per correct answer: {best} (${answered.loc[best, 'usd_per_1000_correct']:.3f} per 1,000 correct "
+                     f"answers, at {answered.loc[best, 'code_accuracy']:.0%} accuracy)"
+                     + (", the same as per query." if best == per_query else ": a wrong answer is paid for too, so accuracy "
+                        "changes the ranking."))
+    never = [name for name in frame.index if not frame.loc[name, "code_accuracy"]]
+    if never:
+        lines.append(f"{', '.join(never)} never named the right code here, so no price buys a correct answer from "
+                     f"{'it' if len(never) == 1 else 'them'}. Measured with the 135M stand-in, which cannot follow the "
+                     "format from a prompt (04); on OpenAI, measure them with the real models before you decide.")
+    if frame["accuracy_from"].str.startswith("assumed").any():
+        lines.append("Rows marked assumed use one accuracy for every approach, so they rank as per query; run 04 and 05, "
+                     "then this notebook again, to put measurements in their place.")
+    return lines
+
+
+# Figures the course outline (the seed this workbook grew from) states, checked against today's table and this data.
+SEED_FIGURES = {"rag_usd_per_query": 0.01, "distilled_usd_per_million": 0.10, "fine_tuning_usd": (50, 500),
+                "distillation_usd": (500, 5_000), "prompting_model": "gpt-5"}
+
+
+def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accuracy: tuple[float, str] | None = None):
+    """The course outline's figures against today's price table and this data, each with a verdict."""
+    import pandas as pd
+
+    from helpers.costs import prices
+
+    seed = SEED_FIGURES
+    rag, prompting, distilled = (_named(approaches, n) for n in ("RAG", "prompting", "distilled"))
+    rag_query = rag.per_query_usd()
+    rag_model = prices(rag.model, fine_tuned=False)
+    tokens_for_seed = (seed["rag_usd_per_query"] - rag.output_tokens * rag_model.output / 1e6) / (rag_model.input / 1e6)
+    nano = prices(distilled.model, fine_tuned=True)
+    tuning = training_cost(_named(approaches, "fine-tuned").model, sizes.train_examples, sizes.train_tokens_per_example)
+    setup = distillation_setup_cost(sizes, prompting, distilled.model)
+    low, high = seed["fine_tuning_usd"]
+    d_low, d_high = seed["distillation_usd"]
+    big = Approach("prompting", seed["prompting_model"], prompting.input_tokens, prompting.output_tokens)
+    rows = [
+        ("RAG per query", f"about ${seed['rag_usd_per_query']:.2f}",
+         f"${rag_query:.5f} ({rag.input_tokens:.0f} input tokens on {rag.model})",
+         f"{seed['rag_usd_per_query'] / rag_query:,.0f}x too high for this task; ${seed['rag_usd_per_query']:.2f} buys a "
+         f"{tokens_for_seed:,.0f}-token prompt on {rag.model}"),
+        ("a distilled model's price", f"${seed['distilled_usd_per_million']:.2f} per 1M tokens",
+         f"fine-tuned {distilled.model}: ${nano.input:.2f} in, ${nano.output:.2f} out per 1M",
+         f"too low: {seed['distilled_usd_per_million'] / nano.input:.0%} of today's input price and "
+         f"{seed['distilled_usd_per_million'] / nano.output:.0%} of its output price for the smallest fine-tunable model"),
+        ("fine-tuning set-up", f"${low:,}-${high:,}", f"${tuning:,.2f} to train {_named(approaches, 'fine-tuned').model} on "
+         f"this data's {sizes.train_examples} examples",
+         f"{low / tuning:,.0f}x-{high / tuning:,.0f}x this data's cost; it fits data sets "
+         f"{examples_for_budget('gpt-4.1-mini', low, sizes.train_tokens_per_example) // sizes.train_examples:,}x-"
+         f"{examples_for_budget('gpt-4.1-mini', high, sizes.train_tokens_per_example) // sizes.train_examples:,}x larger"),
+        ("distillation set-up", f"${d_low:,}-${d_high:,}", f"${setup['total']:,.2f}: {prompting.model} labels {sizes.pool_requests} "
+         f"requests (${setup['teacher labelling']:,.2f}), {distilled.model} trains on them (${setup['student training']:,.2f})",
+         f"{d_low / setup['total']:,.0f}x-{d_high / setup['total']:,.0f}x this data's cost; the teacher's labelling is "
+         f"{setup['teacher labelling'] / setup['total']:.0%} of it"),
+        ("the prompting model", seed["prompting_model"], f"{seed['prompting_model']} ${big.per_query_usd():.5f} a query, "
+         f"{prompting.model} ${prompting.per_query_usd():.5f}, before any reasoning tokens",
+         f"the course prices {prompting.model}: no reasoning tokens to guess, and the family that can be fine-tuned; on "
+         f"this long prompt {seed['prompting_model']} costs {big.per_query_usd() / prompting.per_query_usd():.0%} as much a "
+         f"query before it reasons, and it bills reasoning as output at ${prices(big.model, fine_tuned=False).output:.2f} per 1M"),
+    ]
+    if fine_tuned_accuracy is not None:
+        accuracy, source = fine_tuned_accuracy
+        measured = not source.startswith("assumed")
+        rows.append(("the intern analogy (accuracy by rung)", "fine-tuning: \"Very High (domain)\"",
+                     f"fine-tuned {accuracy:.0%} ({source})" if measured else "not measured yet (run 04)",
+                     "an analogy, not a measurement: 04 measures it, and \"domain\" stops at the codes in the training "
+                     "file (codes it never saw: 0% without retrieval)" if measured else "an analogy, not a measurement: run 04"))
+    return pd.DataFrame(rows, columns=["figure", "the outline says", "today's table / this data", "verdict"]).set_index("figure")

@@ -1,0 +1,94 @@
+"""Distillation's filter and what it measures, on answers a teacher could give (no model needed)."""
+from __future__ import annotations
+
+import pandas as pd
+
+from helpers import billing, distill
+
+
+def answers(*rows: tuple[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({"pool_id": [r[0] for r in rows], "answer": [r[1] for r in rows], "completion_id": "c"})
+
+
+def test_the_filter_drops_an_answer_whose_description_belongs_to_another_code():
+    table = {c.code: c.description for c in billing.load_codes()}
+    checked = distill.filter_answers(answers(
+        ("p1", f"CPT Code: 85025 - {table['85025'].upper()}."),   # right pair, other case and punctuation: kept
+        ("p2", f"CPT Code: 99214 - {table['45378']}"),            # one code's number, another's description
+        ("p3", "CPT Code: 00000 - Nothing at all"),              # no such code
+        ("p4", "85025"),                                          # not in the format
+    ))
+    assert checked["keep"].tolist() == [True, False, False, False]
+    assert checked[["format_ok", "known_code", "description_matches_code"]].sum().tolist() == [3, 2, 1]
+    assert checked.loc[0, "answer"] == f"CPT Code: 85025 - {table['85025']}"  # rewritten in the table's words
+    assert checked.loc[1, "answer"] == f"CPT Code: 99214 - {table['45378']}"  # a dropped answer stays as it was
+
+
+def test_label_accuracy_and_its_sentences_follow_the_answer_key():
+    table = {c.code: c.description for c in billing.load_codes()}
+    checked = distill.filter_answers(answers(
+        ("p1", f"CPT Code: 85025 - {table['85025']}"),
+        ("p2", f"CPT Code: 99214 - {table['45378']}"),
+        ("p3", f"CPT Code: 45378 - {table['45378']}"),
+        ("p4", f"CPT Code: 80061 - {table['45378']}")))
+    key = {"p1": "85025", "p2": "45378", "p3": "99214", "p4": "80061"}
+    labels = distill.label_accuracy(checked, key)
+    assert labels.loc["every answer"].tolist() == [4, 2, 0.5]
+    assert labels.loc["kept by the filter"].tolist() == [2, 1, 0.5]
+    assert labels.loc["dropped by the filter", "right code"] == 1
+    lines = distill.filter_findings(labels.to_dict(orient="index"))
+    assert lines[0].startswith("The teacher named the right code for 2 of 4") and "no better than" in lines[-1]
+    better = distill.filter_findings({"every answer": {"answers": 10, "right code": 8, "label accuracy": 0.8},
+                                      "kept by the filter": {"answers": 8, "right code": 8, "label accuracy": 1.0},
+                                      "dropped by the filter": {"answers": 2, "right code": 0, "label accuracy": 0.0}})
+    assert "2 of them wrong and 0 right" in better[1] and "right 100% of the time instead of 80%" in better[2]
+
+
+def test_the_cookbook_comparison_says_whether_the_student_passed_its_teacher():
+    row = lambda accuracy: {"code_accuracy": accuracy}  # noqa: E731
+    behind = distill.cookbook_findings({"teacher": row(0.8), "student base": row(0.0), "student": row(0.76)})
+    assert "Here the student keeps 95% of the teacher's and gains 76 points" in behind[0] and "not here" in behind[1]
+    ahead = distill.cookbook_findings({"teacher": row(0.7), "student base": row(0.0), "student": row(0.75)})
+    assert "here it did" in ahead[1]
+    assert "keeps 100% of its teacher's accuracy and gains 15 points" in behind[0]  # 79.33% of 79.67%, +14.67 points
+
+
+def test_04_sorts_wrong_answers_by_kind_and_says_what_they_mean():
+    from helpers import evaluation
+
+    table = {c.code: c.description for c in billing.load_codes()}
+    answer = lambda code, description: f"CPT Code: {code} - {description}"  # noqa: E731
+    results = pd.DataFrame({
+        "expected_code": ["99214", "99214", "85025", "85025", "80061", "80061"],
+        "answer": [answer("99214", table["99214"]), answer("99213", table["99214"]), answer("99213", table["99213"]),
+                   "85025", answer("12345", "Made up"), answer("85025", table["99214"])]})
+    results["code_ok"] = [True, False, False, False, False, False]
+    kinds = evaluation.mistakes(results)
+    assert kinds.to_dict() == {"not in the answer format": 1, "a code that does not exist": 1,
+                               "the right description, a wrong number": 1, "another real code, whole": 1,
+                               "one code's number, another's description": 1}
+    lines = evaluation.mistake_findings(results)
+    assert lines[0].startswith("Of the 3 codes in this sample, 0 were always right and 2 never")
+    assert lines[1].startswith("Of 5 wrong answers: 1 not in the answer format;")
+    assert "recognised the procedure" in lines[2] and "confusion between neighbours" in lines[3]
+
+
+def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
+    from helpers import evaluation
+
+    def summary(accuracy: float, fmt: float, tokens: float) -> dict:
+        return {"n": 16, "code_accuracy": accuracy, "code_accuracy_ci_low": accuracy / 2, "code_accuracy_ci_high": min(1, accuracy * 2),
+                "format_compliance": fmt, "input_tokens": tokens}
+
+    base = summary(0.0, 0.0, 60)
+    failing = evaluation.prompting_findings(base, {"base + long prompt": summary(0.0, 0.1, 1200), "base + RAG": summary(0.0, 0.0, 150)})
+    assert "(1200 input tokens)" in failing[0] and "the reason is the model, not the method" in failing[1]
+    working = evaluation.prompting_findings(base, {"base + long prompt": summary(0.5, 0.9, 1200), "base + RAG": summary(0.0, 0.0, 150)})
+    assert "real contender" in working[1]
+    tokens = evaluation.token_findings(summary(0.8, 1.0, 61.8), 56.4)
+    assert "61.8 input tokens" in tokens[0] and "10% more" in tokens[0] and "above" in tokens[0]
+    unseen = {"fine-tuned": summary(0.0, 1, 60), "fine-tuned + RAG": summary(0.83, 1, 150)}
+    assert "holds for the codes" in evaluation.seed_findings({**summary(0.9, 1, 60), "code_accuracy_ci_low": 0.82}, unseen)[0]
+    assert "is only partly reached" in evaluation.seed_findings(summary(0.9, 1, 60), unseen)[0]  # interval reaches below 0.8
+    assert "is not reached" in evaluation.seed_findings(summary(0.3, 1, 60), unseen)[0]
+    assert "codes it never saw 0%, the same with retrieval 83%" in evaluation.seed_findings(summary(0.3, 1, 60), unseen)[0]
