@@ -50,6 +50,8 @@ def test_the_cookbook_comparison_says_whether_the_student_passed_its_teacher():
     assert "Here the student keeps 95% of the teacher's and gains 76 points" in behind[0] and "not here" in behind[1]
     ahead = distill.cookbook_findings({"teacher": row(0.7), "student base": row(0.0), "student": row(0.75)})
     assert "here it did" in ahead[1]
+    tied = distill.cookbook_findings({"teacher": row(0.625), "student base": row(0.0), "student": row(0.625)})
+    assert "here the two tied (62%)" in tied[1]
     assert "keeps 100% of its teacher's accuracy and gains 15 points" in behind[0]  # 79.33% of 79.67%, +14.67 points
 
 

@@ -156,6 +156,9 @@ def cookbook_findings(comparison: dict[str, dict]) -> list[str]:
     if student > teacher:
         lines.append("The course outline says the student can sometimes even beat the teacher, and here it did; check the confidence "
                      "intervals above before you believe a small lead.")
+    elif student == teacher:
+        lines.append(f"The course outline says the student can sometimes even beat the teacher; here the two tied ({student:.0%}), "
+                     "which on this many requests says only that the student caught up.")
     else:
         lines.append("The course outline says the student can sometimes even beat the teacher; not here, and not in the Cookbook either "
                      f"({s_acc:.1%} against {t_acc:.1%}). A student copies its teacher's answers, mistakes included, so it "
