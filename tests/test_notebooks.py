@@ -300,3 +300,13 @@ def test_no_file_the_course_wrote_contains_the_api_key(nbval_run, course_env):
     assert {"server.log", "01_when_to_fine_tune.out.ipynb", "05_distillation.json"} <= names, sorted(names)[:20]
     for path in [*written, *NOTEBOOKS]:
         assert CANARY.encode() not in path.read_bytes(), f"the API key is in {path}"
+
+
+def test_make_reports_runs_01_after_the_notebooks_whose_accuracy_it_prices():
+    from helpers.paths import notebook_names
+    from helpers.reports import run_order
+
+    order = run_order(notebook_names())
+    assert sorted(order) == sorted(notebook_names()) and order[-1] == "01_when_to_fine_tune"
+    assert order.index("04_inference_and_eval") < order.index("05_distillation")
+    assert set(scenarios.MEASURED_IN[name][0] for name in scenarios.MEASURED_IN) <= set(order[:-1])

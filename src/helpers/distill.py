@@ -161,6 +161,6 @@ def cookbook_findings(comparison: dict[str, dict]) -> list[str]:
                      "which on this many requests says only that the student caught up.")
     else:
         lines.append("The course outline says the student can sometimes even beat the teacher; not here, and not in the Cookbook either "
-                     f"({s_acc:.1%} against {t_acc:.1%}). A student copies its teacher's answers, mistakes included, so it "
-                     "rarely passes it unless the filter removes the teacher's mistakes.")
+                     f"({s_acc:.1%} against {t_acc:.1%}). A student learns to answer as its teacher did; it can pass it only where "
+                     "training on filtered answers corrects what the teacher gets wrong.")
     return lines

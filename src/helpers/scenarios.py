@@ -308,7 +308,7 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
         accuracy, source = fine_tuned_accuracy
         measured = not source.startswith("assumed")
         rows.append(("the intern analogy (accuracy by rung)", "fine-tuning: \"Very High (domain)\"",
-                     f"fine-tuned {accuracy:.0%} ({source})" if measured else "not measured yet (run 04)",
+                     f"fine-tuned {accuracy:.0%}, {source}" if measured else "not measured yet (run 04)",
                      "an analogy, not a measurement: 04 measures it, and \"domain\" stops at the codes in the training "
                      "file (codes it never saw: 0% without retrieval)" if measured else "an analogy, not a measurement: run 04"))
     return pd.DataFrame(rows, columns=["figure", "the outline says", "today's table / this data", "verdict"]).set_index("figure")
