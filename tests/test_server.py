@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 
+import httpx
 import openai
 import pytest
 
@@ -191,6 +194,83 @@ def test_streaming_gives_the_same_text_as_a_plain_call(server):
     assert "".join(pieces) == plain.choices[0].message.content
     assert finish == plain.choices[0].finish_reason
     assert usage.completion_tokens == plain.usage.completion_tokens
+
+
+def _open_stream(server, max_tokens: int) -> socket.socket:
+    """A raw HTTP client that asks for a long stream and reads nothing (as a stalled browser tab would)."""
+    body = json.dumps({"model": "gpt-4.1-mini", "max_tokens": max_tokens, "stream": True,
+                       "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server soon cannot send more
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer key-alice\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+def _streams(server) -> dict:
+    return httpx.get(f"{server.url}/health", timeout=10).json()["inference"]
+
+
+def _wait_for_no_streams(server, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _streams(server)["streams_active"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_a_stream_nobody_reads_holds_up_no_one(server):
+    _wait_for_no_streams(server)
+    before = _streams(server)
+    sock = _open_stream(server, 600)
+    try:
+        deadline = time.monotonic() + 30
+        while _streams(server)["streams_active"] == before["streams_active"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _streams(server)["streams_active"] == before["streams_active"] + 1
+        client = server.client("key-bob")
+        for i in range(3):  # the stream has 600 tokens to make; each short request waits a token's turn, not for them
+            started = time.monotonic()
+            reply = client.chat.completions.create(model="gpt-4.1-mini", max_tokens=4,
+                                                   messages=[{"role": "user", "content": f"Say {i}."}])
+            assert reply.usage.completion_tokens <= 4 and time.monotonic() - started < 5, time.monotonic() - started
+        assert _streams(server)["streams_active"] == before["streams_active"] + 1  # still open, not read
+    finally:
+        sock.close()
+
+
+def test_a_stream_whose_client_leaves_stops_generating(server):
+    _wait_for_no_streams(server)  # the previous test's stream, closed unread, ends by itself
+    before = _streams(server)
+    sock = _open_stream(server, 600)
+    received = b""
+    while b"data:" not in received:  # the stream began: headers, then its first chunk
+        received += sock.recv(4096)
+    assert received.startswith(b"HTTP/1.1 200") and _streams(server)["streams_active"] == before["streams_active"] + 1
+    sock.close()
+    deadline = time.monotonic() + 15  # its 600 tokens would take far longer
+    while _streams(server)["streams_active"] > before["streams_active"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    after = _streams(server)
+    assert after["streams_active"] == before["streams_active"]
+    assert after["streams_closed_early"] == before["streams_closed_early"] + 1
+
+
+def test_streams_honour_stop_strings_and_seeds(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
+
+    def streamed(**kwargs) -> tuple[str, str]:
+        pieces, finish = [], None
+        for chunk in client.chat.completions.create(model="gpt-4.1-mini", messages=messages, stream=True, **kwargs):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+                finish = chunk.choices[0].finish_reason or finish
+        return "".join(pieces), finish
+
+    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=30, stop=["five"])
+    assert streamed(max_tokens=30, stop=["five"]) == (plain.choices[0].message.content, plain.choices[0].finish_reason)
+    assert "five" not in plain.choices[0].message.content
+    sampled = streamed(max_tokens=12, temperature=1.0, seed=7)
+    assert streamed(max_tokens=12, temperature=1.0, seed=7) == sampled  # a seed makes a sampled stream repeatable
 
 
 def test_max_tokens_stop_and_n(server):

@@ -31,6 +31,17 @@ from helpers.server.jobs import ORGANIZATION, TERMINAL, JobRunner
 from helpers.server.shared import SharedModels
 from helpers.server.store import Store, new_id, now, owner_of
 
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A stream whose generator is closed as soon as the response ends, sent or not (the client may be gone), so
+    its ``finally`` stops the generation at once instead of whenever the garbage collector finds it."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
 log = logging.getLogger("workbook.server")
 
 MIB = 1024 * 1024
@@ -625,32 +636,39 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-            def events():
-                def chunk(delta: dict, reason: str | None, usage: dict | None = None, choices: bool = True) -> str:
-                    data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                            "service_tier": "default", "system_fingerprint": "fp_workbook_local",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}] if choices else [],
-                            "usage": usage}
-                    return f"data: {json.dumps(data)}\n\n"
+            def chunk(delta: dict, reason: str | None, usage: dict | None = None, choices: bool = True) -> str:
+                data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "service_tier": "default", "system_fingerprint": "fp_workbook_local",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}] if choices else [],
+                        "usage": usage}
+                return f"data: {json.dumps(data)}\n\n"
 
-                yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
-                text = ""
-                for piece, reason, prompt_tokens, used in engine.stream(target, messages, sampling):
-                    if piece:
-                        text += piece
-                        yield chunk({"content": piece}, None)
-                    if reason is not None:
-                        yield chunk({}, reason)
-                        if include_usage:
-                            yield chunk({}, None, {"prompt_tokens": prompt_tokens, "completion_tokens": used,
-                                                   "total_tokens": prompt_tokens + used}, choices=False)
-                        if store_it:
-                            store.put("completion", {**completion_body(ident, model, created, [text], [reason], prompt_tokens, used,
-                                                                       {"metadata": metadata or {}}), "_request": messages},
-                                      request.state.owner)
-                yield "data: [DONE]\n\n"
+            async def events():
+                closed = threading.Event()  # set when the client is gone: the engine stops generating
+                pieces = engine.stream(target, messages, sampling, closed)
+                loop = asyncio.get_running_loop()
+                try:
+                    yield chunk({"role": "assistant", "content": "", "refusal": None}, None)
+                    text = ""
+                    while (item := await loop.run_in_executor(None, next, pieces, None)) is not None:
+                        piece, reason, prompt_tokens, used = item
+                        if piece:
+                            text += piece
+                            yield chunk({"content": piece}, None)
+                        if reason is not None:
+                            yield chunk({}, reason)
+                            if include_usage:
+                                yield chunk({}, None, {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+                                                       "total_tokens": prompt_tokens + used}, choices=False)
+                            if store_it:
+                                store.put("completion", {**completion_body(ident, model, created, [text], [reason], prompt_tokens, used,
+                                                                           {"metadata": metadata or {}}), "_request": messages},
+                                          request.state.owner)
+                    yield "data: [DONE]\n\n"
+                finally:
+                    closed.set()
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return ClosingStreamingResponse(events(), media_type="text/event-stream")
         result = await asyncio.wrap_future(engine.submit(target, messages, sampling))
         response = completion_body(ident, model, created, result.texts, result.finish_reasons, result.prompt_tokens,
                                    result.completion_tokens, {"metadata": metadata or {}} if store_it else {})

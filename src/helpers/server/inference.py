@@ -3,7 +3,8 @@
 The base model is the one copy the server shares with the trainer (``helpers.server.shared``); fine-tuned
 LoRA adapters are attached to it by name and kept (least recently used first out), so no request reloads
 weights. Requests that arrive together for the same model and settings are generated as one left-padded
-batch, between a training job's steps. Greedy decoding unless a temperature is given.
+batch, between a training job's steps; a stream is generated a token at a time, taking turns with both.
+Greedy decoding unless a temperature is given.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from helpers.server.training import render
 
 BATCH_WINDOW_S = 0.02
 MAX_BATCH = 16
+STREAM_AHEAD = 8  # tokens a stream's generation may run ahead of its reader
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Engine:
         self._counting: dict[str, Any] = {}  # base name -> a tokenizer only for counting prompt tokens
         self._counting_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
-        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0}
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "streams_active": 0, "streams_closed_early": 0}
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
         self._worker.start()
 
@@ -173,40 +175,122 @@ class Engine:
                 text, reason = text[: text.index(stop)], "stop"
         return text, reason, len(new)
 
-    def stream(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Iterator[tuple[str, str | None, int, int]]:
-        """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far)."""
-        from transformers import TextIteratorStreamer
+    def stream(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+               closed: threading.Event | None = None) -> Iterator[tuple[str, str | None, int, int]]:
+        """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far).
 
-        shared = self.models.get(target.base)
-        tokenizer = shared.tokenizer
-        with shared.hold():
-            model = shared.for_inference(target.weights)
-            prompt = render(tokenizer, messages, add_generation_prompt=True)
-            encoded = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(model.device)
-            streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            kwargs = {**self._kwargs(tokenizer, Sampling(**{**sampling.__dict__, "n": 1})), "streamer": streamer}
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-            result: dict[str, Any] = {}
-
-            def run() -> None:
-                with torch.no_grad():
-                    result["output"] = model.generate(**encoded, **kwargs)
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            prompt_tokens = int(encoded["input_ids"].shape[1])
-            text = emitted = ""
-            for piece in streamer:
-                text += piece
-                stop_at = min((text.index(s) for s in sampling.stop if s in text), default=None)
-                visible = text if stop_at is None else text[:stop_at]
+        A stream is generated a token at a time, and holds the model only for each token's forward pass, so other
+        requests and a training job's steps take their turns between its tokens: a long stream delays a short
+        request by a token, not by the whole answer. The tokens are made by a thread of the stream's own, at most
+        ``STREAM_AHEAD`` tokens ahead of the reader (a client that stops reading stops its generation without
+        holding anything), and that thread ends as soon as the stream is closed (a client that goes away): when
+        ``closed`` is set, or this generator is closed."""
+        tokens: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
+        closed = closed or threading.Event()
+        producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed),
+                                    name="stream", daemon=True)
+        self.stats["streams_active"] += 1
+        producer.start()
+        new: list[int] = []
+        emitted, reason, prompt_tokens = "", None, 0
+        try:
+            while True:
+                try:
+                    kind, value = tokens.get(timeout=0.1)
+                except queue.Empty:
+                    if closed.is_set():
+                        return
+                    continue
+                if kind == "error":
+                    raise value
+                if kind == "prompt":
+                    prompt_tokens = value
+                    continue
+                if kind == "end":
+                    break
+                new.append(value)
+                text, reason, _ = self._finish_stream(target.base, new, sampling)
+                # hold back what could still become a stop string, and half of a character
+                longest = max((len(stop) for stop in sampling.stop), default=0)
+                hold = max((len(text) - i for stop in sampling.stop for i in range(max(0, len(text) - longest), len(text))
+                            if stop.startswith(text[i:])), default=0)
+                visible = text if reason is not None else text[:len(text) - hold].rstrip("\ufffd")
                 if len(visible) > len(emitted):
                     yield visible[len(emitted):], None, prompt_tokens, 0
                     emitted = visible
-                if stop_at is not None:
-                    break  # generate() stops at the same string (stop_strings)
-            thread.join()
-            new = result["output"][0, prompt_tokens:].tolist()
-            _, reason, used = self._finish(tokenizer, new, sampling)
-            yield "", reason, prompt_tokens, used
+                if reason is not None:
+                    break
+            text, reason, used = self._finish_stream(target.base, new, sampling)
+            if len(text) > len(emitted):
+                yield text[len(emitted):], None, prompt_tokens, 0
+            yield "", reason or "length", prompt_tokens, used
+        finally:
+            closed.set()
+            self.stats["streams_active"] -= 1
+            if reason is None:
+                self.stats["streams_closed_early"] += 1
+
+    def _finish_stream(self, base: localmodels.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
+        """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
+        with self._counting_lock:  # the counting tokenizer: the shared one may be decoding a batch right now
+            tokenizer = self._counting.get(base.name)
+            if tokenizer is None:
+                tokenizer = self._counting[base.name] = localmodels.load_tokenizer(base)
+            text, reason, used = self._finish(tokenizer, new, sampling)
+        done = reason == "stop" or len(new) >= sampling.max_tokens
+        return text, reason if done else None, used
+
+    def _produce(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling, out: queue.Queue,
+                 closed: threading.Event) -> None:
+        """A stream's tokens, one forward pass per turn of the model, until the answer ends or the stream closes."""
+        def put(item: tuple[str, Any]) -> bool:
+            while not closed.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        try:
+            shared = self.models.get(target.base)
+            generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+            with shared.hold():
+                tokenizer = shared.tokenizer
+                prompt = render(tokenizer, messages, add_generation_prompt=True)
+                step_input = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
+                eos = tokenizer.eos_token_id
+            if not put(("prompt", int(step_input.shape[1]))):
+                return
+            cache, new = None, []
+            for _ in range(sampling.max_tokens):
+                if closed.is_set():
+                    return
+                with shared.hold():
+                    model = shared.for_inference(target.weights)
+                    with torch.no_grad():
+                        output = model(input_ids=step_input, past_key_values=cache, use_cache=True)
+                cache = output.past_key_values
+                token = _next_token(output.logits[0, -1].float(), sampling, generator)
+                new.append(token)
+                if not put(("token", token)):
+                    return
+                if token == eos or (sampling.stop and self._finish_stream(target.base, new, sampling)[1] == "stop"):
+                    break
+                step_input = torch.tensor([[token]])
+            put(("end", None))
+        except BaseException as exc:  # raised in the reader's thread
+            put(("error", exc))
+
+
+def _next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
+    """Greedy, or a sample at ``temperature`` from the smallest set of tokens whose probability reaches ``top_p``."""
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # keeps at least the likeliest token
+        sorted_probs[outside] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
