@@ -273,6 +273,29 @@ def test_streams_honour_stop_strings_and_seeds(server):
     assert streamed(max_tokens=12, temperature=1.0, seed=7) == sampled  # a seed makes a sampled stream repeatable
 
 
+LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_cpt_code", "description": "Look up a CPT code.",
+                                                 "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "code", "strict": True, "schema": {
+        "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"], "additionalProperties": False}}}},
+     "response_format"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [LOOKUP_TOOL]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+])
+def test_what_the_local_server_cannot_honour_is_a_400_not_silence(server, extra, param):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Code a CBC."}], max_tokens=8, **extra)
+    assert caught.value.body["param"] == param and caught.value.body["code"] == "unsupported_parameter"
+    assert "local server" in caught.value.body["message"]
+    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Hi."}], max_tokens=4,
+                                           response_format={"type": "text"}, tool_choice="none")
+    assert plain.choices[0].message.content is not None  # what it can honour still works
+
+
 def test_max_tokens_stop_and_n(server):
     client = server.client()
     messages = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]

@@ -602,7 +602,25 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise bad_request("'stream' must be true or false.", "stream")
+        refuse_what_is_not_honoured(body)
         return messages, Sampling(max_tokens, temperature, top_p, n, stop, seed), stream
+
+    def refuse_what_is_not_honoured(body: dict[str, Any]) -> None:
+        """Parameters the local server cannot honour yet are a 400 saying so, never silently ignored."""
+        response_format = body.get("response_format")
+        kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+        if response_format is not None and kind != "text":
+            raise bad_request(f"response_format {kind!r} is not supported by the local server yet: it answers in plain text "
+                              "only. Leave response_format out, or use the OpenAI backend.", "response_format",
+                              code="unsupported_parameter")
+        for name in ("tools", "functions"):
+            if body.get(name):
+                raise bad_request(f"'{name}' is not supported by the local server yet: its models answer in text, not tool "
+                                  f"calls. Leave '{name}' out, or use the OpenAI backend.", name, code="unsupported_parameter")
+        for name in ("tool_choice", "function_call"):
+            if body.get(name) not in (None, "none"):
+                raise bad_request(f"'{name}' needs tools, which the local server does not support yet.", name,
+                                  code="unsupported_parameter")
 
     def completion_body(ident: str, model: str, created: int, texts: list[str], reasons: list[str], prompt: int, completion: int,
                         extra: dict[str, Any]) -> dict[str, Any]:

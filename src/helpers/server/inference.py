@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
@@ -25,6 +25,7 @@ from helpers.server.training import render
 BATCH_WINDOW_S = 0.02
 MAX_BATCH = 16
 STREAM_AHEAD = 8  # tokens a stream's generation may run ahead of its reader
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Engine:
         self._counting_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "streams_active": 0, "streams_closed_early": 0}
+        self._stats_lock = threading.Lock()  # streams start and end in the HTTP server's threads
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
         self._worker.start()
 
@@ -82,11 +84,16 @@ class Engine:
     def prompt_tokens(self, base: localmodels.LocalBase, messages: list[dict[str, Any]]) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
         threads at once), so counting never waits for a generation in progress."""
+        return self._with_counting_tokenizer(
+            base, lambda tokenizer: len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]))
+
+    def _with_counting_tokenizer(self, base: localmodels.LocalBase, work: Callable[[Any], T]) -> T:
+        """``work(tokenizer)`` with this engine's own tokenizer for ``base``, one thread at a time."""
         with self._counting_lock:
             tokenizer = self._counting.get(base.name)
             if tokenizer is None:
                 tokenizer = self._counting[base.name] = localmodels.load_tokenizer(base)
-            return len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+            return work(tokenizer)
 
     # -- generation -----------------------------------------------------------------------------
     def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Future:
@@ -189,7 +196,8 @@ class Engine:
         closed = closed or threading.Event()
         producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed),
                                     name="stream", daemon=True)
-        self.stats["streams_active"] += 1
+        with self._stats_lock:
+            self.stats["streams_active"] += 1
         producer.start()
         new: list[int] = []
         emitted, reason, prompt_tokens = "", None, 0
@@ -226,17 +234,14 @@ class Engine:
             yield "", reason or "length", prompt_tokens, used
         finally:
             closed.set()
-            self.stats["streams_active"] -= 1
-            if reason is None:
-                self.stats["streams_closed_early"] += 1
+            with self._stats_lock:
+                self.stats["streams_active"] -= 1
+                self.stats["streams_closed_early"] += int(reason is None)
 
     def _finish_stream(self, base: localmodels.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
         """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
-        with self._counting_lock:  # the counting tokenizer: the shared one may be decoding a batch right now
-            tokenizer = self._counting.get(base.name)
-            if tokenizer is None:
-                tokenizer = self._counting[base.name] = localmodels.load_tokenizer(base)
-            text, reason, used = self._finish(tokenizer, new, sampling)
+        # the engine's own tokenizer: the shared one may be decoding a batch right now
+        text, reason, used = self._with_counting_tokenizer(base, lambda tokenizer: self._finish(tokenizer, new, sampling))
         done = reason == "stop" or len(new) >= sampling.max_tokens
         return text, reason if done else None, used
 
