@@ -72,7 +72,7 @@ def test_04_sorts_wrong_answers_by_kind_and_says_what_they_mean():
     lines = evaluation.mistake_findings(results)
     assert lines[0].startswith("Of the 3 codes in this sample, 0 were always right and 2 never")
     assert lines[1].startswith("Of 5 wrong answers: 1 not in the answer format;")
-    assert "recognised the procedure" in lines[2] and "confusion between neighbours" in lines[3]
+    assert "recognised the procedure" in lines[2] and "confusion between neighbouring codes" in lines[3]
 
 
 def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():

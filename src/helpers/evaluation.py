@@ -168,8 +168,8 @@ def mistake_findings(results: pd.DataFrame) -> list[str]:
                      "it to its number: the numbers are arbitrary five-digit strings, learned from nine examples a code. "
                      "The code table catches such an answer; 05 filters the teacher's answers with exactly this check.")
     if kinds["another real code, whole"]:
-        lines.append("A real code given whole, with its own description, is a confusion between neighbours (an office "
-                     "visit of another level, a related test): the answer is consistent, so only the request shows it wrong.")
+        lines.append("A real code given whole, with its own description, is a confusion between neighbouring codes (for "
+                     "example an office visit of another level): the answer is consistent, so only the request shows it wrong.")
     return lines
 
 
@@ -179,7 +179,7 @@ def prompting_findings(base: dict, prompting: dict[str, dict]) -> list[str]:
     long, rag = prompting["base + long prompt"], prompting["base + RAG"]
     lines = [f"The base model with the whole code table and worked examples in its prompt ({long['input_tokens']:.0f} input "
              f"tokens) names the right code {_accuracy(long)} and answers in the format {long['format_compliance']:.0%} of "
-             f"the time; with five retrieved codes instead ({rag['input_tokens']:.0f} tokens), {_accuracy(rag)}, format "
+             f"the time; with retrieved codes instead ({rag['input_tokens']:.0f} tokens), {_accuracy(rag)}, format "
              f"{rag['format_compliance']:.0%}; with the one-line instruction, {_accuracy(base)}."]
     if max(long["format_compliance"], rag["format_compliance"]) < 0.5:
         lines.append("Locally the prompting rung fails, and the reason is the model, not the method: a 135M model continues "
