@@ -275,7 +275,8 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
     rag_model = prices(rag.model, fine_tuned=False)
     tokens_for_seed = (seed["rag_usd_per_query"] - rag.output_tokens * rag_model.output / 1e6) / (rag_model.input / 1e6)
     nano = prices(distilled.model, fine_tuned=True)
-    tuning = training_cost(_named(approaches, "fine-tuned").model, sizes.train_examples, sizes.train_tokens_per_example)
+    tuned_model = _named(approaches, "fine-tuned").model
+    tuning = training_cost(tuned_model, sizes.train_examples, sizes.train_tokens_per_example)
     setup = distillation_setup_cost(sizes, prompting, distilled.model)
     low, high = seed["fine_tuning_usd"]
     d_low, d_high = seed["distillation_usd"]
@@ -289,11 +290,11 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
          f"fine-tuned {distilled.model}: ${nano.input:.2f} in, ${nano.output:.2f} out per 1M",
          f"too low: {seed['distilled_usd_per_million'] / nano.input:.0%} of today's input price and "
          f"{seed['distilled_usd_per_million'] / nano.output:.0%} of its output price for the smallest fine-tunable model"),
-        ("fine-tuning set-up", f"${low:,}-${high:,}", f"${tuning:,.2f} to train {_named(approaches, 'fine-tuned').model} on "
+        ("fine-tuning set-up", f"${low:,}-${high:,}", f"${tuning:,.2f} to train {tuned_model} on "
          f"this data's {sizes.train_examples} examples",
          f"{low / tuning:,.0f}x-{high / tuning:,.0f}x this data's cost; it fits data sets "
-         f"{examples_for_budget('gpt-4.1-mini', low, sizes.train_tokens_per_example) // sizes.train_examples:,}x-"
-         f"{examples_for_budget('gpt-4.1-mini', high, sizes.train_tokens_per_example) // sizes.train_examples:,}x larger"),
+         f"{examples_for_budget(tuned_model, low, sizes.train_tokens_per_example) // sizes.train_examples:,}x-"
+         f"{examples_for_budget(tuned_model, high, sizes.train_tokens_per_example) // sizes.train_examples:,}x larger"),
         ("distillation set-up", f"${d_low:,}-${d_high:,}", f"${setup['total']:,.2f}: {prompting.model} labels {sizes.pool_requests} "
          f"requests (${setup['teacher labelling']:,.2f}), {distilled.model} trains on them (${setup['student training']:,.2f})",
          f"{d_low / setup['total']:,.0f}x-{d_high / setup['total']:,.0f}x this data's cost; the teacher's labelling is "
