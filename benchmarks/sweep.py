@@ -29,7 +29,7 @@ BILLING = ROOT / "data" / "billing"
 OUT = Path(__file__).resolve().parent / "out"
 TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj"), "attn": ("q_proj", "k_proj", "v_proj", "o_proj")}
-DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0}
+DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0}
 
 
 def parse(text: str) -> dict:
@@ -88,7 +88,7 @@ def run_one(run: dict) -> dict:
         rows = dataprep.read_jsonl(path)
     examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
     settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
-                                      seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]])
+                                      seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]], lora_top_layers=run["layers"])
     model = training.prepare_model(localmodels.load_model(base), settings)
     started = time.perf_counter()
     last = training.train(model, tokenizer, examples, [], settings, on_step=lambda m: None,

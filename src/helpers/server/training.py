@@ -28,6 +28,7 @@ IGNORE = -100
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_LEARNING_RATE = 2e-3  # times learning_rate_multiplier (LoRA); "auto" multipliers: helpers.server.jobs
 MAX_SEQ_LEN = 1024
+N_LAYERS = 30  # SmolLM2-135M's decoder layers
 MEGABATCH = 16  # length grouping: examples are sorted by length within runs of MEGABATCH batches
 
 
@@ -46,6 +47,7 @@ class TrainSettings:
     eval_every: int = 10                # steps between validation-batch losses
     lora_b_lr_ratio: float = 1.0        # LoRA+ (Hayou et al., 2024): B learns this many times faster (sweep only)
     neftune_alpha: float = 5.0          # NEFTune (Jain et al., 2023): noise on the input embeddings while training (supervised)
+    lora_top_layers: int = 0            # adapt only the top N decoder layers, 0 = all (sweep only): backward stops below them
 
     @property
     def learning_rate(self) -> float:
@@ -54,8 +56,9 @@ class TrainSettings:
     def lora_config(self):
         from peft import LoraConfig
 
+        top = {"layers_to_transform": list(range(N_LAYERS - self.lora_top_layers, N_LAYERS)), "layers_pattern": "layers"} if self.lora_top_layers else {}
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=list(self.lora_targets), task_type="CAUSAL_LM")
+                          target_modules=list(self.lora_targets), task_type="CAUSAL_LM", **top)
 
 
 @dataclass
