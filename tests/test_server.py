@@ -5,9 +5,11 @@ import base64
 import json
 import socket
 import time
+from typing import Literal
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from conftest import DATA, head_lines
@@ -273,24 +275,112 @@ def test_streams_honour_stop_strings_and_seeds(server):
     assert streamed(max_tokens=12, temperature=1.0, seed=7) == sampled  # a seed makes a sampled stream repeatable
 
 
-LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_cpt_code", "description": "Look up a CPT code.",
-                                                 "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}
+LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_cpt_code", "description": "Look up a CPT code.", "parameters": {
+    "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], "additionalProperties": False}}}
+CLAIM_TOOL = {"type": "function", "function": {"name": "submit_claim", "description": "Submit a claim.", "parameters": {
+    "type": "object", "properties": {"code": {"type": "string", "pattern": "^[0-9]{5}$"}, "units": {"type": "integer"}},
+    "required": ["code", "units"], "additionalProperties": False}}}
+CODE_SCHEMA = {"type": "object", "properties": {"code": {"type": "string", "enum": ["80061", "85025", "99213"]}},
+               "required": ["code"], "additionalProperties": False}
+ASK = [{"role": "system", "content": "You are a medical billing assistant."}, {"role": "user", "content": "Lipid panel drawn today."}]
 
 
-@pytest.mark.parametrize("extra, param", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "code", "strict": True, "schema": {
-        "type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"], "additionalProperties": False}}}},
-     "response_format"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": [LOOKUP_TOOL]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
+def test_json_schema_answers_parse_and_match_the_schema_streamed_or_not(server):
+    """As the Cookbook's distillation notebook asks: a strict json_schema with an enum; json.loads always works."""
+    client = server.client()
+    fmt = {"type": "json_schema", "json_schema": {"name": "cpt_code", "strict": True, "schema": CODE_SCHEMA}}
+    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=fmt, n=2, temperature=1, seed=3)
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop"
+        assert json.loads(choice.message.content)["code"] in CODE_SCHEMA["properties"]["code"]["enum"]
+    class Code(pydantic.BaseModel):  # the client's own structured-output helper sends a strict schema from a model
+        code: Literal["80061", "85025", "99213"]
+    parsed = client.chat.completions.parse(model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=Code)
+    assert parsed.choices[0].message.parsed.code in CODE_SCHEMA["properties"]["code"]["enum"]
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=fmt, stream=True) if c.choices)
+    assert json.loads(streamed)["code"] in CODE_SCHEMA["properties"]["code"]["enum"]
+
+
+def test_json_object_needs_the_word_json_and_answers_an_object(server):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=8, response_format={"type": "json_object"})
+    assert caught.value.body["param"] == "messages" and "json" in caught.value.body["message"]
+    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=[*ASK, {"role": "user", "content": "Reply in JSON."}],
+                                           max_tokens=200, response_format={"type": "json_object"})
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:  # a length cut leaves a prefix of an object
+        assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content.startswith("{")
+
+
+@pytest.mark.parametrize("choice, name", [("required", None), ({"type": "function", "function": {"name": "submit_claim"}}, "submit_claim")])
+def test_required_and_named_tool_choice_return_tool_calls_streamed_or_not(server, choice, name):
+    client = server.client()
+    tools = [LOOKUP_TOOL, CLAIM_TOOL]
+    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=64, tools=tools, tool_choice=choice,
+                                           parallel_tool_calls=False)
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "tool_calls" and message.content is None and len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name in (name or "lookup_cpt_code submit_claim")
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == set(next(t for t in tools if t["function"]["name"] == call.function.name)["function"]["parameters"]["required"])
+    if call.function.name == "submit_claim":
+        assert len(arguments["code"]) == 5 and arguments["code"].isdigit() and isinstance(arguments["units"], int)
+    chunks = list(client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=64, tools=tools, tool_choice=choice,
+                                                 parallel_tool_calls=False, stream=True))
+    deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and len(deltas) == 1
+    assert deltas[0][0].function.name == call.function.name and json.loads(deltas[0][0].function.arguments) == arguments
+
+
+def test_tool_choice_none_answers_in_text(server):
+    reply = server.client().chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=16, tools=[LOOKUP_TOOL], tool_choice="none")
+    assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def tool_rows(n: int) -> bytes:
+    """Examples that answer every request with a call of lookup_cpt_code (the request as its query)."""
+    rows = [json.loads(line) for line in TRAIN.read_text().splitlines()[:n]]
+    return "".join(json.dumps({"tools": [LOOKUP_TOOL], "parallel_tool_calls": False, "messages": [r["messages"][1], {
+        "role": "assistant", "content": None, "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
+            "name": "lookup_cpt_code", "arguments": json.dumps({"query": r["messages"][1]["content"]})}}]}]}) + "\n"
+        for i, r in enumerate(rows)).encode()
+
+
+def test_a_model_trained_on_tool_calls_calls_tools_with_tool_choice_auto(server, tmp_path):
+    client = server.client()
+    (tmp_path / "tools.jsonl").write_bytes(tool_rows(16))
+    file = client.files.create(file=open(tmp_path / "tools.jsonl", "rb"), purpose="fine-tune")
+    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", seed=1,
+                                                              hyperparameters={"n_epochs": 3, "batch_size": 4}).id)
+    assert job.status == "succeeded", job.error
+    request = json.loads(TRAIN.read_text().splitlines()[20])["messages"][1]
+    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=[request], max_tokens=96, tools=[LOOKUP_TOOL])
+    calls = tuned.choices[0].message.tool_calls
+    assert tuned.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "lookup_cpt_code"
+    assert isinstance(json.loads(calls[0].function.arguments)["query"], str)
+    plain = client.chat.completions.create(model=job.fine_tuned_model, messages=[request], max_tokens=96, tools=[LOOKUP_TOOL], tool_choice="none")
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("extra, param, code", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}}, "response_format", "invalid_json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": CODE_SCHEMA}}}, "response_format.json_schema", None),
+    ({"response_format": {"type": "yaml"}}, "response_format", None),
+    ({"tool_choice": "required"}, "tool_choice", None),
+    ({"tools": [LOOKUP_TOOL], "tool_choice": {"type": "function", "function": {"name": "submit_claim"}}}, "tool_choice", None),
+    ({"tools": [{"type": "code_interpreter"}]}, "tools[0]", None),
+    ({"functions": [LOOKUP_TOOL["function"]]}, "functions", "unsupported_parameter"),
 ])
-def test_what_the_local_server_cannot_honour_is_a_400_not_silence(server, extra, param):
+def test_what_the_local_server_cannot_honour_is_a_400_not_silence(server, extra, param, code):
     client = server.client()
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Code a CBC."}], max_tokens=8, **extra)
-    assert caught.value.body["param"] == param and caught.value.body["code"] == "unsupported_parameter"
-    assert "local server" in caught.value.body["message"]
+    assert caught.value.body["param"] == param and caught.value.body["code"] == code
     plain = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Hi."}], max_tokens=4,
                                            response_format={"type": "text"}, tool_choice="none")
     assert plain.choices[0].message.content is not None  # what it can honour still works

@@ -25,11 +25,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from helpers.server import localmodels
+from helpers.server import localmodels, structured
 from helpers.server.inference import Engine, Sampling, Target
 from helpers.server.jobs import ORGANIZATION, TERMINAL, JobRunner
 from helpers.server.shared import SharedModels
 from helpers.server.store import Store, new_id, now, owner_of
+from helpers.server.training import with_tools
 
 
 class ClosingStreamingResponse(StreamingResponse):
@@ -543,7 +544,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         return {"id": model, "object": "model", "deleted": True}
 
     # -- chat completions -----------------------------------------------------------------------
-    def parse_chat(body: dict[str, Any], base: localmodels.LocalBase) -> tuple[list[dict[str, Any]], Sampling, bool]:
+    def parse_chat(body: dict[str, Any], base: localmodels.LocalBase) -> tuple[list[dict[str, Any]], Sampling, bool, structured.Answering]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("'messages' must be a non-empty list of {role, content} objects.", "messages")
@@ -602,31 +603,27 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise bad_request("'stream' must be true or false.", "stream")
-        refuse_what_is_not_honoured(body)
-        return messages, Sampling(max_tokens, temperature, top_p, n, stop, seed), stream
+        try:
+            answering = structured.answering(body)
+        except structured.RequestError as exc:
+            raise bad_request(str(exc), exc.param, code=exc.code) from None
+        return messages, Sampling(max_tokens, temperature, top_p, n, stop, seed, answering.grammar), stream, answering
 
-    def refuse_what_is_not_honoured(body: dict[str, Any]) -> None:
-        """Parameters the local server cannot honour yet are a 400 saying so, never silently ignored."""
-        response_format = body.get("response_format")
-        kind = response_format.get("type") if isinstance(response_format, dict) else response_format
-        if response_format is not None and kind != "text":
-            raise bad_request(f"response_format {kind!r} is not supported by the local server yet: it answers in plain text "
-                              "only. Leave response_format out, or use the OpenAI backend.", "response_format",
-                              code="unsupported_parameter")
-        for name in ("tools", "functions"):
-            if body.get(name):
-                raise bad_request(f"'{name}' is not supported by the local server yet: its models answer in text, not tool "
-                                  f"calls. Leave '{name}' out, or use the OpenAI backend.", name, code="unsupported_parameter")
-        for name in ("tool_choice", "function_call"):
-            if body.get(name) not in (None, "none"):
-                raise bad_request(f"'{name}' needs tools, which the local server does not support yet.", name,
-                                  code="unsupported_parameter")
+    def answer_message(text: str, reason: str, answering: structured.Answering) -> tuple[dict[str, Any], str]:
+        """The assistant message of one answer, and its finish reason: tool calls the model wrote, when it may call
+        tools, come back as ``tool_calls`` (content null when it wrote nothing else) with finish reason "tool_calls"."""
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+        if answering.read_tool_calls and reason == "stop":
+            content, calls = structured.read_tool_calls(text, answering.function_list)
+            if calls:
+                return {**message, "content": content, "tool_calls": calls}, "tool_calls"
+        return message, reason
 
     def completion_body(ident: str, model: str, created: int, texts: list[str], reasons: list[str], prompt: int, completion: int,
-                        extra: dict[str, Any]) -> dict[str, Any]:
+                        extra: dict[str, Any], answering: structured.Answering = structured.Answering()) -> dict[str, Any]:
+        answers = [answer_message(t, r, answering) for t, r in zip(texts, reasons)]
         return {"id": ident, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": i, "message": {"role": "assistant", "content": t, "refusal": None, "annotations": []},
-                             "finish_reason": r, "logprobs": None} for i, (t, r) in enumerate(zip(texts, reasons))],
+                "choices": [{"index": i, "message": m, "finish_reason": r, "logprobs": None} for i, (m, r) in enumerate(answers)],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
                           "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                           "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
@@ -642,7 +639,8 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         if not isinstance(model, str) or not model:
             raise bad_request("'model' is required.", "model")
         card, target = find_model(request, model)
-        messages, sampling, stream = parse_chat(body, target.base)
+        asked, sampling, stream, answering = parse_chat(body, target.base)
+        messages = with_tools(asked, answering.function_list)  # what the model sees
         prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.prompt_tokens, target.base, messages)
         if prompt_tokens + sampling.max_tokens > target.base.context_length:
             raise bad_request(f"This model's maximum context length is {target.base.context_length:,} tokens. However, your "
@@ -670,17 +668,23 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                     text = ""
                     while (item := await loop.run_in_executor(None, next, pieces, None)) is not None:
                         piece, reason, prompt_tokens, used = item
-                        if piece:
-                            text += piece
+                        text += piece
+                        if piece and not answering.read_tool_calls:  # an answer that may call tools is sent whole at its end
                             yield chunk({"content": piece}, None)
                         if reason is not None:
+                            if answering.read_tool_calls:
+                                message, reason = answer_message(text, reason, answering)
+                                if message["content"]:
+                                    yield chunk({"content": message["content"]}, None)
+                                if message.get("tool_calls"):
+                                    yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}, None)
                             yield chunk({}, reason)
                             if include_usage:
                                 yield chunk({}, None, {"prompt_tokens": prompt_tokens, "completion_tokens": used,
                                                        "total_tokens": prompt_tokens + used}, choices=False)
                             if store_it:
                                 store.put("completion", {**completion_body(ident, model, created, [text], [reason], prompt_tokens, used,
-                                                                           {"metadata": metadata or {}}), "_request": messages},
+                                                                           {"metadata": metadata or {}}, answering), "_request": asked},
                                           request.state.owner)
                     yield "data: [DONE]\n\n"
                 finally:
@@ -689,9 +693,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             return ClosingStreamingResponse(events(), media_type="text/event-stream")
         result = await asyncio.wrap_future(engine.submit(target, messages, sampling))
         response = completion_body(ident, model, created, result.texts, result.finish_reasons, result.prompt_tokens,
-                                   result.completion_tokens, {"metadata": metadata or {}} if store_it else {})
+                                   result.completion_tokens, {"metadata": metadata or {}} if store_it else {}, answering)
         if store_it:
-            store.put("completion", {**response, "_request": messages}, request.state.owner)
+            store.put("completion", {**response, "_request": asked}, request.state.owner)
         return response
 
     @app.get("/v1/chat/completions")

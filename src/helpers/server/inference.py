@@ -20,6 +20,7 @@ import torch
 
 from helpers.server import localmodels
 from helpers.server.shared import SharedModels, in_own_thread
+from helpers.server.structured import Constraint, GrammarLogitsProcessor
 from helpers.server.training import render
 
 BATCH_WINDOW_S = 0.02
@@ -36,6 +37,7 @@ class Sampling:
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = None  # the answer follows this llguidance grammar (``helpers.server.structured``)
 
 
 @dataclass
@@ -152,8 +154,11 @@ class Engine:
             encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
+            kwargs = self._kwargs(tokenizer, sampling)
+            if sampling.grammar is not None:
+                kwargs["logits_processor"] = [GrammarLogitsProcessor(tokenizer, sampling.grammar, encoded["input_ids"].shape[1])]
             with torch.no_grad():
-                output = model.generate(**encoded, **self._kwargs(tokenizer, sampling))
+                output = model.generate(**encoded, **kwargs)
         width = encoded["input_ids"].shape[1]
         results = []
         for i, _ in enumerate(conversations):
@@ -265,6 +270,7 @@ class Engine:
                 prompt = render(tokenizer, messages, add_generation_prompt=True)
                 step_input = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
                 eos = tokenizer.eos_token_id
+                constraint = Constraint(tokenizer, sampling.grammar) if sampling.grammar is not None else None
             if not put(("prompt", int(step_input.shape[1]))):
                 return
             cache, new = None, []
@@ -276,7 +282,10 @@ class Engine:
                     with torch.no_grad():
                         output = model(input_ids=step_input, past_key_values=cache, use_cache=True)
                 cache = output.past_key_values
-                token = _next_token(output.logits[0, -1].float(), sampling, generator)
+                logits = output.logits[0, -1].float()
+                token = _next_token(constraint.mask(logits) if constraint else logits, sampling, generator)
+                if constraint:
+                    constraint.take(token)
                 new.append(token)
                 if not put(("token", token)):
                     return

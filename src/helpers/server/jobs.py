@@ -227,7 +227,8 @@ class JobRunner:
             rows = [json.loads(line) for line in self.store.file_path(owner, file_id).read_bytes().decode("utf-8").splitlines() if line.strip()]
             if method == "dpo":
                 return [training.encode_preference(tokenizer, row) for row in rows]
-            encoded = [training.encode_chat(tokenizer, row["messages"]) for row in rows]
+            encoded = [training.encode_chat(tokenizer, row["messages"], training.functions_of(row.get("tools") or row.get("functions")))
+                       for row in rows]
             kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
             if len(kept) < len(encoded):
                 self.event(job_id, f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} and were skipped.", level="warn")
