@@ -1,0 +1,51 @@
+"""Tool calls and structured output: the one text format training and answering share, and reading calls back."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.server import localmodels, structured, training
+
+LOOKUP = {"name": "lookup_cpt_code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup_cpt_code", "arguments": '{"query": "lipid panel"}'}}
+
+
+def test_a_call_is_read_back_in_openais_shape_with_any_text_before_it():
+    content, calls = structured.read_tool_calls('Looking it up.\n{"tool_calls": [{"name": "lookup_cpt_code", "arguments": {"query": "x"}}]}', [LOOKUP])
+    assert content == "Looking it up." and len(calls) == 1
+    assert calls[0]["id"].startswith("call_") and calls[0]["type"] == "function"
+    assert calls[0]["function"] == {"name": "lookup_cpt_code", "arguments": '{"query": "x"}'}
+    assert structured.read_tool_calls(training.tool_calls_text([CALL]), [LOOKUP])[0] is None
+
+
+@pytest.mark.parametrize("text", [
+    '{"tool_calls": [{"name": "submit_claim", "arguments": {}}]}',  # a function the request did not offer
+    '{"tool_calls": [{"name": "lookup_cpt_code", "arguments": {"query": ',  # cut short
+    'CPT Code: 80061 - Lipid panel',
+    'x{"tool_calls": [{"name": "lookup_cpt_code", "arguments": {}}]}',  # not at the start of a line
+])
+def test_anything_else_stays_text(text):
+    assert structured.read_tool_calls(text, [LOOKUP]) == (text, [])
+
+
+def test_training_shows_tools_as_answering_does_and_learns_only_the_call():
+    tokenizer = localmodels.load_tokenizer(localmodels.resolve_base("gpt-4.1-mini"))
+    messages = [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+    ids, labels = training.encode_chat(tokenizer, messages, [LOOKUP])
+    prompt = training.render(tokenizer, training.with_tools(messages[:1], [LOOKUP]), add_generation_prompt=True)
+    assert tokenizer.decode(ids).startswith(prompt)  # the prompt a tuned model is trained on is the one it answers
+    learned = tokenizer.decode([t for t in labels if t != training.IGNORE])
+    assert learned == training.tool_calls_text([CALL]) + tokenizer.eos_token
+    assert json.loads(learned.removesuffix(tokenizer.eos_token))["tool_calls"][0]["arguments"] == {"query": "lipid panel"}
+
+
+def test_required_calls_follow_each_functions_parameters():
+    schema = structured.tool_calls_schema([LOOKUP, {"name": "ping"}], None, parallel=False)
+    assert schema["properties"]["tool_calls"]["maxItems"] == 1
+    variants = schema["properties"]["tool_calls"]["items"]["anyOf"]
+    assert [v["properties"]["name"]["const"] for v in variants] == ["lookup_cpt_code", "ping"]
+    assert variants[0]["properties"]["arguments"] == LOOKUP["parameters"] and variants[1]["properties"]["arguments"] == {"type": "object"}
+    with pytest.raises(structured.RequestError) as caught:
+        structured.compile_grammar({"type": "string", "pattern": "(?=a)"})
+    assert caught.value.param == "response_format" and "look-around" in str(caught.value)
