@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+import hostile_text
 from conftest import DATA, REPO, head_lines
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
@@ -289,6 +290,63 @@ def test_malformed_bodies_are_4xx_with_a_message_never_5xx(server, path, body, n
     assert needle in response.json()["error"]["message"]
 
 
+def _post(server, path: str, body: dict, key: str = "key-hostile") -> httpx.Response:
+    """Raw JSON as the escapes write it (json.dumps): a lone surrogate is valid JSON here, which a client that
+    encodes UTF-8 first could not even send."""
+    return httpx.post(f"{server.url}/v1{path}", content=json.dumps(body).encode(), timeout=120,
+                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("name", sorted(hostile_text.NOT_TEXT))
+def test_strings_that_are_not_text_are_a_400_at_every_request_entry_point(server, name):
+    value, words = hostile_text.NOT_TEXT[name]
+    chat = {"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "lipid panel"}], "max_tokens": 2}
+    cases = [
+        ("/chat/completions", {**chat, "messages": [{"role": "user", "content": value}]}, "messages[0].content"),
+        ("/chat/completions", {**chat, "messages": [{"role": "system", "content": "ok"}, {"role": "user", "content": [{"type": "text", "text": value}]}]},
+         "messages[1].content[0].text"),
+        ("/chat/completions", {**chat, "store": True, "metadata": {"note": value}}, "metadata.note"),  # a stored completion's metadata
+        ("/chat/completions", {**chat, "tools": [{"type": "function", "function": {"name": "f", "description": value}}]}, "tools[0].function.description"),
+        ("/fine_tuning/jobs", {"model": "gpt-4.1-nano", "training_file": "file-x", "metadata": {"note": value}}, "metadata.note"),
+        ("/fine_tuning/jobs", {"model": "gpt-4.1-nano", "training_file": "file-x", "suffix": value}, "suffix"),
+    ]
+    for path, body, param in cases:
+        response = _post(server, path, body)
+        assert response.status_code == 400, (path, param, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_text", param) and words in error["message"], error
+
+
+@pytest.mark.parametrize("name", sorted(hostile_text.NOT_TEXT))
+def test_a_file_with_text_that_is_not_text_is_refused_at_upload_or_fails_its_job_naming_the_line(server, name):
+    value, words = hostile_text.NOT_TEXT[name]
+    client = server.client("key-hostile")
+    rows = [json.loads(line) for line in TRAIN.read_text().splitlines()[:12]]
+    hostile = {**rows[0], "messages": [rows[0]["messages"][0], {"role": "user", "content": value}, rows[0]["messages"][2]]}
+    first = "".join(json.dumps(r) + "\n" for r in [hostile, *rows[1:]]).encode()
+    with pytest.raises(openai.BadRequestError) as caught:  # the upload's sniff reads the first line
+        client.files.create(file=("first.jsonl", first), purpose="fine-tune")
+    assert caught.value.body["code"] == "invalid_file_format" and "line 1" in caught.value.message and words in caught.value.message
+    later = "".join(json.dumps(r) + "\n" for r in [*rows[1:], hostile]).encode()
+    file = client.files.create(file=("later.jsonl", later), purpose="fine-tune")
+    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano").id)
+    assert job.status == "failed" and job.error.code == "invalid_training_file" and job.error.param == "training_file"
+    assert "line 12" in job.error.message and "invalid_text" in job.error.message and words in job.error.message
+
+
+@pytest.mark.parametrize("name", sorted(hostile_text.ODD_BUT_TEXT))
+def test_odd_but_real_text_is_answered(server, name):
+    response = _post(server, "/chat/completions", {"model": "gpt-4.1-nano", "max_tokens": 2,
+                                                   "messages": [{"role": "user", "content": hostile_text.ODD_BUT_TEXT[name]}]})
+    assert response.status_code == 200, response.text
+
+
+def test_a_10_mb_message_is_a_400_about_the_context_not_a_crash(server):
+    response = _post(server, "/chat/completions", {"model": "gpt-4.1-nano", "max_tokens": 2,
+                                                   "messages": [{"role": "user", "content": "x " * 5_000_000}]})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "context_length_exceeded", response.text[:300]
+
+
 def test_a_foreign_model_is_404(server):
     """A model another key trained does not exist for you, even by its exact name."""
     owner = server.client("key-owner")
@@ -308,7 +366,8 @@ def test_a_foreign_model_is_404(server):
 # --- schema-driven fuzzing -----------------------------------------------------------------------------
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):
-    """Requests generated from OpenAI's own OpenAPI description of these endpoints (valid and invalid) never get a 5xx."""
+    """Requests generated from OpenAI's own OpenAPI description of these endpoints (valid and invalid, a third of their
+    body strings given a hostile string: fuzz_hooks.py) never get a 5xx."""
     spec = json.loads(CONTRACT.read_text())
     # the subset keeps a reference to a response component it does not carry; give it one so the operation is tested
     spec["components"].setdefault("responses", {}).setdefault("TooManyRequests", {"description": "Too many requests"})
@@ -327,7 +386,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
                "--phases", "examples,coverage,fuzzing", "--request-timeout", "120", "--seed", "7",
                "--report", "junit", "--report-junit-path", str(report), "--no-color"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its cache stays there
-                            env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+                            env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("fuzz_hooks.py"))})
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Errored: " not in result.stdout and "Tested: 18" in result.stdout, result.stdout[-3000:]

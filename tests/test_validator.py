@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tiktoken
 
+import hostile_text
 from conftest import DATA, chat, distinct_chats
 from helpers import tokens  # noqa: F401  (offline encodings)
 from helpers.costs import auto_epochs, prices
@@ -342,3 +343,44 @@ def test_encode_lengths_equals_encode_ordinary_on_adversarial_text(encoding):
     with_separator = texts[:50] + ["a <|endoftext|> b", "<|endoftext|>"]  # counted as plain text, one by one
     assert encode_lengths(encoding, with_separator).tolist() == [len(encoding.encode_ordinary(t)) for t in with_separator]
     assert encode_lengths(encoding, []).tolist() == []
+
+
+# --- hostile text (the shared corpus: tests/hostile_text.py) -------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(hostile_text.NOT_TEXT))
+def test_strings_that_are_json_but_not_text_are_a_line_error_with_a_stable_code(tmp_path, name):
+    value, words = hostile_text.NOT_TEXT[name]
+    rows = distinct_chats(10)
+    rows[6]["messages"][0]["content"] = value
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # json.dumps writes the escapes: valid JSON
+    result = run_cli("validate", str(path), "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(7, "invalid_text")]
+    assert words in report["errors"][0]["message"] and "messages[0].content" in report["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("name", sorted(hostile_text.BAD_LINES))
+def test_lines_that_are_not_text_or_nest_too_deep_are_a_line_error(tmp_path, name):
+    line, code = hostile_text.BAD_LINES[name]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in distinct_chats(10)) + line + b"\n")
+    report = validate_file(path)
+    assert [(e.line, e.code) for e in report.errors] == [(11, code)]
+
+
+@pytest.mark.parametrize("name", sorted(hostile_text.ODD_BUT_TEXT))
+def test_odd_but_real_text_is_accepted(tmp_path, name):
+    rows = distinct_chats(10)
+    rows[3]["messages"][0]["content"] += hostile_text.ODD_BUT_TEXT[name]
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert validate_file(path).errors == []
+
+
+def test_a_10_mb_line_is_counted_and_warned_about_not_a_crash(tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in distinct_chats(10)) + hostile_text.TEN_MB_LINE + b"\n")
+    report = validate_file(path)
+    assert report.errors == [] and any(w.line == 11 for w in report.warnings)

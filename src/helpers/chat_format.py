@@ -36,6 +36,46 @@ PREFERENCE = "preference"
 ROLES = ("system", "user", "assistant", "tool", "function")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
+# -- the one rule for text ------------------------------------------------------------------------
+# Every string that enters the workbook (a file's examples, a request's messages, metadata, names) must be text: Unicode
+# scalar values, no NUL, no noncharacter U+FFFE / U+FFFF. A lone surrogate escape ("\ud800") is valid JSON but not
+# text (it cannot be written as UTF-8), so it is refused where it enters, with the place it was found.
+NOT_TEXT = re.compile("[\x00\ud800-\udfff\ufffe\uffff]")
+MAX_JSON_DEPTH = 64  # nesting deeper than this is refused (no example or request needs it)
+
+
+def _describe(char: str) -> str:
+    if char == "\x00":
+        return "a NUL character (\\u0000)"
+    if "\ud800" <= char <= "\udfff":
+        return f"a lone surrogate (\\u{ord(char):04x}, half of a UTF-16 pair: valid JSON but not text)"
+    return f"the noncharacter U+{ord(char):04X}"
+
+
+def text_problem(value: Any, where: str = "") -> tuple[str, str, str] | None:
+    """Where ``value`` (parsed JSON) first breaks the text rule or nests deeper than MAX_JSON_DEPTH: (a path like
+    ``messages[1].content``, what is there, a stable code: ``invalid_text`` or ``invalid_json``), or None. Keys are
+    checked as well as values."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return path or "the top level", f"JSON nested more than {MAX_JSON_DEPTH} levels deep", "invalid_json"
+        if isinstance(item, str):
+            bad = NOT_TEXT.search(item)
+            if bad:
+                return path or "the top level", f"{_describe(bad.group())} at character {bad.start() + 1}", "invalid_text"
+        elif isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                bad = NOT_TEXT.search(key)
+                if bad:
+                    return path or "the top level", f"a key holds {_describe(bad.group())}", "invalid_text"
+                stack.append((child, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
 #: Keys each role may carry (anything else is an error: OpenAI rejects unknown message keys).
 MESSAGE_KEYS: dict[str, frozenset[str]] = {
     "system": frozenset({"role", "content", "name"}),

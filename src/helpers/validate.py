@@ -240,10 +240,19 @@ class _Validator:
             return None
         try:
             obj = _DECODER.decode(text)
+        except RecursionError:
+            self.errors.add(number, "invalid_json", f"not valid JSON here: nested more than {cf.MAX_JSON_DEPTH} levels deep. Each line must be one example object.")
+            return None
         except ValueError as exc:
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
             column = f" (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
             self.errors.add(number, "invalid_json", f"not valid JSON: {reason}{column}. Each line must be one complete JSON object.")
+            return None
+        problem = cf.text_problem(obj)
+        if problem is not None:
+            where, what, code = problem
+            self.errors.add(number, code, f"{where}: {what}. " + ("Remove it or replace it with the character meant." if code == "invalid_text"
+                                                                   else "Each line must be one example object."))
             return None
         if not isinstance(obj, dict):
             self.errors.add(number, "not_an_object", f"the line is a JSON {type(obj).__name__}, not an object. Each line must be one example object.")

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from helpers.chat_format import text_problem
 from helpers.server import localmodels, structured
 from helpers.server.inference import Engine, Sampling, Target
 from helpers.server.jobs import ORGANIZATION, TERMINAL, JobRunner
@@ -160,6 +161,9 @@ def first_line_problem(data: bytes) -> str | None:
         value = json.loads(text)
     except (ValueError, RecursionError):
         return f"line {number} is not JSON ({text[:40].strip()!r}...)"
+    problem = text_problem(value)
+    if problem is not None:
+        return f"line {number}, {problem[0]}: {problem[1]}"
     return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
 
 
@@ -255,7 +259,15 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             raise bad_request(f"The request body is not valid JSON: {str(exc)[:200] or type(exc).__name__}.") from None
         if not isinstance(body, dict):
             raise bad_request("The request body must be a JSON object.")
+        refuse_what_is_not_text(body)
         return body
+
+    def refuse_what_is_not_text(value: Any) -> None:
+        """The one rule for text (``chat_format.text_problem``): a 400 naming where the request breaks it."""
+        problem = text_problem(value)
+        if problem is not None:
+            where, what, code = problem
+            raise bad_request(f"{where} holds {what}. Send " + ("text only." if code == "invalid_text" else "less deeply nested JSON."), where, code=code)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
