@@ -83,6 +83,18 @@ def test_events_tell_the_story_newest_first(server, trained):
     assert page.has_more and [e.id for e in page.data + after.data] == [e.id for e in events[:6]]
 
 
+def test_events_are_complete_the_moment_the_status_reads_final(server):
+    """Polled as fast as the client can: when a job first reads succeeded, its last event is already listed."""
+    client = server.client("key-events")
+    file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano", hyperparameters={"n_epochs": 1, "batch_size": 5})
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        pass
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert job.status == "succeeded" and events[0].message == "The job has successfully completed"
+    assert any(e.message.startswith("New fine-tuned model created") for e in events)
+
+
 def test_training_loss_falls_and_results_file_is_base64_csv(server, trained):
     client = server.client()
     result_id = trained["job"].result_files[0]

@@ -143,12 +143,13 @@ class JobRunner:
                     self._cancel.discard(job_id)
 
     def _finish(self, job_id: str, status: str, *, error: dict | None = None, message: str | None = None, **fields: Any) -> dict[str, Any]:
-        job = self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
+        """End a job: its last event first, then its status, so that events listed when the status reads final tell
+        the whole story."""
         if message:
             self.event(job_id, message, level="error" if status == "failed" else "info")
         elif error:
             self.event(job_id, f"Fine-tuning job failed: {error['message']}", level="error")
-        return job
+        return self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
 
     def _validate(self, job: dict[str, Any]) -> tuple[Any, Any] | None:
         owner = self.store.owner("job", job["id"])
@@ -289,8 +290,8 @@ class JobRunner:
         results = self._results_file(owner, job_id, history)
         job = self.store.get("job", job_id, None)
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
-        self._finish(job_id, "succeeded", fine_tuned_model=name, trained_tokens=trained, result_files=[results])
-        self.event(job_id, "The job has successfully completed")
+        self._finish(job_id, "succeeded", message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
+                     result_files=[results])
 
     def _metrics_history(self, job_id: str, keep_through: int) -> list:
         """Step metrics already recorded up to ``keep_through``; later ones (from a run that stopped before
