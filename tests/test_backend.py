@@ -95,3 +95,17 @@ def test_an_idle_server_waits_for_its_job_then_stops(tmp_path):
         assert wait_for_job(again.client(), job.id, timeout_s=5).status == "succeeded"
     finally:
         again.stop()
+
+
+def test_the_local_key_is_random_per_user_owner_only_and_found_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("WORKBOOK_LOCAL_KEY", raising=False)
+    key = backend.local_key()
+    path = tmp_path / "cache" / "fine-tuning-workbook" / backend.LOCAL_KEY_FILE
+    assert key.startswith("wb-local-") and len(key) > 30 and path.read_text().strip() == key
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert backend.local_key() == key  # a restarted kernel finds the same key
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other-user"))
+    assert backend.local_key() != key
+    monkeypatch.setenv("WORKBOOK_LOCAL_KEY", "chosen")
+    assert backend.local_key() == "chosen"

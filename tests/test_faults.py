@@ -107,7 +107,8 @@ def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
 
     port = str(free_port())
     env = {**os.environ, "WORKBOOK_PORT": port, "WORKBOOK_SERVER_DIR": str(tmp_path / "server"),
-           "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+           "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "WORKBOOK_LOCAL_KEY": "key-restart"}
     setup = "from helpers import course as c, finetune\ncourse = c.setup('03_training')\n"
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env, cwd=str(REPO / "notebooks"))
@@ -124,7 +125,7 @@ print(json.dumps({{"job": job.id, "pid": httpx.get("http://127.0.0.1:{port}/heal
 """)
         before = json.loads(printed.strip().splitlines()[-1])
         kernel.execute("job = finetune.follow(course.client, job.id)")  # the wait the restart interrupts
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="local-workbook", max_retries=0)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key-restart", max_retries=0)
         deadline = time.monotonic() + 300
         while not [e for e in client.fine_tuning.jobs.list_events(before["job"]).data if e.type == "metrics"]:
             assert time.monotonic() < deadline
@@ -390,3 +391,44 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "Errored: " not in result.stdout and "Tested: 18" in result.stdout, result.stdout[-3000:]
+
+
+# --- no open doors -----------------------------------------------------------------------------------
+
+def test_a_page_that_rebinds_its_name_to_this_machine_gets_nothing(server):
+    """DNS rebinding: the browser sends the attacker's host name; the key it might guess holds nothing either."""
+    client = server.client("key-doors")
+    file = client.files.create(file=("private.jsonl", head_lines(TRAIN, 2)), purpose="fine-tune")
+    for path, key in ((f"/v1/files/{file.id}/content", "key-doors"), ("/health", None)):
+        response = httpx.get(f"{server.url}{path}", headers={"Host": "attacker.example", **({"Authorization": f"Bearer {key}"} if key else {})})
+        assert response.status_code == 403 and response.json()["error"]["code"] == "host_not_allowed", response.text
+        assert head_lines(TRAIN, 2).decode()[:20] not in response.text
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}"):
+        assert httpx.get(f"{server.url}/v1/files/{file.id}/content", headers={"Host": host, "Authorization": "Bearer key-doors"}).status_code == 200
+
+
+def test_requests_from_a_page_of_another_origin_are_refused(server):
+    headers = {"Authorization": "Bearer key-doors"}
+    foreign = httpx.get(f"{server.url}/v1/models", headers={**headers, "Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "cross_origin_refused"
+    assert httpx.get(f"{server.url}/v1/models", headers={**headers, "Origin": "null"}).status_code == 403
+    assert httpx.get(f"{server.url}/v1/models", headers={**headers, "Origin": server.url}).status_code == 200  # its own origin
+
+
+def test_an_open_host_needs_keys_or_an_explicit_allow_open(tmp_path):
+    refused = subprocess.run([sys.executable, "-m", "helpers.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+                              "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--api-keys" in refused.stderr and "--allow-open" in refused.stderr
+    opened = ServerProcess(tmp_path / "open", "--host", "0.0.0.0", "--allow-open").start()
+    try:
+        assert "WARNING: --allow-open" in Path(opened.log.name).read_text()
+        assert opened.client("anyone").models.list().data  # open as asked; any host name
+        assert httpx.get(f"{opened.url}/health", headers={"Host": "workshop.example"}).status_code == 200
+    finally:
+        opened.stop()
+    named = ServerProcess(tmp_path / "named", "--host", "0.0.0.0", "--allow-open", "--allowed-hosts", "workshop.example").start()
+    try:
+        assert httpx.get(f"{named.url}/health", headers={"Host": "workshop.example:8321"}).status_code == 200
+        assert httpx.get(f"{named.url}/health", headers={"Host": "attacker.example"}).status_code == 403
+    finally:
+        named.stop()

@@ -11,6 +11,7 @@ Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.backend.client("openai")``.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,13 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from helpers.paths import REPO_ROOT
+from helpers.paths import REPO_ROOT, user_cache_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8321
 DEFAULT_IDLE_MINUTES = 30
-#: The key notebooks use on the local server: any non-empty key works there; each key is a workspace.
-LOCAL_KEY = "local-workbook"
+LOCAL_KEY_FILE = "local-api-key"  # in the user's cache folder, readable by its owner only
 BACKENDS = ("local", "openai")
 
 
@@ -43,6 +43,31 @@ class LocalServer:
     @property
     def api_url(self) -> str:
         return f"{self.url}/v1"
+
+
+def local_key() -> str:
+    """The key the notebooks use on the local server: ``WORKBOOK_LOCAL_KEY`` if set, else a random key made once per
+    user and kept in the cache folder with owner-only permissions (a restarted kernel finds the same one). The local
+    server takes any key, and each key is its own workspace, so a web page that reaches the server cannot guess
+    the key that holds this user's files."""
+    chosen = os.environ.get("WORKBOOK_LOCAL_KEY", "").strip()
+    if chosen:
+        return chosen
+    path = user_cache_dir() / LOCAL_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even for a moment
+    except FileExistsError:  # made before (or by another kernel just now: wait for its key to be written)
+        for _ in range(50):
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.1)
+        raise BackendUnavailable(f"The local key file {path} is empty. Delete it; the next client makes a new key.") from None
+    key = f"wb-local-{secrets.token_urlsafe(24)}"
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key
 
 
 def default_data_dir() -> Path:
@@ -168,4 +193,4 @@ def client(backend: str | None = None, **kwargs):
     if url:
         return _shared_client(url, **kwargs)
     server = local_server()
-    return OpenAI(base_url=server.api_url, api_key=os.environ.get("WORKBOOK_LOCAL_KEY", LOCAL_KEY), **kwargs)
+    return OpenAI(base_url=server.api_url, api_key=local_key(), **kwargs)

@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from helpers.backend import default_data_dir
-    from helpers.server.app import MIB, Limits, create_app
+    from helpers.server.app import LOOPBACK_NAMES, MIB, Limits, create_app, host_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     api_keys = None
@@ -75,7 +75,21 @@ def _serve(args: argparse.Namespace) -> int:
                     max_storage_bytes=int(args.max_storage_mb * MIB) if args.max_storage_mb else None,
                     max_active_jobs=args.max_jobs_per_key)
     idle = args.idle_timeout * 60 if args.idle_timeout is not None else None
-    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle)
+    named = frozenset(h.strip().lower().strip("[]") for h in (args.allowed_hosts or "").split(",") if h.strip())
+    if host_name(args.host) in LOOPBACK_NAMES:
+        allowed: frozenset[str] | None = LOOPBACK_NAMES | named
+    else:
+        if api_keys is None and not args.allow_open:
+            print(f"workbook serve: --host {args.host} would open the server, and every learner's files, to the whole network with "
+                  "no key needed. Give --api-keys FILE (make one with `workbook keys N`), or add --allow-open if that is "
+                  "really meant.", file=sys.stderr)
+            return EXIT_USAGE
+        if api_keys is None:
+            print(f"workbook serve: WARNING: --allow-open: anyone who can reach {args.host}:{args.port} can use this server "
+                  "and read what others uploaded under the same key.", file=sys.stderr)
+        allowed = LOOPBACK_NAMES | named if named else None
+    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle,
+                     allowed_hosts=allowed)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return EXIT_OK
 
@@ -161,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the local OpenAI-compatible fine-tuning server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     serve.add_argument("--port", type=int, default=8321)
+    serve.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                       help="comma-separated host names clients address this server by (a workshop server's name or address); "
+                       "requests addressed to any other name are refused (default: loopback names on a loopback server, "
+                       "any name on another --host)")
+    serve.add_argument("--allow-open", action="store_true",
+                       help="let a non-loopback --host run without --api-keys (anyone on the network may use it)")
     serve.add_argument("--data-dir", default=None, help="where files, jobs and models are kept (default: .workbook/server)")
     serve.add_argument("--api-keys", default=None, help="a file with one accepted key per line, optionally followed by a "
                        "name shown in `workbook queue` (default: any key)")

@@ -178,12 +178,25 @@ def stop_when_idle(timeout_s: float, last_request: list[float], runner: JobRunne
             return
 
 
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The name part of a ``Host`` header or of an origin's authority: ``[::1]:8321`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0].lower()
+    return host.rsplit(":", 1)[0].lower() if host.count(":") == 1 else host.lower()
+
+
 def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = None, limits: Limits | None = None,
-               start_worker: bool = True, idle_timeout_s: float | None = None) -> FastAPI:
+               start_worker: bool = True, idle_timeout_s: float | None = None,
+               allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES) -> FastAPI:
     """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys (a dict maps
     each key to a label the facilitator sees in ``/queue``). ``limits``: per-key limits (default: one file up
     to 512 MiB, nothing else limited). ``idle_timeout_s``: stop the process after this long with no request and
-    no running or waiting job (None: run until stopped)."""
+    no running or waiting job (None: run until stopped). ``allowed_hosts``: the host names requests may be
+    addressed to (default: loopback names only, which defeats DNS rebinding; None: any). Requests a browser makes
+    from another origin are refused either way."""
     limits = limits or Limits()
     labels = {owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {}
     localmodels.import_libraries()  # before any worker thread exists
@@ -232,7 +245,18 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     @app.middleware("http")
     async def _log_and_auth(request: Request, call_next):
         started = last_request[0] = time.monotonic()
-        if request.url.path.startswith("/v1/"):
+        host = request.headers.get("host", "")
+        origin = request.headers.get("origin")
+        if allowed_hosts is not None and host_name(host) not in allowed_hosts:
+            response = ApiError(403, f"This server does not answer requests addressed to {host_name(host) or 'no host'!r}: it "
+                                     f"answers to {', '.join(sorted(allowed_hosts))} (a page that rebinds its own name to this "
+                                     "machine cannot reach it). A workshop server names its host with --allowed-hosts.",
+                                kind="permission_error", code="host_not_allowed").response()
+        elif origin is not None and origin.split("://", 1)[-1].rstrip("/").lower() != host.lower():
+            response = ApiError(403, f"Requests from web pages of another origin ({origin[:100]}) are refused: call the "
+                                     "server from Python (the openai client), not from a browser page.",
+                                kind="permission_error", code="cross_origin_refused").response()
+        elif request.url.path.startswith("/v1/"):
             header = request.headers.get("authorization", "")
             key = header[7:].strip() if header.lower().startswith("bearer ") else ""
             if not key:
