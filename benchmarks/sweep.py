@@ -10,7 +10,8 @@ saw) without and with 5 retrieved codes. One JSON line per run is appended to ``
 Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`` trains at 4e-3),
 ``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
 carry retrieved codes), ``k`` (codes retrieved for them), ``n`` (training examples, 0 = all 333), ``seed``, ``plus``
-(LoRA+: the B matrices' learning rate over A's).
+(LoRA+: the B matrices' learning rate over A's), ``neft`` (NEFTune alpha), ``layers`` (adapt only the top N layers),
+``table`` (copies of the code table added as examples: each trained code's description -> its answer).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ BILLING = ROOT / "data" / "billing"
 OUT = Path(__file__).resolve().parent / "out"
 TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj"), "attn": ("q_proj", "k_proj", "v_proj", "o_proj")}
-DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0}
+DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0, "table": 0}
 
 
 def parse(text: str) -> dict:
@@ -76,7 +77,7 @@ def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
 
 def run_one(run: dict) -> dict:
     from bench_model import peak_rss_mb  # this folder's benchmark helpers
-    from helpers import dataprep, retrieval
+    from helpers import billing, dataprep, retrieval
     from helpers.server import localmodels, training
 
     base = localmodels.resolve_base("gpt-4.1-mini")
@@ -86,6 +87,7 @@ def run_one(run: dict) -> dict:
         path = Path(work) / "train_rag.jsonl"
         retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"])
         rows = dataprep.read_jsonl(path)
+    rows += [billing.chat_example(c.description, c.answer) for c in billing.load_codes() if c.in_training] * run["table"]
     examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
     settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
                                       seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]], lora_top_layers=run["layers"])

@@ -342,10 +342,12 @@ def test_required_and_named_tool_choice_return_tool_calls_streamed_or_not(server
     if call.function.name == "submit_claim":
         assert len(arguments["code"]) == 5 and arguments["code"].isdigit() and isinstance(arguments["units"], int)
     chunks = list(client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=64, tools=tools, tool_choice=choice,
-                                                 parallel_tool_calls=False, stream=True))
+                                                 parallel_tool_calls=False, stream=True, store=True))
     deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert chunks[-1].choices[0].finish_reason == "tool_calls" and len(deltas) == 1
     assert deltas[0][0].function.name == call.function.name and json.loads(deltas[0][0].function.arguments) == arguments
+    stored = client.chat.completions.retrieve(chunks[0].id)  # stored as it was streamed, the same call id
+    assert stored.choices[0].finish_reason == "tool_calls" and stored.choices[0].message.tool_calls[0].id == deltas[0][0].id
 
 
 def test_tool_choice_none_answers_in_text(server):

@@ -655,9 +655,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                 return {**message, "content": content, "tool_calls": calls}, "tool_calls"
         return message, reason
 
-    def completion_body(ident: str, model: str, created: int, texts: list[str], reasons: list[str], prompt: int, completion: int,
-                        extra: dict[str, Any], answering: structured.Answering = structured.Answering()) -> dict[str, Any]:
-        answers = [answer_message(t, r, answering) for t, r in zip(texts, reasons)]
+    def completion_body(ident: str, model: str, created: int, answers: list[tuple[dict[str, Any], str]], prompt: int, completion: int,
+                        extra: dict[str, Any]) -> dict[str, Any]:
+        """A chat.completion with ``answers`` (each an assistant message and its finish reason: ``answer_message``)."""
         return {"id": ident, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": i, "message": m, "finish_reason": r, "logprobs": None} for i, (m, r) in enumerate(answers)],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
@@ -708,19 +708,19 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                         if piece and not answering.read_tool_calls:  # an answer that may call tools is sent whole at its end
                             yield chunk({"content": piece}, None)
                         if reason is not None:
+                            message, shown_reason = answer_message(text, reason, answering)
                             if answering.read_tool_calls:
-                                message, reason = answer_message(text, reason, answering)
                                 if message["content"]:
                                     yield chunk({"content": message["content"]}, None)
                                 if message.get("tool_calls"):
                                     yield chunk({"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}, None)
-                            yield chunk({}, reason)
+                            yield chunk({}, shown_reason)
                             if include_usage:
                                 yield chunk({}, None, {"prompt_tokens": prompt_tokens, "completion_tokens": used,
                                                        "total_tokens": prompt_tokens + used}, choices=False)
                             if store_it:
-                                store.put("completion", {**completion_body(ident, model, created, [text], [reason], prompt_tokens, used,
-                                                                           {"metadata": metadata or {}}, answering), "_request": asked},
+                                store.put("completion", {**completion_body(ident, model, created, [(message, shown_reason)], prompt_tokens, used,
+                                                                           {"metadata": metadata or {}}), "_request": asked},
                                           request.state.owner)
                     yield "data: [DONE]\n\n"
                 finally:
@@ -728,8 +728,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
 
             return ClosingStreamingResponse(events(), media_type="text/event-stream")
         result = await asyncio.wrap_future(engine.submit(target, messages, sampling))
-        response = completion_body(ident, model, created, result.texts, result.finish_reasons, result.prompt_tokens,
-                                   result.completion_tokens, {"metadata": metadata or {}} if store_it else {}, answering)
+        answers = [answer_message(text, reason, answering) for text, reason in zip(result.texts, result.finish_reasons)]
+        response = completion_body(ident, model, created, answers, result.prompt_tokens, result.completion_tokens,
+                                   {"metadata": metadata or {}} if store_it else {})
         if store_it:
             store.put("completion", {**response, "_request": asked}, request.state.owner)
         return response
