@@ -47,5 +47,18 @@ def test_required_calls_follow_each_functions_parameters():
     assert [v["properties"]["name"]["const"] for v in variants] == ["lookup_cpt_code", "ping"]
     assert variants[0]["properties"]["arguments"] == LOOKUP["parameters"] and variants[1]["properties"]["arguments"] == {"type": "object"}
     with pytest.raises(structured.RequestError) as caught:
-        structured.compile_grammar({"type": "string", "pattern": "(?=a)"})
+        structured.compile_grammar({"type": "string", "pattern": "(?=a)"}, "response_format")
     assert caught.value.param == "response_format" and "look-around" in str(caught.value)
+
+
+def test_a_schema_the_server_cannot_follow_is_blamed_on_the_parameter_that_sent_it():
+    bad = {"type": "object", "properties": {"q": {"type": "string", "pattern": "(?=a)"}}}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": bad}}]
+    good_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    with pytest.raises(structured.RequestError) as caught:
+        structured.answering({"tools": tools, "response_format": good_format})
+    assert (caught.value.param, caught.value.code) == ("tools", "invalid_json_schema")
+    with pytest.raises(structured.RequestError) as caught:
+        structured.answering({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}}})
+    assert caught.value.param == "response_format"
+    assert structured.answering({"tools": tools, "tool_choice": "none"}).grammar is None  # 'none' never constrains

@@ -78,13 +78,17 @@ def answering(body: dict[str, Any]) -> Answering:
         raise RequestError(f"tool_choice {choice!r} needs 'tools'.", "tool_choice")
     answer_schema = _response_schema(body)
     calls_schema = tool_calls_schema(functions, only, parallel) if functions and choice != "none" else None
+    if answer_schema is not None:
+        compile_grammar(answer_schema, "response_format")  # each on its own first, so an error names the parameter at fault
+    if calls_schema is not None:
+        compile_grammar(calls_schema, "tools")
     if choice == "required" or only is not None:
         schema = calls_schema
     elif calls_schema is not None and answer_schema is not None:
         schema = {"anyOf": [answer_schema, calls_schema]}
     else:
         schema = answer_schema
-    grammar = compile_grammar(schema) if schema is not None else None
+    grammar = compile_grammar(schema, "response_format") if schema is not None else None
     return Answering(json.dumps(functions, sort_keys=True), calls_schema is not None, grammar)
 
 
@@ -145,13 +149,14 @@ def tool_calls_schema(functions: list[dict[str, Any]], only: str | None, paralle
     return {"type": "object", "properties": {"tool_calls": items}, "required": ["tool_calls"], "additionalProperties": False}
 
 
-def compile_grammar(schema: dict[str, Any]) -> str:
+def compile_grammar(schema: dict[str, Any], param: str) -> str:
+    """An llguidance grammar for ``schema``; a RequestError naming ``param`` when llguidance cannot follow it."""
     import llguidance
 
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_FORMAT)
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
-        raise RequestError(f"The local server cannot follow this JSON schema: {'; '.join(messages)}.", "response_format",
+        raise RequestError(f"The local server cannot follow this JSON schema: {'; '.join(messages)}.", param,
                            code="invalid_json_schema")
     return grammar
 
