@@ -39,7 +39,8 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class Answering:
-    """How to answer one chat request. ``functions`` is canonical JSON (hashable: requests that share it batch)."""
+    """How to answer one chat request. ``functions`` is their JSON as the request gave it (hashable, so requests that
+    share it batch; key order kept, so the prompt shows them as a training file with the same tools did)."""
 
     functions: str = "[]"
     read_tool_calls: bool = False
@@ -89,7 +90,7 @@ def answering(body: dict[str, Any]) -> Answering:
     else:
         schema = answer_schema
     grammar = compile_grammar(schema, "response_format") if schema is not None else None
-    return Answering(json.dumps(functions, sort_keys=True), calls_schema is not None, grammar)
+    return Answering(json.dumps(functions), calls_schema is not None, grammar)  # as sent: the prompt lists them in this order
 
 
 def _functions(tools: Any) -> list[dict[str, Any]]:
