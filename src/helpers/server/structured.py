@@ -15,18 +15,17 @@ A grammar is a JSON schema compiled by llguidance; at each token, tokens that wo
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from helpers.chat_format import NAME_PATTERN
 from helpers.server.training import TOOL_CALLS_PREFIX, functions_of
 
 # JSON as the local models write it (json.dumps' separators), one line: the same text training renders
 JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 class RequestError(ValueError):
@@ -79,17 +78,15 @@ def answering(body: dict[str, Any]) -> Answering:
         raise RequestError(f"tool_choice {choice!r} needs 'tools'.", "tool_choice")
     answer_schema = _response_schema(body)
     calls_schema = tool_calls_schema(functions, only, parallel) if functions and choice != "none" else None
-    if answer_schema is not None:
-        compile_grammar(answer_schema, "response_format")  # each on its own first, so an error names the parameter at fault
-    if calls_schema is not None:
-        compile_grammar(calls_schema, "tools")
+    # each on its own, so that an error names the parameter at fault
+    answer_grammar = compile_grammar(answer_schema, "response_format") if answer_schema is not None else None
+    calls_grammar = compile_grammar(calls_schema, "tools") if calls_schema is not None else None
     if choice == "required" or only is not None:
-        schema = calls_schema
+        grammar = calls_grammar
     elif calls_schema is not None and answer_schema is not None:
-        schema = {"anyOf": [answer_schema, calls_schema]}
+        grammar = compile_grammar({"anyOf": [answer_schema, calls_schema]}, "response_format")
     else:
-        schema = answer_schema
-    grammar = compile_grammar(schema, "response_format") if schema is not None else None
+        grammar = answer_grammar
     return Answering(json.dumps(functions), calls_schema is not None, grammar)  # as sent: the prompt lists them in this order
 
 
@@ -103,7 +100,7 @@ def _functions(tools: Any) -> list[dict[str, Any]]:
             raise RequestError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ..., 'parameters': {{...}}}}}}; "
                                "the local server has no built-in tools.", f"tools[{i}]")
         function = tool["function"]
-        if not isinstance(function.get("name"), str) or not NAME.match(function["name"]):
+        if not isinstance(function.get("name"), str) or not NAME_PATTERN.match(function["name"]):
             raise RequestError(f"tools[{i}].function.name must match [a-zA-Z0-9_-]{{1,64}}.", f"tools[{i}].function.name")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
             raise RequestError(f"tools[{i}].function.parameters must be a JSON Schema object.", f"tools[{i}].function.parameters")
@@ -129,7 +126,7 @@ def _response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
         return {"type": "object"}
     if kind == "json_schema":
         spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not NAME.match(spec["name"]):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not NAME_PATTERN.match(spec["name"]):
             raise RequestError("response_format.json_schema needs a 'name' matching [a-zA-Z0-9_-]{1,64} and a 'schema'.",
                                "response_format.json_schema")
         if not isinstance(spec.get("schema"), dict):
