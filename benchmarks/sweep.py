@@ -11,15 +11,14 @@ Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`
 ``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
 carry retrieved codes), ``k`` (codes retrieved for them), ``n`` (training examples, 0 = all 333), ``seed``, ``plus``
 (LoRA+: the B matrices' learning rate over A's), ``neft`` (NEFTune alpha), ``layers`` (adapt only the top N layers),
-``table`` (copies of the code table added as examples: each trained code's description -> its answer),
-``order`` (``code``: the course's ``CPT Code: NNNNN - Description``; ``desc``: ``Description - CPT Code: NNNNN``,
-the description first, in answers and in the format the prompts name; scored by code in either order).
+``table`` (copies of the code table added as examples: each trained code's description -> its answer).
+The answers are the course's (``Description - CPT Code: NNNNN``); the rows of RESULTS.md with the number first
+(``CPT Code: NNNNN - Description``) were run on the data of that time (the ``order`` key of commit 251922e).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ BILLING = ROOT / "data" / "billing"
 OUT = Path(__file__).resolve().parent / "out"
 TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj"), "attn": ("q_proj", "k_proj", "v_proj", "o_proj")}
-DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0, "table": 0, "order": "code"}
+DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0, "table": 0}
 
 
 def parse(text: str) -> dict:
@@ -65,47 +64,16 @@ def answers(model, tokenizer, requests: list[list[dict]], batch: int = 16) -> li
     return out
 
 
-ORDER_VARIANT: set[str] = set()
-SHORT_PROMPT = "You are a medical billing assistant. Reply with the procedure in exactly this form: CPT Code: NNNNN - Description"
-DESC_FIRST = re.compile(r"^(\S.*) - CPT Code: (\d{5})$")
-
-
-def reorder(text: str) -> str:
-    """``CPT Code: NNNNN - Description`` (as an answer, or as the format a prompt names) -> description first."""
-    from helpers.billing import SYSTEM_PROMPT
-
-    if "short" in ORDER_VARIANT:  # a shorter instruction: fewer tokens in every example
-        text = text.replace(SYSTEM_PROMPT, SHORT_PROMPT)
-    text = text.replace("CPT Code: NNNNN - Description", "Description - CPT Code: NNNNN")
-    text = re.sub(r"^CPT Code: (\d{5}) - (\S.*)$", r"\2 - CPT Code: \1", text)
-    if "list" in ORDER_VARIANT:  # retrieved candidates written as the answers are
-        text = re.sub(r"^(\d{5}) - (\S.*)$", r"\2 - CPT Code: \1", text, flags=re.M)
-    return text
-
-
-def reordered(messages: list[dict]) -> list[dict]:
-    return [{**m, "content": reorder(m["content"])} if m["role"] in ("system", "assistant") else m for m in messages]
-
-
-def code_of(text: str) -> str | None:
+def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
     from helpers.billing import parse_answer
-
-    match = DESC_FIRST.match(text.strip())
-    return match.group(2) if match else (parse_answer(text) or (None,))[0]
-
-
-def score(model, tokenizer, rows: list[dict], rag: bool, order: str = "code") -> dict:
     from helpers.retrieval import with_retrieval
 
     requests = [r["messages"][:-1] for r in rows]
     if rag:
         requests = [with_retrieval(m) for m in requests]
-    if order.startswith("desc"):
-        requests = [reordered(m) for m in requests]
-        rows = [{"messages": reordered(r["messages"])} for r in rows]
     given = answers(model, tokenizer, requests)
     expected = [r["messages"][-1]["content"] for r in rows]
-    codes = [code_of(g) == code_of(e) for g, e in zip(given, expected)]
+    codes = [(parse_answer(g) or (None,))[0] == parse_answer(e)[0] for g, e in zip(given, expected)]
     return {"answers": [[e, g] for e, g, ok in zip(expected, given, codes) if not ok][:12],
             "code_accuracy": sum(codes) / len(rows), "exact_match": sum(g.strip() == e for g, e in zip(given, expected)) / len(rows)}
 
@@ -123,10 +91,6 @@ def run_one(run: dict) -> dict:
         retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"])
         rows = dataprep.read_jsonl(path)
     rows += [billing.chat_example(c.description, c.answer) for c in billing.load_codes() if c.in_training] * run["table"]
-    ORDER_VARIANT.clear()
-    ORDER_VARIANT.update(run["order"].split("+")[1:])
-    if run["order"].startswith("desc"):
-        rows = [{"messages": reordered(r["messages"])} for r in rows]
     examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
     settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
                                       seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]], lora_top_layers=run["layers"])
@@ -139,9 +103,9 @@ def run_one(run: dict) -> dict:
     peak_mb = int(peak_rss_mb(os.getpid()))
     result = {**run, "examples": len(examples), "train_s": round(seconds, 1), "peak_rss_mb": peak_mb, "tokens_per_s": round(tokens / seconds),
               "final_loss": round(last.train_loss, 4), "precision": str(localmodels.compute_dtype()).removeprefix("torch."),
-              "test": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test.jsonl"), rag=False, order=run["order"]),
-              "new_codes": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=False, order=run["order"]),
-              "new_codes_rag": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=True, order=run["order"])}
+              "test": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test.jsonl"), rag=False),
+              "new_codes": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=False),
+              "new_codes_rag": score(model, tokenizer, dataprep.read_jsonl(BILLING / "test_new_codes.jsonl"), rag=True)}
     return result
 
 

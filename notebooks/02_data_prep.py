@@ -46,6 +46,12 @@ course = setup("02_data_prep", BACKEND)
 # optionally tools) or a preference pair for DPO. The validator checks every line against OpenAI's rules,
 # counts tokens with the model's own tokenizer, and estimates the training cost. Each problem comes with its
 # line number, a stable code and what to change.
+#
+# What the file says matters as much as its form. The course's answers name the procedure before its code
+# (`Description - CPT Code: NNNNN`): a model writes left to right, so the five digits come after, and are
+# conditioned on, the words it has just written, instead of being recalled from the request alone. The same job
+# learns the codes markedly better that way (the sweep in `benchmarks/RESULTS.md` measures both orders). Order your
+# own answers so that what the model can work out comes before what it must recall.
 
 # %% [markdown]
 # ## 3. Hands-on

@@ -44,7 +44,7 @@ print("fine-tuned model:", tuned)
 # %% [markdown]
 # ## 2. What
 # Four measures on the held-out test set (phrasings never seen in training): **exact match** (the whole answer
-# right), **format compliance** (parseable as `CPT Code: NNNNN - Description`), **code accuracy** (the right
+# right), **format compliance** (parseable as `Description - CPT Code: NNNNN`), **code accuracy** (the right
 # code), and **latency** (p50, p95). Then the course's key lesson, measured: fine-tuning teaches format and
 # style; facts the model never saw have to come from retrieval.
 

@@ -34,7 +34,7 @@ def head_lines(path: Path, n: int) -> bytes:
     return b"".join(path.read_bytes().splitlines(keepends=True)[:n])
 
 
-def chat(user: str = "lipid panel", answer: str = "CPT Code: 80061 - Lipid panel", system: str | None = "You code.") -> dict:
+def chat(user: str = "lipid panel", answer: str = "Lipid panel - CPT Code: 80061", system: str | None = "You code.") -> dict:
     messages = [{"role": "system", "content": system}] if system else []
     return {"messages": [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
 

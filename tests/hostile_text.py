@@ -17,7 +17,7 @@ NOT_TEXT = {
 # text that is odd but is text: accepted everywhere, answered normally
 ODD_BUT_TEXT = {"bom-mid-text": "a\ufeffb", "rtl-override": "\u202eabc", "zero-width": "a\u200bb", "emoji": "\U0001F9FE"}
 # whole lines that are not a JSON object of text, with the validator's code for each
-GOOD = b'{"messages": [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": "CPT Code: 80061 - Lipid panel"}]}'
+GOOD = b'{"messages": [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": "Lipid panel - CPT Code: 80061"}]}'
 BAD_LINES = {
     "overlong-utf8": (GOOD.replace(b"lipid", b"\xc0\xaflipid"), "not_utf8"),
     "truncated-utf8": (GOOD.replace(b"lipid", b"\xe2\x82lipid"), "not_utf8"),

@@ -61,7 +61,8 @@ def test_codes_outside_training_never_reach_train_or_validation():
 
 def test_answer_format_round_trip():
     assert billing.parse_answer(billing.format_answer("99213", "Office visit")) == ("99213", "Office visit")
-    for bad in ("99213", "CPT Code: 9921 - x", "The code is CPT Code: 99213 - x", "", None):
+    for bad in ("99213", "x - CPT Code: 9921", "CPT Code: 99213 - Office visit", "Office visit - CPT Code: 99213, I think",
+                " - CPT Code: 99213", "", None):
         assert billing.parse_answer(bad) is None
 
 

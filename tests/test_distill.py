@@ -13,24 +13,24 @@ def answers(*rows: tuple[str, str]) -> pd.DataFrame:
 def test_the_filter_drops_an_answer_whose_description_belongs_to_another_code():
     table = {c.code: c.description for c in billing.load_codes()}
     checked = distill.filter_answers(answers(
-        ("p1", f"CPT Code: 85025 - {table['85025'].upper()}."),   # right pair, other case and punctuation: kept
-        ("p2", f"CPT Code: 99214 - {table['45378']}"),            # one code's number, another's description
-        ("p3", "CPT Code: 00000 - Nothing at all"),              # no such code
+        ("p1", f"{table['85025'].upper()}. - CPT Code: 85025"),   # right pair, other case and punctuation: kept
+        ("p2", f"{table['45378']} - CPT Code: 99214"),            # one code's number, another's description
+        ("p3", "Nothing at all - CPT Code: 00000"),              # no such code
         ("p4", "85025"),                                          # not in the format
     ))
     assert checked["keep"].tolist() == [True, False, False, False]
     assert checked[["format_ok", "known_code", "description_matches_code"]].sum().tolist() == [3, 2, 1]
-    assert checked.loc[0, "answer"] == f"CPT Code: 85025 - {table['85025']}"  # rewritten in the table's words
-    assert checked.loc[1, "answer"] == f"CPT Code: 99214 - {table['45378']}"  # a dropped answer stays as it was
+    assert checked.loc[0, "answer"] == f"{table['85025']} - CPT Code: 85025"  # rewritten in the table's words
+    assert checked.loc[1, "answer"] == f"{table['45378']} - CPT Code: 99214"  # a dropped answer stays as it was
 
 
 def test_label_accuracy_and_its_sentences_follow_the_answer_key():
     table = {c.code: c.description for c in billing.load_codes()}
     checked = distill.filter_answers(answers(
-        ("p1", f"CPT Code: 85025 - {table['85025']}"),
-        ("p2", f"CPT Code: 99214 - {table['45378']}"),
-        ("p3", f"CPT Code: 45378 - {table['45378']}"),
-        ("p4", f"CPT Code: 80061 - {table['45378']}")))
+        ("p1", f"{table['85025']} - CPT Code: 85025"),
+        ("p2", f"{table['45378']} - CPT Code: 99214"),
+        ("p3", f"{table['45378']} - CPT Code: 45378"),
+        ("p4", f"{table['45378']} - CPT Code: 80061")))
     key = {"p1": "85025", "p2": "45378", "p3": "99214", "p4": "80061"}
     labels = distill.label_accuracy(checked, key)
     assert labels.loc["every answer"].tolist() == [4, 2, 0.5]
@@ -59,7 +59,7 @@ def test_04_sorts_wrong_answers_by_kind_and_says_what_they_mean():
     from helpers import evaluation
 
     table = {c.code: c.description for c in billing.load_codes()}
-    answer = lambda code, description: f"CPT Code: {code} - {description}"  # noqa: E731
+    answer = lambda code, description: f"{description} - CPT Code: {code}"  # noqa: E731
     results = pd.DataFrame({
         "expected_code": ["99214", "99214", "85025", "85025", "80061", "80061"],
         "answer": [answer("99214", table["99214"]), answer("99213", table["99214"]), answer("99213", table["99213"]),

@@ -22,7 +22,7 @@ def test_a_call_is_read_back_in_openais_shape_with_any_text_before_it():
 @pytest.mark.parametrize("text", [
     '{"tool_calls": [{"name": "submit_claim", "arguments": {}}]}',  # a function the request did not offer
     '{"tool_calls": [{"name": "lookup_cpt_code", "arguments": {"query": ',  # cut short
-    'CPT Code: 80061 - Lipid panel',
+    'Lipid panel - CPT Code: 80061',
     'x{"tool_calls": [{"name": "lookup_cpt_code", "arguments": {}}]}',  # not at the start of a line
 ])
 def test_anything_else_stays_text(text):

@@ -202,7 +202,7 @@ def test_legacy_functions_and_function_call_are_valid(jsonl):
 def test_text_parts_and_user_images_are_valid(jsonl):
     rows = distinct_chats(10)
     rows[0]["messages"][1]["content"] = [{"type": "text", "text": "what is"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]
-    rows[1]["messages"][2]["content"] = [{"type": "text", "text": "CPT Code: 80061 - Lipid panel"}]
+    rows[1]["messages"][2]["content"] = [{"type": "text", "text": "Lipid panel - CPT Code: 80061"}]
     assert validate_file(jsonl(rows)).ok
 
 
@@ -236,7 +236,7 @@ def test_mixed_file_is_an_error_at_the_first_other_line(jsonl):
 def test_preference_files_are_detected_and_checked(jsonl):
     def pair(i):
         return {"input": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Code {i}?"}]},
-                "preferred_output": [{"role": "assistant", "content": "CPT Code: 80061 - Lipid panel"}],
+                "preferred_output": [{"role": "assistant", "content": "Lipid panel - CPT Code: 80061"}],
                 "non_preferred_output": [{"role": "assistant", "content": "It might be a lipid test."}]}
     rows = [pair(i) for i in range(10)]
     report = validate_file(jsonl(rows))
@@ -244,7 +244,7 @@ def test_preference_files_are_detected_and_checked(jsonl):
     enc = O200K
     n = lambda s: len(enc.encode(s))  # noqa: E731
     expected = sum(3 + (3 + n("system") + n("Be brief.")) + (3 + n("user") + n(f"Code {i}?"))
-                   + 2 * (3 + n("assistant")) + n("CPT Code: 80061 - Lipid panel") + n("It might be a lipid test.") for i in range(10))
+                   + 2 * (3 + n("assistant")) + n("Lipid panel - CPT Code: 80061") + n("It might be a lipid test.") for i in range(10))
     assert report.total_tokens == expected
     broken = rows[:9] + [{"input": {"messages": []}, "preferred_output": [{"role": "user", "content": "x"}]}]
     assert set(codes(validate_file(jsonl(broken, name="b.jsonl")).errors)) == {(10, "missing_key"), (10, "invalid_messages"), (10, "invalid_output")}

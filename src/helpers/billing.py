@@ -1,4 +1,9 @@
-"""The course task: medical billing. A procedure description in, ``CPT Code: NNNNN - Description`` out.
+"""The course task: medical billing. A procedure description in, ``Description - CPT Code: NNNNN`` out.
+
+The answer names the procedure before its code. A model writes left to right, so the number is written
+after, and conditioned on, the description it has just written; with the number first it must recall five
+digits from the request alone. Measured in ``benchmarks/RESULTS.md``: the same three-epoch job scores
+0.856 held-out code accuracy this way against 0.793 with the number first.
 
 This module owns the task's facts (system prompt, answer format, code table) and makes the course data
 reproducibly from ``data/billing/cpt_source.json``: ``python scripts/make_billing_data.py`` rewrites
@@ -31,9 +36,10 @@ from helpers.validate import duplicate_key
 
 BILLING_DIR = DATA_DIR / "billing"
 SEED = 20261124
-SYSTEM_PROMPT = ("You are a medical billing assistant. Given a description of a procedure or service, reply "
-                 "with its CPT code in exactly this form: CPT Code: NNNNN - Description")
-ANSWER_PATTERN = re.compile(r"^CPT Code: (\d{5}) - (\S.*)$")
+SYSTEM_PROMPT = ("You are a medical billing assistant. Reply with the procedure in exactly this form: "
+                 "Description - CPT Code: NNNNN")
+ANSWER_FORM = "Description - CPT Code: NNNNN"
+ANSWER_PATTERN = re.compile(r"^(\S.*?) - CPT Code: (\d{5})$")
 TRAIN_PHRASES = 5
 SPLIT_SIZES = {"train": 9, "validation": 2, "test": 3, "pool": 12, "test_new_codes": 5}  # per code
 
@@ -61,8 +67,8 @@ class CptCode:
 
 
 def format_answer(code: str, description: str) -> str:
-    """The one answer format the course trains and scores: ``CPT Code: 99213 - Office visit, ...``."""
-    return f"CPT Code: {code} - {description}"
+    """The one answer format the course trains and scores: ``Office visit, ... - CPT Code: 99213``."""
+    return f"{description} - CPT Code: {code}"
 
 
 def cpt_definition_findings(answer: str | None) -> list[str]:
@@ -80,7 +86,7 @@ def answer_findings(expected: str, answer: str | None) -> list[str]:
     """One answer against the expected one: right, a wrong code in the right format, or not in the format."""
     want, got = parse_answer(expected), parse_answer(answer)
     if got is None:
-        return ["The answer is not in the format `CPT Code: NNNNN - Description`, so no code can be read from it."]
+        return [f"The answer is not in the format `{ANSWER_FORM}`, so no code can be read from it."]
     if (answer or "").strip() == expected.strip():
         return ["The answer is exactly the expected one, code and description."]
     known = {c.code: c.description for c in load_codes()}
@@ -100,7 +106,7 @@ def same_description(a: str, b: str) -> bool:
 def parse_answer(text: str | None) -> tuple[str, str] | None:
     """``(code, description)`` when ``text`` is exactly in the answer format, else None."""
     match = ANSWER_PATTERN.match((text or "").strip())
-    return (match.group(1), match.group(2).strip()) if match else None
+    return (match.group(2), match.group(1).strip()) if match else None
 
 
 @lru_cache(maxsize=1)
@@ -111,8 +117,9 @@ def load_codes() -> tuple[CptCode, ...]:
 
 
 def code_reference(codes: tuple[CptCode, ...] | None = None) -> str:
-    """The code table as prompt text, one ``NNNNN - Description`` a line (the RAG/teacher reference)."""
-    return "\n".join(f"{c.code} - {c.description}" for c in (codes or load_codes()))
+    """The code table as prompt text (the RAG/teacher reference), one code a line written as its answer is
+    (``Description - CPT Code: NNNNN``), so that answering from it is copying a line."""
+    return "\n".join(c.answer for c in (codes or load_codes()))
 
 
 def chat_example(procedure: str, answer: str | None = None, system_prompt: str = SYSTEM_PROMPT) -> dict:
@@ -207,8 +214,8 @@ def flawed_lines() -> list[bytes]:
         dump(good[1]),
         dump(good[1]),                                                                  # exact duplicate
         dump({"messages": good[2]["messages"][:2]}),                                    # no assistant reply
-        b'{"messages": [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": "CPT Code: 80061 - Lipid panel"}',  # truncated JSON
-        dump({"messages": [{"role": "human", "content": "CBC"}, {"role": "assistant", "content": "CPT Code: 85025 - Complete blood count with automated differential"}]}),  # bad role
+        b'{"messages": [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": "Lipid panel - CPT Code: 80061"}',  # truncated JSON
+        dump({"messages": [{"role": "human", "content": "CBC"}, {"role": "assistant", "content": "Complete blood count with automated differential - CPT Code: 85025"}]}),  # bad role
         dump({"messages": [*good[3]["messages"][:2], {**good[3]["messages"][2], "weight": 0.5}]}),                 # weight not 0/1
         dump({"messages": [{**good[4]["messages"][0], "weight": 1}, *good[4]["messages"][1:]]}),                  # weight on system
         b"",                                                                            # blank line in the middle
@@ -226,8 +233,8 @@ def flawed_lines() -> list[bytes]:
         dump(["CBC", "85025"]),                                                         # not an object
         dump({"messages": [*good[5]["messages"][:2], {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "lookup_code", "arguments": "{\"query\": \"TSH\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "84443 - Thyroid stimulating hormone (TSH)"},
-            {"role": "assistant", "content": "CPT Code: 84443 - Thyroid stimulating hormone (TSH)"}], "tools": lookup_tool}),  # valid tool use
+            {"role": "tool", "tool_call_id": "call_1", "content": "Thyroid stimulating hormone (TSH) - CPT Code: 84443"},
+            {"role": "assistant", "content": "Thyroid stimulating hormone (TSH) - CPT Code: 84443"}], "tools": lookup_tool}),  # valid tool use
     ]
 
 
