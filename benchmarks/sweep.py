@@ -11,7 +11,9 @@ Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`
 ``targets`` (``all`` projections, ``mlp``, ``attn``), ``r``, ``alpha``, ``rag`` (share of training examples that
 carry retrieved codes), ``k`` (codes retrieved for them), ``n`` (training examples, 0 = all 333), ``seed``, ``plus``
 (LoRA+: the B matrices' learning rate over A's), ``neft`` (NEFTune alpha), ``layers`` (adapt only the top N layers),
-``table`` (copies of the code table added as examples: each trained code's description -> its answer).
+``table`` (copies of the code table added as examples: each trained code's description -> its answer),
+``copy`` (share of the examples with retrieved codes whose answer is renumbered, ``helpers.retrieval.renumber``: the
+right candidate and the answer become one of the code's phrasings with a number no CPT code uses; it can only be copied).
 The answers are the course's (``Description - CPT Code: NNNNN``); the rows of RESULTS.md with the number first
 (``CPT Code: NNNNN - Description``) were run on the data of that time (the ``order`` key of commit 251922e).
 """
@@ -32,7 +34,7 @@ BILLING = ROOT / "data" / "billing"
 OUT = Path(__file__).resolve().parent / "out"
 TARGETS = {"all": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
            "mlp": ("gate_proj", "up_proj", "down_proj"), "attn": ("q_proj", "k_proj", "v_proj", "o_proj")}
-DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0, "table": 0}
+DEFAULTS = {"epochs": 3, "batch": 4, "lr": 2.0, "targets": "all", "r": 16, "alpha": 32, "rag": 0.5, "n": 0, "seed": 1, "plus": 1.0, "k": 5, "neft": 0.0, "layers": 0, "table": 0, "copy": 0.0}
 
 
 def parse(text: str) -> dict:
@@ -88,7 +90,7 @@ def run_one(run: dict) -> dict:
     with tempfile.TemporaryDirectory() as work:
         subset = dataprep.take(BILLING / "train.jsonl", run["n"], Path(work))
         path = Path(work) / "train_rag.jsonl"
-        retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"])
+        retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"], renumbered_share=run["copy"])
         rows = dataprep.read_jsonl(path)
     rows += [billing.chat_example(c.description, c.answer) for c in billing.load_codes() if c.in_training] * run["table"]
     examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]

@@ -26,6 +26,7 @@ N_VALID = 12  # 0 means all
 N_EPOCHS = 2  # or "auto" (OpenAI's rule: 3 for the whole set)
 BATCH_SIZE = "auto"  # the local server picks 4
 RAG_SHARE = 0.25  # share of training examples that carry retrieved candidate codes in their prompt
+RENUMBERED_SHARE = 1.0  # share of those whose answer can only be copied from the candidates (see 3.1)
 RETRIEVED_CODES = 5
 SUFFIX = "billing"
 SEED = 1
@@ -63,15 +64,23 @@ work = REPO_ROOT / ".workbook" / "data"
 # A quarter of the training examples (`RAG_SHARE`) get the five codes retrieval finds for them in their prompt,
 # so the model learns to use retrieved codes as well as to answer from the one-line prompt: notebook 04 shows why.
 # Why a quarter, not all: those examples are about twice as long, so every one of them makes the job longer,
-# and the plain requests are what most of the test asks. Notebook 04 measures what the tuned model then does
-# with retrieved codes for codes it never trained on.
+# and the plain requests are what most of the test asks.
+#
+# A model learns only what its examples make it do. For a code it trains on, it can write the answer from memory
+# whether candidates are there or not, so plain candidates teach it little about using them. So in those examples
+# (`RENUMBERED_SHARE`) the right candidate is *renumbered*: it appears under one of the procedure's own phrasings
+# and a number no CPT code uses (02000-09999), and the answer is that line. Memory cannot give it; only copying
+# can, which is what a code it never trained on needs. It is also what a code book changing from one year to the
+# next needs: the answer follows the catalogue in the prompt. Notebook 04 measures what the tuned model then does
+# with retrieved codes for codes it never trained on (`benchmarks/RESULTS.md` compares runs without renumbering).
 
 # %%
 subset, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
 train_path = work / f"{subset.stem}_rag.jsonl"
-n_with_codes = retrieval.augment_file(subset, train_path, RAG_SHARE, RETRIEVED_CODES, SEED)
+augmented = retrieval.augment_file(subset, train_path, RAG_SHARE, RETRIEVED_CODES, SEED, RENUMBERED_SHARE)
 report = validate.validate_file(train_path, model=MODEL, n_epochs=N_EPOCHS)  # its cost line: this job's epochs
-course.record(n_train=report.n_examples, n_with_retrieved_codes=n_with_codes, rag_share=RAG_SHARE, estimated_cost_usd=report.cost["cost_usd"], ready=report.ok)
+course.record(n_train=report.n_examples, n_with_retrieved_codes=augmented.with_codes, n_renumbered=augmented.renumbered,
+              rag_share=RAG_SHARE, estimated_cost_usd=report.cost["cost_usd"], ready=report.ok)
 print(train_path.read_text(encoding="utf-8").splitlines()[0][:400])  # one training example, as the API receives it
 print(report.summary())
 print(finetune.budget_guard(course.backend, report.cost["cost_usd"], MAX_SPEND_USD))

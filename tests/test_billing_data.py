@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import DATA
 from helpers import billing
 from helpers.validate import duplicate_key, validate_file
@@ -71,3 +73,39 @@ def test_the_pool_has_an_answer_key_of_training_codes_that_the_pool_file_does_no
     assert list(key) == [p["id"] for p in load("pool")]
     assert set(key.values()) == {c.code for c in billing.load_codes() if c.in_training}
     assert all(set(p) == {"id", "procedure"} for p in load("pool"))
+
+
+def test_renumbered_examples_can_only_be_answered_by_copying_a_candidate(tmp_path):
+    from helpers import retrieval
+
+    source, target = DATA / "billing" / "train.jsonl", tmp_path / "train_rag.jsonl"
+    augmented = retrieval.augment_file(source, target, 0.25, 5, seed=1, renumbered_share=1.0)
+    assert augmented == retrieval.Augmented(with_codes=83, renumbered=83)
+    plain, rows = load("train"), [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+    table = {c.code: c for c in billing.load_codes()}
+    renumbered = 0
+    for before, after in zip(plain, rows):
+        assert after["messages"][1:-1] == before["messages"][1:-1]  # the request is untouched
+        if after == before:
+            continue
+        answer = after["messages"][-1]["content"]
+        code, description = billing.parse_answer(answer)
+        if code in table:  # retrieved codes only, answer as it was
+            assert answer == before["messages"][-1]["content"]
+            continue
+        renumbered += 1
+        assert int(code) in retrieval.UNASSIGNED_NUMBERS and code not in table
+        right = table[billing.parse_answer(before["messages"][-1]["content"])[0]]
+        assert description.lower() in [p.lower() for p in right.phrases[:billing.TRAIN_PHRASES]]  # never a held-out phrasing
+        candidates = after["messages"][0]["content"].partition(retrieval.CANDIDATES_HEADING)[2].split("\n")
+        assert candidates.count(answer) == 1 and right.answer not in candidates and len(candidates) == 5
+    assert renumbered == 83
+    assert validate_file(target, model="gpt-4.1-mini").ok
+    # the same seed gives the same file; no renumbering leaves the examples with codes as before
+    again = tmp_path / "again.jsonl"
+    retrieval.augment_file(source, again, 0.25, 5, seed=1, renumbered_share=1.0)
+    assert again.read_bytes() == target.read_bytes()
+    assert retrieval.augment_file(source, again, 0.25, 5, seed=1).renumbered == 0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="RENUMBERED_SHARE must be between 0 and 1"):
+            retrieval.augment_file(source, again, 0.25, renumbered_share=bad)

@@ -182,6 +182,7 @@ def test_03_training_succeeds_and_bills_like_openai(nbval_run):
     assert metrics["estimated_cost_usd"] == pytest.approx(metrics["trained_tokens"] * prices("gpt-4.1-mini", fine_tuned=True).training / 1e6)
     assert metrics["n_train"] == report.n_examples  # the default trains on the whole set (fewer examples learn few codes)
     assert metrics["n_with_retrieved_codes"] == round(metrics["n_train"] * metrics["rag_share"]) > 0
+    assert metrics["n_renumbered"] == metrics["n_with_retrieved_codes"]  # the default renumbers every one of them
     # a whole-file validation loss per epoch, as OpenAI reports it; the sentences under the curves follow them
     assert len(metrics["full_valid_loss"]) == metrics["n_checkpoints"] and all(v > 0 for v in metrics["full_valid_loss"])
     losses = metrics["full_valid_loss"]

@@ -115,10 +115,10 @@ def comparison_findings(base: dict, tuned: dict, unseen: dict[str, dict], n_unse
         lines.append(f"Retrieval supplies what training could not, for {unseen['fine-tuned + RAG']['input_tokens'] - unseen['fine-tuned']['input_tokens']:.0f} "
                      "more input tokens a request.")
         if unseen["fine-tuned + RAG"]["code_accuracy"] < 0.8:
-            lines.append("Only part of it, though. The answer names the procedure before its code, and for every code it "
-                         "trained on the tuned model could write that description from memory, candidates or not; so it "
-                         "learned little about copying a candidate. With the number first the same model copied far more (benchmarks/RESULTS.md) "
-                         "but learned the trained codes worse: a format is a trade-off you can measure.")
+            lines.append("Only part of it, though. For every code it trained on, the tuned model can write the answer from "
+                         "memory, candidates or not; what teaches it to copy a candidate instead are 03's renumbered examples "
+                         "(`RENUMBERED_SHARE`), whose answer exists only in the candidates. With fewer of them, or fewer "
+                         "epochs, it copies less (benchmarks/RESULTS.md measures both).")
     else:
         lines.append("Retrieval did not help the fine-tuned model on these requests.")
     if unseen["base + RAG"]["format_compliance"] < 0.5:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from rank_bm25 import BM25Okapi
 
 from helpers.dataprep import read_jsonl
 
-from helpers.billing import SYSTEM_PROMPT, CptCode, code_reference, load_codes
+from helpers.billing import SYSTEM_PROMPT, TRAIN_PHRASES, CptCode, code_reference, format_answer, load_codes, parse_answer
 
 INDEX_SYNONYMS = 2
 _WORD = re.compile(r"[a-z0-9]+")
@@ -40,9 +41,12 @@ def retrieve(request: str, k: int = 5) -> list[CptCode]:
     return [codes[i] for i in ranked[:k]]
 
 
+CANDIDATES_HEADING = "\n\nCandidate codes:\n"
+
+
 def rag_system_prompt(request: str, k: int = 5) -> str:
     """The task's instruction plus the retrieved candidate codes."""
-    return f"{SYSTEM_PROMPT}\n\nCandidate codes:\n{code_reference(tuple(retrieve(request, k)))}"
+    return f"{SYSTEM_PROMPT}{CANDIDATES_HEADING}{code_reference(tuple(retrieve(request, k)))}"
 
 
 def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
@@ -51,15 +55,51 @@ def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
     return [{"role": "system", "content": rag_system_prompt(user, k)}, *[m for m in messages if m["role"] != "system"]]
 
 
-def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int = 0) -> int:
+UNASSIGNED_NUMBERS = range(2000, 10000)  # 02000-09999: after CPT's anesthesia codes, before its surgery codes; no code uses them
+
+
+@dataclass(frozen=True)
+class Augmented:
+    """What :func:`augment_file` did: how many examples carry retrieved codes, and how many of those carry their
+    answer renumbered."""
+    with_codes: int
+    renumbered: int
+
+
+def renumber(example: dict, rng: random.Random) -> dict:
+    """The example with its right code rewritten, in the candidates and in the answer, as an entry the model cannot
+    know: one of the code's own training phrasings as the description and a number no CPT code uses. Its answer can
+    only be copied from the candidates, which is what the model must do for a code it never trained on."""
+    system, *rest = example["messages"]
+    code = parse_answer(rest[-1]["content"])[0]
+    known = {c.code: c for c in load_codes()}[code]
+    phrase = rng.choice(known.phrases[:TRAIN_PHRASES])  # never a held-out phrasing
+    line = format_answer(f"{rng.choice(UNASSIGNED_NUMBERS):05d}", phrase[0].upper() + phrase[1:])
+    head, _, table = system["content"].partition(CANDIDATES_HEADING)
+    lines = table.split("\n")
+    at = lines.index(known.answer) if known.answer in lines else rng.randrange(len(lines))
+    lines[at] = line
+    return {**example, "messages": [{**system, "content": head + CANDIDATES_HEADING + "\n".join(lines)}, *rest[:-1],
+                                    {**rest[-1], "content": line}]}
+
+
+def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int = 0, renumbered_share: float = 0.0) -> Augmented:
     """Copy a chat training file, giving a ``share`` of its examples (chosen with ``seed``) a system prompt
     that carries ``k`` retrieved candidate codes, so the tuned model learns to use retrieved codes as well as
-    to answer from the short prompt. Returns how many examples got candidates."""
-    if not 0 <= share <= 1:
-        raise ValueError(f"RAG_SHARE must be between 0 and 1, got {share}.")
+    to answer from the short prompt; a ``renumbered_share`` of those get their answer renumbered (:func:`renumber`),
+    so that it learns to copy from the candidates rather than answer from memory."""
+    for name, value in (("RAG_SHARE", share), ("RENUMBERED_SHARE", renumbered_share)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {value}.")
     rows = read_jsonl(source)
-    chosen = set(random.Random(seed).sample(range(len(rows)), round(len(rows) * share)))
-    out = [{**row, "messages": with_retrieval(row["messages"], k)} if i in chosen else row for i, row in enumerate(rows)]
+    rng = random.Random(seed)
+    chosen = set(rng.sample(range(len(rows)), round(len(rows) * share)))
+    renumbered = set(rng.sample(sorted(chosen), round(len(chosen) * renumbered_share)))
+    out = []
+    for i, row in enumerate(rows):
+        if i in chosen:
+            row = {**row, "messages": with_retrieval(row["messages"], k)}
+        out.append(renumber(row, rng) if i in renumbered else row)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out), encoding="utf-8")
-    return len(chosen)
+    return Augmented(len(chosen), len(renumbered))
