@@ -16,7 +16,7 @@ from rank_bm25 import BM25Okapi
 
 from helpers.dataprep import read_jsonl
 
-from helpers.billing import SYSTEM_PROMPT, TRAIN_PHRASES, CptCode, code_reference, format_answer, load_codes, parse_answer
+from helpers.billing import ANSWER_FORM, SYSTEM_PROMPT, TRAIN_PHRASES, CptCode, code_reference, format_answer, load_codes, parse_answer
 
 INDEX_SYNONYMS = 2
 _WORD = re.compile(r"[a-z0-9]+")
@@ -96,10 +96,16 @@ def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int
     chosen = set(rng.sample(range(len(rows)), round(len(rows) * share)))
     renumbered = set(rng.sample(sorted(chosen), round(len(chosen) * renumbered_share)))
     out = []
+    known = {c.code for c in load_codes()}
     for i, row in enumerate(rows):
         if i in chosen:
             row = {**row, "messages": with_retrieval(row["messages"], k)}
-        out.append(renumber(row, rng) if i in renumbered else row)
+        if i in renumbered:
+            if (parse_answer(row["messages"][-1].get("content")) or ("",))[0] not in known:
+                raise ValueError(f"{source}, line {i + 1}: its answer is not a course code in the form \"{ANSWER_FORM}\", so "
+                                 "it cannot be renumbered; set RENUMBERED_SHARE = 0 for data of your own.")
+            row = renumber(row, rng)
+        out.append(row)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     Path(target).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out), encoding="utf-8")
     return Augmented(len(chosen), len(renumbered))
