@@ -108,6 +108,10 @@ def test_findings_follow_the_numbers_they_describe():
     short = comparison_findings({"teacher": summary(0.8, 0.1, 300), "student base": summary(0.0, 0.01, 50),
                                  "student": summary(0.4, 0.01, 50)})
     assert "falls short" in short[2]
+    ahead = comparison_findings({"teacher": summary(0.66, 0.1, 300), "student base": summary(0.0, 0.01, 50),
+                                 "student": summary(0.72, 0.01, 50)})
+    assert "keeps 109% of the teacher's accuracy" in ahead[1] and "more accurate than its teacher" in ahead[2]
+    assert "read it as a tie" in ahead[2]  # 0.36-0.72 overlaps 0.33-0.66
 
 
 def test_distillation_set_up_pays_the_teacher_to_label_the_pool():

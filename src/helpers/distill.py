@@ -127,7 +127,12 @@ def comparison_findings(comparison: dict[str, dict]) -> list[str]:
              f"The student keeps {share:.0%} of the teacher's accuracy at {cost:.0%} of its price per 1,000 queries "
              f"(${student['usd_per_1000_queries']:.4f} against ${teacher['usd_per_1000_queries']:.4f}), with "
              f"{student['input_tokens']:.0f} input tokens a request against the teacher's {teacher['input_tokens']:.0f}."]
-    if share >= 0.9:
+    if share > 1:
+        tie = student["code_accuracy_ci_low"] <= teacher["code_accuracy_ci_high"]
+        lines.append("Distillation worked here: the student is more accurate than its teacher on this sample, at a fraction "
+                     "of its price. " + ("The two 95% intervals overlap, so read it as a tie." if tie else
+                                         "It learned from the filtered answers (3.2), not from the teacher's mistakes."))
+    elif share >= 0.9:
         lines.append("Distillation worked here: nearly the teacher's accuracy at a fraction of its price.")
     elif student["code_accuracy"] > base["code_accuracy"]:
         lines.append("The student learned from the teacher (it beats its base) but falls short of it at these settings: "
