@@ -73,6 +73,7 @@ work = REPO_ROOT / ".workbook" / "data"
 # can, which is what a code it never trained on needs. It is also what a code book changing from one year to the
 # next needs: the answer follows the catalogue in the prompt. Notebook 04 measures what the tuned model then does
 # with retrieved codes for codes it never trained on (`benchmarks/RESULTS.md` compares runs without renumbering).
+# The price shows in 05: a model trained to copy also copies when retrieval puts a wrong code first.
 
 # %%
 subset, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)
