@@ -94,3 +94,12 @@ def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
     assert "is only partly reached" in evaluation.seed_findings(summary(0.9, 1, 60), unseen)[0]  # interval reaches below 0.8
     assert "is not reached" in evaluation.seed_findings(summary(0.3, 1, 60), unseen)[0]
     assert "codes it never saw 0%, the same with retrieval 83%" in evaluation.seed_findings(summary(0.3, 1, 60), unseen)[0]
+    # 04's comparison: retrieval's help on unseen codes, and whether it was only partial
+    base, tuned = {**summary(0.0, 0.0, 60), "exact_match": 0.0, "exact_match_ci_low": 0.0, "exact_match_ci_high": 0.1}, \
+        {**summary(0.8, 1.0, 60), "exact_match": 0.8, "exact_match_ci_low": 0.6, "exact_match_ci_high": 0.9}
+    full = evaluation.comparison_findings(base, tuned, {**unseen, "base + RAG": summary(0.0, 0.0, 150)}, 6)
+    assert any(line.startswith("Retrieval supplies") for line in full) and not any(line.startswith("Only part") for line in full)
+    partial = evaluation.comparison_findings(base, tuned, {**unseen, "fine-tuned + RAG": summary(0.2, 1, 150), "base + RAG": summary(0.0, 0.0, 150)}, 6)
+    assert any(line.startswith("Only part of it") and "RENUMBERED_SHARE" in line for line in partial)
+    none = evaluation.comparison_findings(base, tuned, {**unseen, "fine-tuned + RAG": summary(0.0, 1, 150), "base + RAG": summary(0.0, 0.0, 150)}, 6)
+    assert "Retrieval did not help the fine-tuned model on these requests." in none

@@ -2,8 +2,8 @@
 
 The answer names the procedure before its code. A model writes left to right, so the number is written
 after, and conditioned on, the description it has just written; with the number first it must recall five
-digits from the request alone. Measured in ``benchmarks/RESULTS.md``: the same three-epoch job scores
-0.856 held-out code accuracy this way against 0.793 with the number first.
+digits from the request alone. Measured in ``benchmarks/RESULTS.md``: the same three-epoch job scored
+0.838-0.856 held-out code accuracy this way in the sweep, against 0.793 with the number first.
 
 This module owns the task's facts (system prompt, answer format, code table) and makes the course data
 reproducibly from ``data/billing/cpt_source.json``: ``python scripts/make_billing_data.py`` rewrites
