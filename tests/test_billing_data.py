@@ -110,7 +110,8 @@ def test_renumbered_examples_can_only_be_answered_by_copying_a_candidate(tmp_pat
         with pytest.raises(ValueError, match="RENUMBERED_SHARE must be between 0 and 1"):
             retrieval.augment_file(source, again, 0.25, renumbered_share=bad)
     own = tmp_path / "own.jsonl"  # a team's own data: answers that are not course codes
-    own.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}) + "\n")
-    with pytest.raises(ValueError, match=r"own.jsonl, line 1: .* set RENUMBERED_SHARE = 0"):
-        retrieval.augment_file(own, again, 1.0, renumbered_share=1.0)
+    for answer in ("Hello!", [{"type": "text", "text": "Lipid panel - CPT Code: 80061"}]):  # not a course answer; content parts
+        own.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": answer}]}) + "\n")
+        with pytest.raises(ValueError, match=r"own.jsonl, example 1: .* set RENUMBERED_SHARE = 0"):
+            retrieval.augment_file(own, again, 1.0, renumbered_share=1.0)
     assert retrieval.augment_file(own, again, 1.0).with_codes == 1

@@ -101,9 +101,10 @@ def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int
         if i in chosen:
             row = {**row, "messages": with_retrieval(row["messages"], k)}
         if i in renumbered:
-            if (parse_answer(row["messages"][-1].get("content")) or ("",))[0] not in known:
-                raise ValueError(f"{source}, line {i + 1}: its answer is not a course code in the form \"{ANSWER_FORM}\", so "
-                                 "it cannot be renumbered; set RENUMBERED_SHARE = 0 for data of your own.")
+            answer = (row.get("messages") or [{}])[-1].get("content")
+            if (parse_answer(answer) if isinstance(answer, str) else None) is None or parse_answer(answer)[0] not in known:
+                raise ValueError(f"{source}, example {i + 1}: its answer is not a course code in the form \"{ANSWER_FORM}\", "
+                                 "so it cannot be renumbered; set RENUMBERED_SHARE = 0 for data of your own.")
             row = renumber(row, rng)
         out.append(row)
     Path(target).parent.mkdir(parents=True, exist_ok=True)
