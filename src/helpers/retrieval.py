@@ -102,7 +102,8 @@ def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int
             row = {**row, "messages": with_retrieval(row["messages"], k)}
         if i in renumbered:
             answer = (row.get("messages") or [{}])[-1].get("content")
-            if (parse_answer(answer) if isinstance(answer, str) else None) is None or parse_answer(answer)[0] not in known:
+            parsed = parse_answer(answer) if isinstance(answer, str) else None
+            if parsed is None or parsed[0] not in known:
                 raise ValueError(f"{source}, example {i + 1}: its answer is not a course code in the form \"{ANSWER_FORM}\", "
                                  "so it cannot be renumbered; set RENUMBERED_SHARE = 0 for data of your own.")
             row = renumber(row, rng)
