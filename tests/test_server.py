@@ -428,6 +428,37 @@ def test_stored_completions_are_listed_by_model_and_metadata(server):
     assert client.chat.completions.list(metadata={"run": "other"}).data == []
 
 
+def test_a_stored_completion_can_be_deleted_by_its_owner_only(server):
+    client = server.client("key-forget")
+    made = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "forget me"}],
+                                          max_tokens=3, store=True, metadata={"run": "forget"})
+    with pytest.raises(openai.NotFoundError):
+        server.client("key-other").chat.completions.delete(made.id)  # another key cannot see it, nor delete it
+    deleted = client.chat.completions.delete(made.id)
+    assert (deleted.id, deleted.deleted, deleted.object) == (made.id, True, "chat.completion.deleted")
+    assert client.chat.completions.list(metadata={"run": "forget"}).data == []
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.retrieve(made.id)
+
+
+def test_a_server_started_with_training_closed_refuses_jobs_as_openai_does(tmp_path):
+    from helpers.finetune import TrainingNotAvailable, start_job
+
+    closed = ServerProcess(tmp_path / "data", "--training-closed").start()
+    try:
+        client = openai.OpenAI(base_url=f"{closed.url}/v1", api_key="key-closed", max_retries=0)
+        assert httpx.get(f"{closed.url}/health").json()["training_closed"] is True
+        file = client.files.create(file=("t.jsonl", (DATA / "billing" / "validation.jsonl").read_bytes()), purpose="fine-tune")
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            client.fine_tuning.jobs.create(model="gpt-4.1-mini", training_file=file.id)
+        assert refused.value.status_code == 403 and refused.value.code == "training_not_available"
+        with pytest.raises(TrainingNotAvailable, match=r"\(training_not_available\): Fine-tuning is not available.*2027-01-06.*BACKEND = \"local\""):
+            start_job(client, model="gpt-4.1-mini", training_file=file.id)
+        assert client.fine_tuning.jobs.list().data == []  # nothing was started
+    finally:
+        closed.stop()
+
+
 # --- bad input: a clear 4xx, never a 5xx ------------------------------------------------------------
 
 def test_missing_key_is_401(server):

@@ -99,9 +99,11 @@ def local_port(port: int | None = None) -> int:
     return port or int(os.environ.get("WORKBOOK_PORT", DEFAULT_PORT))
 
 
-def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0) -> LocalServer:
+def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0,
+                 training_closed: bool = False) -> LocalServer:
     """The local server at ``port``: found if it runs, else started in the background and waited for. A server
-    started here stops itself after ``idle_minutes()`` with no request and no job; `workbook stop` stops it at once."""
+    started here stops itself after ``idle_minutes()`` with no request and no job; `workbook stop` stops it at once.
+    ``training_closed``: a server that refuses new fine-tuning jobs as OpenAI does after its wind-down."""
     port = local_port(port)
     data_dir = Path(data_dir or default_data_dir()).resolve()
     url = f"http://{DEFAULT_HOST}:{port}"
@@ -111,13 +113,16 @@ def local_server(port: int | None = None, data_dir: Path | None = None, *, start
         if Path(health.get("data_dir", "")).resolve() != data_dir:
             raise BackendUnavailable(f"Port {port} is used by a workbook server with data in {health.get('data_dir')}, "
                                      f"not {data_dir}. Stop it, or set WORKBOOK_PORT to another port.")
+        if bool(health.get("training_closed")) != training_closed:
+            raise BackendUnavailable(f"The workbook server at port {port} {'trains' if training_closed else 'refuses to train'}; "
+                                     f"stop it (`workbook stop --port {port}`) and ask again.")
         return server
     if not start:
         raise BackendUnavailable(f"No local server at {url}. Start one with `workbook serve`.")
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(server.log_file, "ab") as log:
         subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                          "--idle-timeout", str(idle_minutes())],
+                          "--idle-timeout", str(idle_minutes()), *(["--training-closed"] if training_closed else [])],
                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -73,7 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * MIB),
                     max_storage_bytes=int(args.max_storage_mb * MIB) if args.max_storage_mb else None,
-                    max_active_jobs=args.max_jobs_per_key)
+                    max_active_jobs=args.max_jobs_per_key, training_closed=args.training_closed)
     idle = args.idle_timeout * 60 if args.idle_timeout is not None else None
     named = frozenset(h.strip().lower().strip("[]") for h in (args.allowed_hosts or "").split(",") if h.strip())
     if host_name(args.host) in LOOPBACK_NAMES:
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-storage-mb", type=float, default=None, help="all files of one key together (default: no limit)")
     serve.add_argument("--max-jobs-per-key", type=int, default=None,
                        help="unfinished jobs one key may have; more get 429 with Retry-After (default: no limit)")
+    serve.add_argument("--training-closed", action="store_true",
+                       help="refuse new fine-tuning jobs as OpenAI refuses them after its wind-down (403 training_not_available); "
+                            "to rehearse it. Everything else works.")
     serve.add_argument("--idle-timeout", type=float, default=None, metavar="MINUTES",
                        help="stop after this many minutes with no request and no running or waiting job (default: never; "
                        "a server that the notebooks start stops after WORKBOOK_IDLE_MINUTES, default 30)")

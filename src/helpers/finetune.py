@@ -11,6 +11,8 @@ import openai
 import pandas as pd
 from tqdm.auto import tqdm
 
+from helpers.costs import price_table
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 #: The metadata notebook 03 puts on its jobs, so that notebooks 04 and 05 find its model.
 COURSE_METADATA = {"course": "billing"}
@@ -45,11 +47,11 @@ def start_job(client, **create: Any) -> Any:
     try:
         return client.fine_tuning.jobs.create(**create)
     except openai.PermissionDeniedError as exc:
-        code = (exc.body or {}).get("code") if isinstance(exc.body, dict) else None
+        body = exc.body if isinstance(exc.body, dict) else {}
+        said = str(body.get("message") or exc.message).rstrip(".")
         raise TrainingNotAvailable(
-            f"OpenAI refused to start the job ({code or exc.status_code}): {exc.message}. OpenAI is winding down "
-            "self-serve fine-tuning (no new jobs for organisations created since 2026-05-07, none for anyone from "
-            "2027-01-06). Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
+            f"The service refused to start the job ({body.get('code') or exc.status_code}): {said}. {price_table()['notice']} "
+            "Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
     except openai.RateLimitError as exc:
         wait = exc.response.headers.get("retry-after")
         raise TrainingNotAvailable(f"The server is busy for your key: {exc.message}"

@@ -61,6 +61,7 @@ class Limits:
     max_storage_bytes: int | None = None  # all of a key's uploaded files together
     max_active_jobs: int | None = None  # a key's jobs that have not finished (validating, queued or running)
     retry_after_s: int = 60  # what a 429 suggests when no job has an estimated finish yet
+    training_closed: bool = False  # refuse new jobs as OpenAI refuses a blocked account (403 training_not_available)
 
 
 class ApiError(Exception):
@@ -296,6 +297,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(store.data_dir), "pid": os.getpid(),
+                "training_closed": limits.training_closed,
                 "inference": dict(engine.stats), "models": [m.describe() for m in models.loaded()]}
 
     @app.get("/queue")
@@ -477,6 +479,11 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             raise bad_request(f"Unknown field(s) {sorted(unknown)}.", sorted(unknown)[0])
         if body.get("integrations"):
             raise bad_request("Integrations (Weights & Biases) are not available on the local backend.", "integrations")
+        if limits.training_closed:
+            raise ApiError(403, "Fine-tuning is not available to this organization: self-serve fine-tuning is winding down, and "
+                                "no new jobs can be created. Models already fine-tuned keep serving. (This local server was "
+                                "started with --training-closed to rehearse OpenAI's wind-down; chat completions still work.)",
+                           code="training_not_available")
         check_job_limit(request.state.owner)
         job = {
             "object": "fine_tuning.job", "id": new_id("ftjob"), "model": model, "created_at": now(),
@@ -751,6 +758,13 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     @app.get("/v1/chat/completions/{completion_id}")
     def retrieve_completion(request: Request, completion_id: str) -> dict[str, Any]:
         return public(owned(request, "completion", completion_id, "chat completion", "completion_id"))
+
+    @app.delete("/v1/chat/completions/{completion_id}")
+    def delete_completion(request: Request, completion_id: str) -> dict[str, Any]:
+        """Delete a stored completion (one made with ``store=True``): its request and answer are gone from the server."""
+        owned(request, "completion", completion_id, "chat completion", "completion_id")
+        store.delete("completion", completion_id)
+        return {"id": completion_id, "object": "chat.completion.deleted", "deleted": True}
 
     @app.get("/v1/chat/completions/{completion_id}/messages")
     def completion_messages(request: Request, completion_id: str) -> dict[str, Any]:
