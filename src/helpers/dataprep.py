@@ -79,6 +79,14 @@ def take(path: Path, n: int, out_dir: Path) -> Path:
     return target
 
 
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    """Write one JSON object a line (UTF-8, non-ASCII kept as it is); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
 def read_jsonl(path: Path, n: int = 0) -> list[dict]:
     """The first ``n`` objects of a JSONL file (0: all)."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -5,7 +5,6 @@ synonyms (the first two phrasings in ``cpt_source.json``); the test requests' ot
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from rank_bm25 import BM25Okapi
 
-from helpers.dataprep import read_jsonl
+from helpers.dataprep import read_jsonl, write_jsonl
 
 from helpers.billing import ANSWER_FORM, SYSTEM_PROMPT, TRAIN_PHRASES, CptCode, code_reference, format_answer, load_codes, parse_answer
 
@@ -108,6 +107,5 @@ def augment_file(source: Path, target: Path, share: float, k: int = 5, seed: int
                                  "so it cannot be renumbered; set RENUMBERED_SHARE = 0 for data of your own.")
             row = renumber(row, rng)
         out.append(row)
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    Path(target).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in out), encoding="utf-8")
+    write_jsonl(out, target)
     return Augmented(len(chosen), len(renumbered))

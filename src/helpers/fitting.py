@@ -1,0 +1,156 @@
+"""Epochs, learning rates and the shape of a fit (notebook 06): each job's whole-file validation loss per epoch,
+each kept checkpoint's held-out accuracy, and sentences that say which runs underfit, fit or memorised."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from helpers import evaluation
+from helpers.costs import MAX_TARGET_EXAMPLES, MIN_TARGET_EXAMPLES, TARGET_EPOCHS, auto_epochs, estimate_training_cost
+
+#: The run with the service's defaults, the one the others are compared with.
+AUTO_RUN = "auto epochs"
+
+
+def runs(excessive_epochs: int, multipliers: list[float]) -> dict[str, dict[str, Any]]:
+    """Notebook 06's runs as ``{name: hyperparameters}``: 1 epoch, "auto" epochs, ``excessive_epochs``, and "auto"
+    epochs with each learning-rate multiplier."""
+    if not isinstance(excessive_epochs, int) or excessive_epochs <= TARGET_EPOCHS:
+        raise ValueError(f"EXCESSIVE_EPOCHS must be a whole number above {TARGET_EPOCHS} (OpenAI's usual auto), got {excessive_epochs!r}.")
+    if len(set(multipliers)) != len(multipliers) or not all(isinstance(m, (int, float)) and 0 < m <= 10 for m in multipliers):
+        raise ValueError(f"LEARNING_RATE_MULTIPLIERS must be different numbers above 0 and at most 10, got {multipliers!r}.")
+    out: dict[str, dict[str, Any]] = {"1 epoch": {"n_epochs": 1}, AUTO_RUN: {"n_epochs": "auto"},
+                                      f"{excessive_epochs} epochs": {"n_epochs": excessive_epochs}}
+    for m in multipliers:
+        out[f"auto epochs, multiplier {m:g}"] = {"n_epochs": "auto", "learning_rate_multiplier": m}
+    return out
+
+
+def price_table(train, runs: dict[str, dict[str, Any]], model: str) -> "pd.DataFrame":
+    """Each run's epochs and its training price on OpenAI for the file ``train`` (validated once)."""
+    from helpers.validate import validate_file
+
+    report = validate_file(train, model=model)
+    if not report.ok:
+        raise ValueError(report.summary())
+    rows = {}
+    for name, hyper in runs.items():
+        estimate = estimate_training_cost(model, report.cost["billing_tokens_per_epoch"], report.n_examples, hyper["n_epochs"])
+        rows[name] = {"examples": report.n_examples, "epochs": estimate.n_epochs, "trained tokens": estimate.trained_tokens,
+                      "USD on OpenAI": estimate.cost_usd}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def epoch_losses(client, job_id: str) -> pd.DataFrame:
+    """One row per epoch: the step it ended on, the mean training loss over its steps, and the whole validation
+    file's loss and token accuracy at its end. Read from the job's metrics events (every epoch, also those whose
+    checkpoint is no longer kept)."""
+    steps = [event.data for event in client.fine_tuning.jobs.list_events(job_id, limit=100)
+             if event.type == "metrics" and isinstance(event.data, dict) and "step" in event.data]
+    frame = pd.DataFrame(steps).drop_duplicates("step").sort_values("step").reset_index(drop=True)
+    if "full_valid_loss" not in frame:
+        return pd.DataFrame(columns=["epoch", "step", "train_loss", "full_valid_loss", "full_valid_mean_token_accuracy"])
+    ends = frame.index[frame["full_valid_loss"].notna()].tolist()
+    rows, start = [], 0
+    for epoch, end in enumerate(ends, start=1):
+        rows.append({"epoch": epoch, "step": int(frame.loc[end, "step"]), "train_loss": float(frame.loc[start:end, "train_loss"].mean()),
+                     "full_valid_loss": float(frame.loc[end, "full_valid_loss"]),
+                     "full_valid_mean_token_accuracy": float(frame.loc[end, "full_valid_mean_token_accuracy"])})
+        start = end + 1
+    return pd.DataFrame(rows)
+
+
+def checkpoint_models(client, job: Any) -> dict[int, str]:
+    """``{epoch: model}`` for the job's kept checkpoints (OpenAI keeps the last three) and its final model."""
+    steps_per_epoch = None
+    kept = sorted(client.fine_tuning.jobs.checkpoints.list(job.id).data, key=lambda c: c.step_number)
+    if kept:
+        steps_per_epoch = kept[-1].step_number // job.hyperparameters.n_epochs
+    models = {c.step_number // steps_per_epoch: c.fine_tuned_model_checkpoint for c in kept} if steps_per_epoch else {}
+    models[job.hyperparameters.n_epochs] = job.fine_tuned_model
+    return dict(sorted(models.items()))
+
+
+def checkpoint_accuracy(client, jobs: dict[str, Any], test: list[dict], *, max_tokens: int = 32) -> pd.DataFrame:
+    """Held-out code accuracy (with its 95% interval) of every kept checkpoint of every job: one row each."""
+    rows = []
+    for name, job in jobs.items():
+        for epoch, model in checkpoint_models(client, job).items():
+            results = evaluation.evaluate(client, model, test, max_tokens=max_tokens)
+            low, high = evaluation.wilson_interval(int(results["code_ok"].sum()), len(results))
+            rows.append({"run": name, "epoch": epoch, "code_accuracy": float(results["code_ok"].mean()),
+                         "ci_low": low, "ci_high": high, "format_compliance": float(results["format_ok"].mean()), "model": model})
+    return pd.DataFrame(rows)
+
+
+def plot_fits(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame):
+    """Left: whole-file validation loss per epoch, one line per run (training loss dotted). Right: held-out code
+    accuracy per kept checkpoint."""
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (name, frame) in enumerate(losses.items()):
+        colour = f"C{i}"
+        left.plot(frame["epoch"], frame["full_valid_loss"], "o-", color=colour, label=name)
+        left.plot(frame["epoch"], frame["train_loss"], ":", color=colour, alpha=0.6)
+        runs = accuracy[accuracy["run"] == name]
+        right.plot(runs["epoch"], runs["code_accuracy"], "o-", color=colour, label=name)
+    left.set(xlabel="epoch", ylabel="loss", title="Validation loss, whole file (training loss dotted)")
+    right.set(xlabel="epoch", ylabel="code accuracy", title="Held-out code accuracy per checkpoint", ylim=(0, 1.02))
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    return figure
+
+
+def shape(frame: pd.DataFrame) -> str:
+    """``falling`` (still improving at the end: more epochs could help), ``turned`` (lowest before the end: it
+    began to memorise after that epoch) or ``diverged`` (ended above where it started)."""
+    losses = frame["full_valid_loss"].tolist()
+    if len(losses) >= 2 and losses[-1] > losses[0]:
+        return "diverged"
+    return "falling" if losses.index(min(losses)) == len(losses) - 1 else "turned"
+
+
+def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Per run: its epochs, learning-rate multiplier-independent facts: the lowest validation loss and its epoch, the
+    last validation loss, the curve's shape, and the best and last checkpoint accuracy."""
+    rows = {}
+    for name, frame in losses.items():
+        runs = accuracy[accuracy["run"] == name].sort_values("epoch")
+        best = frame.loc[frame["full_valid_loss"].idxmin()]
+        rows[name] = {"epochs": int(frame["epoch"].max()), "lowest validation loss": float(best["full_valid_loss"]),
+                      "at epoch": int(best["epoch"]), "last validation loss": float(frame["full_valid_loss"].iloc[-1]),
+                      "last training loss": float(frame["train_loss"].iloc[-1]), "curve": shape(frame),
+                      "best checkpoint accuracy": float(runs["code_accuracy"].max()),
+                      "last checkpoint accuracy": float(runs["code_accuracy"].iloc[-1])}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def fit_findings(table: pd.DataFrame, baseline: str) -> list[str]:
+    """What 06's table shows, in sentences computed from it. ``baseline`` is the run with the auto settings."""
+    lines = []
+    for name, row in table.iterrows():
+        trail = (f"validation loss lowest at epoch {row['at epoch']} ({row['lowest validation loss']:.3f}), "
+                 f"{row['last validation loss']:.3f} at its last; held-out accuracy {row['last checkpoint accuracy']:.3f} "
+                 f"at the end (best checkpoint {row['best checkpoint accuracy']:.3f})")
+        verdict = {"falling": "still improving when it stopped: under-trained, more epochs or a larger step would help",
+                   "turned": (f"it began to memorise after epoch {row['at epoch']}: training loss went on down to "
+                              f"{row['last training loss']:.3f} while validation loss rose"),
+                   "diverged": "the step was too large: validation loss ended above where it started"}[row["curve"]]
+        lines.append(f"{name}: {trail}. The curve: {verdict}.")
+    base = table.loc[baseline]
+    better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
+    lines.append(f"Against {baseline} ({base['last checkpoint accuracy']:.3f}): "
+                 + (f"{', '.join(better)} ended more accurate." if better else "no other run ended more accurate."))
+    return lines
+
+
+def auto_epochs_table(sizes: list[int]) -> pd.DataFrame:
+    """What OpenAI's ``n_epochs="auto"`` picks for files of these sizes, and the examples seen in all."""
+    return pd.DataFrame({"examples": sizes, "auto epochs": [auto_epochs(n) for n in sizes],
+                         "examples seen": [n * auto_epochs(n) for n in sizes]}).set_index("examples")
+
+
+AUTO_RULE = (f"OpenAI's \"auto\" starts from {TARGET_EPOCHS} epochs and changes them only to keep examples x epochs between "
+             f"{MIN_TARGET_EXAMPLES:,} and {MAX_TARGET_EXAMPLES:,}: more epochs for a tiny file, fewer for a huge one.")

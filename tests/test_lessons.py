@@ -1,0 +1,126 @@
+"""The helpers of notebooks 06 (epochs and learning rates) and 07 (garbage in): their data, audits and sentences."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import DATA
+from helpers import experiments, fitting, label_audit
+from helpers.billing import load_codes, parse_answer
+from helpers.dataprep import DataError, write_jsonl
+from helpers.validate import duplicate_key, validate_file
+
+TRAIN = DATA / "billing" / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return experiments.for_codes(TRAIN, experiments.pick_codes(12, 1))
+
+
+def test_pick_codes_is_seeded_and_refuses_impossible_counts():
+    trained = [c.code for c in load_codes() if c.in_training]
+    assert experiments.pick_codes(8, 1) == experiments.pick_codes(8, 1) and len(experiments.pick_codes(8, 1)) == 8
+    assert experiments.pick_codes(8, 1) != experiments.pick_codes(8, 2)
+    assert experiments.pick_codes(0, 1) == trained
+    with pytest.raises(DataError, match=f"N_CODES must be between 1 and {len(trained)}"):
+        experiments.pick_codes(len(trained) + 1, 1)
+
+
+def test_corrupted_labels_are_well_formed_wrong_and_pass_the_validator(clean, tmp_path):
+    rows, kinds = label_audit.corrupt(clean, 0.4, seed=1)
+    assert len(kinds) == round(len(clean) * 0.4) and len(rows) == len(clean)
+    assert set(kinds.values()) == {label_audit.SWAPPED_CODE, label_audit.OTHER_PROCEDURE}
+    table = {c.code: c.description for c in load_codes()}
+    for i, row in enumerate(rows):
+        before, after = parse_answer(clean[i]["messages"][-1]["content"]), parse_answer(row["messages"][-1]["content"])
+        assert after is not None  # the right format, always
+        assert row["messages"][:-1] == clean[i]["messages"][:-1]  # the request is untouched
+        if i not in kinds:
+            assert after == before
+        elif kinds[i] == label_audit.SWAPPED_CODE:
+            assert after[0] != before[0] and after[1] == before[1]  # the code swapped, the description kept
+        else:
+            assert after[0] != before[0] and after[1] == table[after[0]]  # another procedure's whole, consistent answer
+    assert label_audit.corrupt(clean, 0.4, seed=1) == (rows, kinds)
+    assert validate_file(write_jsonl(rows, tmp_path / "bad.jsonl"), model="gpt-4.1-mini").ok
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        label_audit.corrupt(clean, 1.5, seed=1)
+
+
+def test_padding_keeps_the_size_and_loses_distinct_requests(clean, tmp_path):
+    rows, distinct = label_audit.pad(clean, 0.5, seed=1)
+    assert len(rows) == len(clean) and distinct == len(clean) - round(len(clean) * 0.5)
+    keys = {duplicate_key(r["messages"][1]["content"]) for r in rows}
+    assert len(keys) == distinct  # every copy is a near-duplicate of a kept request
+    answers = {r["messages"][1]["content"]: r["messages"][-1]["content"] for r in clean}
+    assert all(answers.get(r["messages"][1]["content"], r["messages"][-1]["content"]) == r["messages"][-1]["content"] for r in rows)
+    report = validate_file(write_jsonl(rows, tmp_path / "padded.jsonl"), model="gpt-4.1-mini")
+    # every copy is warned about (a copy that repeats another copy exactly and the original up to case gets both warnings)
+    assert report.ok and report.stats["exact_duplicates"] + report.stats["near_duplicates"] >= len(clean) - distinct
+    clean_report = validate_file(write_jsonl(clean, tmp_path / "clean.jsonl"), model="gpt-4.1-mini")
+    assert clean_report.stats["exact_duplicates"] + clean_report.stats["near_duplicates"] == 0
+
+
+def test_the_audit_flags_every_swapped_code_and_scores_itself(clean):
+    assert not label_audit.audit(clean)["table_ok"].eq(False).any()  # the course's own labels agree with the table
+    variants = label_audit.make_variants(clean, [0.0, 0.4], 0.5, seed=1)
+    assert variants.worst == "40% corrupted" and variants.corrupted["0% corrupted"] == {}
+    audited = label_audit.audit(variants.rows[variants.worst])
+    found = label_audit.audit_scores(audited, variants.corrupted[variants.worst])
+    swapped = sum(k == label_audit.SWAPPED_CODE for k in variants.corrupted[variants.worst].values())
+    assert found.loc["code table", f"{label_audit.SWAPPED_CODE}: found"] == swapped
+    assert found.loc["code table", f"{label_audit.OTHER_PROCEDURE}: found"] == 0  # those agree with the table
+    assert found.loc["either", "flagged"] == found.loc["either", "corrupted found"] + found.loc["either", "clean rows flagged"]
+    assert found.attrs == {"corrupted": len(variants.corrupted[variants.worst]), "clean": len(clean) - found.attrs["corrupted"]}
+    lines = label_audit.audit_findings(found)
+    assert lines[0].startswith(f"The code-table check found {swapped} of the {found.attrs['corrupted']} corrupted rows")
+    with pytest.raises(ValueError, match="rising order"):
+        label_audit.make_variants(clean, [0.4, 0.0], 0, seed=1)
+
+
+def summary(accuracy: float, low: float, high: float, fmt: float = 1.0) -> dict:
+    return {"n": 36, "code_accuracy": accuracy, "code_accuracy_ci_low": low, "code_accuracy_ci_high": high, "format_compliance": fmt}
+
+
+def test_noise_sentences_follow_the_numbers():
+    names = label_audit.variant_names([0.0, 0.4], 0.5)
+    apart = {names[0]: summary(0.8, 0.65, 0.9), names[1]: summary(0.3, 0.18, 0.46), names[2]: summary(0.6, 0.44, 0.74)}
+    lines = label_audit.noise_findings(apart, [0.0, 0.4], 0.5, 54, 108)
+    assert "0.800 with 0% of the labels wrong; 0.300 with 40%" in lines[0]
+    assert "cost 0.500 of accuracy" in lines[1] and "the drop is real" in lines[1]
+    assert "54 distinct requests" in lines[-1] and "lower than" in lines[-1]
+    close = {names[0]: summary(0.7, 0.5, 0.85), names[1]: summary(0.6, 0.42, 0.76)}
+    assert "within the noise" in label_audit.noise_findings(close, [0.0, 0.4], 0, 108, 108)[1]
+    none = {names[0]: summary(0.6, 0.42, 0.76), names[1]: summary(0.7, 0.5, 0.85)}
+    assert "scored no worse" in label_audit.noise_findings(none, [0.0, 0.4], 0, 108, 108)[1]
+
+
+def losses(values: list[float], train: list[float] | None = None) -> pd.DataFrame:
+    return pd.DataFrame({"epoch": range(1, len(values) + 1), "full_valid_loss": values,
+                         "train_loss": train or [v * 0.9 for v in values]})
+
+
+def test_the_shape_of_a_fit_is_read_from_its_validation_losses():
+    assert fitting.shape(losses([1.0, 0.6, 0.5])) == "falling"
+    assert fitting.shape(losses([1.0, 0.4, 0.5, 0.7])) == "turned"
+    assert fitting.shape(losses([1.0, 1.4, 1.3])) == "diverged"
+    frames = {fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "12 epochs": losses([1.0, 0.4, 0.5, 0.7], [0.9, 0.3, 0.1, 0.02])}
+    accuracy = pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.7},
+                             {"run": "12 epochs", "epoch": 3, "code_accuracy": 0.75}, {"run": "12 epochs", "epoch": 4, "code_accuracy": 0.65}])
+    table = fitting.fit_table(frames, accuracy)
+    assert table.loc["12 epochs", "at epoch"] == 2 and table.loc["12 epochs", "best checkpoint accuracy"] == 0.75
+    lines = fitting.fit_findings(table, fitting.AUTO_RUN)
+    assert "under-trained" in lines[0] and "began to memorise after epoch 2" in lines[1] and "0.020" in lines[1]
+    assert lines[-1] == f"Against {fitting.AUTO_RUN} (0.700): no other run ended more accurate."
+
+
+def test_runs_are_named_and_checked():
+    runs = fitting.runs(12, [0.5, 4.0])
+    assert list(runs) == ["1 epoch", fitting.AUTO_RUN, "12 epochs", "auto epochs, multiplier 0.5", "auto epochs, multiplier 4"]
+    assert runs["auto epochs, multiplier 4"] == {"n_epochs": "auto", "learning_rate_multiplier": 4.0}
+    with pytest.raises(ValueError, match="EXCESSIVE_EPOCHS must be a whole number above 3"):
+        fitting.runs(3, [0.5])
+    with pytest.raises(ValueError, match="LEARNING_RATE_MULTIPLIERS"):
+        fitting.runs(12, [0.5, 0.5])
+    assert fitting.auto_epochs_table([20, 333]).loc[20, "auto epochs"] == 5
