@@ -124,3 +124,59 @@ def test_runs_are_named_and_checked():
     with pytest.raises(ValueError, match="LEARNING_RATE_MULTIPLIERS"):
         fitting.runs(12, [0.5, 0.5])
     assert fitting.auto_epochs_table([20, 333]).loc[20, "auto epochs"] == 5
+
+
+def test_preference_pairs_prefer_the_course_form_and_validate(tmp_path):
+    from helpers import preferences
+    from helpers.dataprep import read_jsonl
+
+    rows = read_jsonl(TRAIN, 30)
+    pairs = preferences.preference_pairs(rows, seed=1)
+    assert len(pairs) == 30 and all(p["input"]["messages"] == r["messages"][:-1] for p, r in zip(pairs, rows))
+    assert all(parse_answer(p["preferred_output"][0]["content"]) and not parse_answer(p["non_preferred_output"][0]["content"]) for p in pairs)
+    assert all(parse_answer(p["preferred_output"][0]["content"])[0] in p["non_preferred_output"][0]["content"] for p in pairs)  # same code
+    report = validate_file(write_jsonl(pairs, tmp_path / "pairs.jsonl"), model="gpt-4.1-mini")
+    assert report.ok and report.format == "preference"
+    with pytest.raises(ValueError, match="REJECTED_STYLES must name some of"):
+        preferences.preference_pairs(rows, seed=1, styles=("rude",))
+    scored = lambda exact, code, fmt: pd.DataFrame({"exact": exact, "code_ok": code, "format_ok": fmt})  # noqa: E731
+    after, before = scored([True, False, False], [True, True, False], [True, True, False]), scored([False] * 3, [False] * 3, [False, True, False])
+    assert preferences.head_to_head(after, before) == {"n": 3, "wins": 2, "ties": 1, "losses": 0, "win_rate": 2.5 / 3}
+
+
+def test_tool_examples_validate_and_calls_are_scored_on_three_levels(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from helpers import tool_use
+
+    train, test = tool_use.examples("train", 60, 1), tool_use.examples("test", 20, 1)
+    assert not {r["messages"][1]["content"] for r in train} & {r["messages"][1]["content"] for r in test}
+    report = validate_file(write_jsonl(train, tmp_path / "tools.jsonl"), model="gpt-4.1-mini")
+    assert report.ok and not report.warnings
+    example = next(r for r in test if r["messages"][-1]["tool_calls"][0]["function"]["name"] == "submit_claim")
+    wanted = json.loads(example["messages"][-1]["tool_calls"][0]["function"]["arguments"])
+    call = lambda name, arguments: SimpleNamespace(tool_calls=[SimpleNamespace(function=SimpleNamespace(name=name, arguments=arguments))], content=None)  # noqa: E731
+    right = tool_use.score_call(call("submit_claim", json.dumps(wanted)), example)
+    assert right["right_tool"] and right["valid_json"] and right["right_arguments"]
+    off_by_one = tool_use.score_call(call("submit_claim", json.dumps({**wanted, "patient_age": wanted["patient_age"] + 1})), example)
+    assert off_by_one["valid_json"] and not off_by_one["right_arguments"]
+    broken = tool_use.score_call(call("submit_claim", "{not json"), example)
+    assert broken["right_tool"] and not broken["valid_json"] and not broken["right_arguments"]
+    text = tool_use.score_call(SimpleNamespace(tool_calls=None, content="CPT 99213"), example)
+    assert not text["called_a_tool"] and text["answer"] == "CPT 99213"
+    with pytest.raises(ValueError, match="split must be"):
+        tool_use.examples("validation", 5, 1)
+
+
+def test_privacy_checks_find_identifiers_and_the_scrubber_removes_them():
+    from helpers import privacy
+    from helpers.dataprep import read_jsonl
+
+    notes = read_jsonl(DATA / "billing" / "notes_with_identifiers.jsonl")
+    found = privacy.scan(notes)
+    assert set(found["check"]) == set(privacy.CHECKS) and found["line"].nunique() == len(notes)
+    assert privacy.scan(privacy.scrub_rows(notes)).empty
+    assert privacy.scrub("Pt name: John Carter, MRN 00482913") == "Pt name: [NAME], MRN [RECORD]"
+    assert privacy.scan(read_jsonl(TRAIN)).empty  # the course's requests carry ages (under 90) and sex only
+    assert privacy.scrub("Office visit - CPT Code: 99213, 45yo M") == "Office visit - CPT Code: 99213, 45yo M"  # codes and ages stay

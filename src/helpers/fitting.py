@@ -13,6 +13,10 @@ from helpers.costs import MAX_TARGET_EXAMPLES, MIN_TARGET_EXAMPLES, TARGET_EPOCH
 AUTO_RUN = "auto epochs"
 
 
+def excessive_run(excessive_epochs: int) -> str:
+    return f"{excessive_epochs} epochs"
+
+
 def runs(excessive_epochs: int, multipliers: list[float]) -> dict[str, dict[str, Any]]:
     """Notebook 06's runs as ``{name: hyperparameters}``: 1 epoch, "auto" epochs, ``excessive_epochs``, and "auto"
     epochs with each learning-rate multiplier."""
@@ -21,7 +25,7 @@ def runs(excessive_epochs: int, multipliers: list[float]) -> dict[str, dict[str,
     if len(set(multipliers)) != len(multipliers) or not all(isinstance(m, (int, float)) and 0 < m <= 10 for m in multipliers):
         raise ValueError(f"LEARNING_RATE_MULTIPLIERS must be different numbers above 0 and at most 10, got {multipliers!r}.")
     out: dict[str, dict[str, Any]] = {"1 epoch": {"n_epochs": 1}, AUTO_RUN: {"n_epochs": "auto"},
-                                      f"{excessive_epochs} epochs": {"n_epochs": excessive_epochs}}
+                                      excessive_run(excessive_epochs): {"n_epochs": excessive_epochs}}
     for m in multipliers:
         out[f"auto epochs, multiplier {m:g}"] = {"n_epochs": "auto", "learning_rate_multiplier": m}
     return out
@@ -72,11 +76,16 @@ def checkpoint_models(client, job: Any) -> dict[int, str]:
     return dict(sorted(models.items()))
 
 
-def checkpoint_accuracy(client, jobs: dict[str, Any], test: list[dict], *, max_tokens: int = 32) -> pd.DataFrame:
-    """Held-out code accuracy (with its 95% interval) of every kept checkpoint of every job: one row each."""
+def checkpoint_accuracy(client, jobs: dict[str, Any], test: list[dict], *, every_checkpoint: tuple[str, ...] | None = None,
+                        max_tokens: int = 32) -> pd.DataFrame:
+    """Held-out code accuracy (with its 95% interval) of the kept checkpoints of the jobs named in ``every_checkpoint``
+    (all jobs when None) and of the final model of the others: one row each."""
     rows = []
     for name, job in jobs.items():
-        for epoch, model in checkpoint_models(client, job).items():
+        models = checkpoint_models(client, job)
+        if every_checkpoint is not None and name not in every_checkpoint:
+            models = {max(models): models[max(models)]}
+        for epoch, model in models.items():
             results = evaluation.evaluate(client, model, test, max_tokens=max_tokens)
             low, high = evaluation.wilson_interval(int(results["code_ok"].sum()), len(results))
             rows.append({"run": name, "epoch": epoch, "code_accuracy": float(results["code_ok"].mean()),
