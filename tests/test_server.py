@@ -474,6 +474,8 @@ def test_missing_key_is_401(server):
     ("POST", "/fine_tuning/jobs", {"content": b"{not json"}, 400, "not valid JSON"),
     ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-4.1-mini", "training_file": "file-nope"}}, 400, "no file with id 'file-nope'"),
     ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-9", "training_file": "file-x"}}, 400, "not available for fine-tuning"),
+    ("POST", "/fine_tuning/jobs", {"json": {"model": "ft:gpt-4.1-mini:local:billing:abc", "training_file": "file-x"}}, 400,
+     "trains from a base model only"),
     ("POST", "/fine_tuning/jobs", {"json": {"training_file": "file-x"}}, 400, "'model' is required"),
     ("POST", "/files", {"files": {"file": ("a.jsonl", b"{}")}, "data": {"purpose": "assistants"}}, 400, "purpose='fine-tune'"),
     ("POST", "/files", {"data": {"purpose": "fine-tune"}}, 400, "multipart"),

@@ -451,6 +451,10 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise bad_request("'model' is required: the base model to fine-tune, for example 'gpt-4.1-mini'.", "model")
+        if model.startswith("ft:"):
+            raise bad_request(f"'{model}' is a fine-tuned model; the local backend trains from a base model only (OpenAI can "
+                              "continue from a fine-tuned one). Train from its base, for example 'gpt-4.1-mini', with the examples "
+                              "of both runs.", "model", code="model_not_available")
         base = localmodels.resolve_base(model)
         if base is None:
             names = ", ".join(sorted({*localmodels.aliases(), *localmodels.base_models()}))
