@@ -160,3 +160,34 @@ def test_neftune_noises_the_embeddings_of_training_passes_only_and_within_its_bo
         assert torch.equal(embeddings(ids).detach(), clean)
     model.train()
     assert torch.equal(embeddings(ids).detach(), clean)  # the hook is gone after training
+
+
+def test_the_base_answers_as_the_base_after_adapters_come_and_go(tmp_path):
+    """Regression: peft activates a remaining adapter when one is deleted; the base must still answer with adapters
+    off (a base request after a job ended was answered with another model's adapter)."""
+    from helpers.server.shared import SharedModel
+    from helpers.server.training import TrainSettings
+
+    base = localmodels.base_models()[localmodels._local()["default_base"]]
+    shared = SharedModel(base)
+    ids = shared.tokenizer("Pt seen today for a lipid panel.", return_tensors="pt")["input_ids"]
+
+    def logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, -1].float()
+
+    with shared.hold():
+        plain = logits(shared.for_inference(None))
+        model = shared.add_training_adapter("first", TrainSettings(seed=1))
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if "lora_B" in name and ".first." in name:
+                    weight.add_(0.05)  # B starts at zero: make the adapter change the answer
+        shared.save_adapter("first", tmp_path / "first")
+        shared.remove_training_adapter("first")
+        tuned = logits(shared.for_inference(tmp_path / "first"))
+        assert not torch.allclose(tuned, plain, atol=1e-3)
+        shared.add_training_adapter("second", TrainSettings(seed=2))
+        shared.remove_training_adapter("second")  # peft now makes the inference adapter active again
+        assert torch.allclose(logits(shared.for_inference(None)), plain, atol=1e-4)
+        assert torch.allclose(logits(shared.for_inference(tmp_path / "first")), tuned, atol=1e-4)

@@ -78,6 +78,10 @@ def adapter_name(weights: Path) -> str:
     return "m" + hashlib.sha1(str(weights.resolve()).encode()).hexdigest()[:16]
 
 
+#: ``SharedModel._active`` when the adapter layers are disabled: the plain base answers.
+OFF = ("", False)
+
+
 class SharedModel:
     """A base model, its tokenizer (left padding, for batched generation) and the adapters attached to it.
 
@@ -93,7 +97,9 @@ class SharedModel:
         self.peft = None  # a PeftModel around self.model, from the first adapter on
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
-        self._active: tuple[str, bool] | None = None  # (adapter, trainable) now active; None: adapters off or unknown
+        # (adapter, trainable) now active; OFF: adapter layers disabled; None: unknown (peft picks an adapter itself
+        # when one is added or deleted), so the next request sets the state it needs
+        self._active: tuple[str, bool] | None = None
 
     def describe(self) -> dict:
         """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
@@ -104,9 +110,9 @@ class SharedModel:
     def for_inference(self, weights: Path | None):
         """The model to generate with: the plain base (None), or the base with the adapter saved in ``weights``."""
         if weights is None:
-            if self.peft is not None and self._active is not None:
+            if self.peft is not None and self._active != OFF:
                 self.peft.base_model.disable_adapter_layers()
-                self._active = None
+                self._active = OFF
             return self.model
         name = adapter_name(weights)
         if name not in self._inference:
