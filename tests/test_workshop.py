@@ -94,6 +94,19 @@ def test_the_course_helper_explains_a_busy_server(workshop):
     assert wait_for_job(client, job.id).status in ("cancelled", "succeeded")
 
 
+def test_a_notebook_that_starts_several_jobs_waits_for_a_free_slot(workshop, capsys):
+    """06 and 07 start several jobs at once; on a server that runs one per key they wait their turn, saying so."""
+    from helpers.finetune import start_job
+
+    client = workshop.client("wb-alice-7f3a")
+    file = client.files.create(file=("t.jsonl", lines(10)), purpose="fine-tune")
+    first = start_job(client, training_file=file.id, **TINY_JOB)
+    second = start_job(client, wait_for_slot=True, training_file=file.id, **TINY_JOB)
+    assert client.fine_tuning.jobs.retrieve(first.id).status in ("succeeded", "failed", "cancelled")  # it waited for the first
+    assert "busy for your key" in capsys.readouterr().out
+    assert wait_for_job(client, second.id).status == "succeeded"
+
+
 def test_the_queue_is_fair_across_keys_and_the_facilitator_sees_it(tmp_path):
     """Alice queues three jobs, then Bob one: Bob's job runs second, not fourth."""
     server = ServerProcess(tmp_path / "data").start()

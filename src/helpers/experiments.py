@@ -34,15 +34,21 @@ def pick_codes(n_codes: int, seed: int) -> list[str]:
     return [code for code in trained if code in chosen]
 
 
-def for_codes(path: Path, codes: list[str]) -> list[dict]:
-    """The examples of a course file whose answer is one of ``codes``."""
-    wanted = set(codes)
-    return [row for row in read_jsonl(path) if expected_code(row) in wanted]
+def for_codes(path: Path, codes: list[str], per_code: int = 0) -> list[dict]:
+    """The examples of a course file whose answer is one of ``codes`` (the first ``per_code`` of each; 0: all)."""
+    wanted, taken, out = set(codes), {}, []
+    for row in read_jsonl(path):
+        code = expected_code(row)
+        if code in wanted and (not per_code or taken.get(code, 0) < per_code):
+            taken[code] = taken.get(code, 0) + 1
+            out.append(row)
+    return out
 
 
 def start_jobs(client, files: dict[str, Path], *, validation_file: Path | None, model: str, hyperparameters: dict[str, dict],
                seed: int, lesson: str) -> dict[str, Any]:
-    """Upload each variant's training file and start its job (all at once: the server queues them). Jobs carry
+    """Upload each variant's training file and start its job (all at once: the server queues them; a workshop server
+    that runs only a few jobs per key at a time is waited for). Jobs carry
     ``{"course": lesson, "variant": name}`` as metadata, so a restarted kernel can find them and notebooks 04
     and 05 never take them for 03's model."""
     valid_id = finetune.upload(client, validation_file).id if validation_file else None
@@ -51,7 +57,7 @@ def start_jobs(client, files: dict[str, Path], *, validation_file: Path | None, 
     for name, path in files.items():
         if path not in uploaded:
             uploaded[path] = finetune.upload(client, path).id
-        jobs[name] = finetune.start_job(client, training_file=uploaded[path], validation_file=valid_id, model=model,
+        jobs[name] = finetune.start_job(client, wait_for_slot=True, training_file=uploaded[path], validation_file=valid_id, model=model,
                                         suffix=lesson.replace("_", "-")[:40], seed=seed, hyperparameters=hyperparameters[name],
                                         metadata={"course": lesson, "variant": name})
     return jobs
@@ -71,7 +77,7 @@ def wait_for(client, jobs: dict[str, Any]) -> dict[str, Any]:
 
 def score(client, models: dict[str, str], test: list[dict], *, priced_as: str, max_tokens: int = 32) -> pd.DataFrame:
     """Each model on the same held-out requests: one column of :func:`evaluation.summarize` numbers per model."""
-    return pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(client, model, test, max_tokens=max_tokens),
+    return pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(client, model, test, max_tokens=max_tokens, concurrency=16),
                                                     priced_as=priced_as, fine_tuned=True)
                          for name, model in models.items()})
 

@@ -41,9 +41,27 @@ def upload(client, path: Path) -> Any:
         return client.files.create(file=handle, purpose="fine-tune")
 
 
-def start_job(client, **create: Any) -> Any:
+def start_job(client, *, wait_for_slot: bool = False, **create: Any) -> Any:
     """``client.fine_tuning.jobs.create(**create)``, with OpenAI's 403 and a busy server's 429 explained instead of a
-    traceback."""
+    traceback. ``wait_for_slot``: when the server runs as many of this key's jobs as it allows (429), wait as it says
+    and ask again, instead of stopping (for notebooks that start several jobs on a workshop server)."""
+    while True:
+        try:
+            return _create_job(client, create)
+        except _Busy as busy:
+            if not wait_for_slot:
+                raise TrainingNotAvailable(str(busy)) from None
+            print(f"{busy} Waiting {busy.wait_s} s.")
+            time.sleep(busy.wait_s)
+
+
+class _Busy(Exception):
+    def __init__(self, message: str, wait_s: int) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+def _create_job(client, create: dict[str, Any]) -> Any:
     try:
         return client.fine_tuning.jobs.create(**create)
     except openai.PermissionDeniedError as exc:
@@ -54,8 +72,8 @@ def start_job(client, **create: Any) -> Any:
             "Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
     except openai.RateLimitError as exc:
         wait = exc.response.headers.get("retry-after")
-        raise TrainingNotAvailable(f"The server is busy for your key: {exc.message}"
-                                   + (f" Try again in about {wait} s." if wait else "")) from None
+        raise _Busy(f"The server is busy for your key: {exc.message}" + (f" Try again in about {wait} s." if wait else ""),
+                    int(wait) if wait and wait.isdigit() else 30) from None
 
 
 def follow(client, job_id: str, *, poll_s: float = 1.0, show_events: bool = True) -> Any:
