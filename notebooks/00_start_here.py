@@ -43,8 +43,12 @@ course = setup("00_start_here", BACKEND)
 # | `03_training` | upload, start a job, follow it, read its loss curves and checkpoints |
 # | `04_inference_and_eval` | compare the base and the fine-tuned model on held-out data; see what needs RAG |
 # | `05_distillation` | let a teacher label data, train a cheaper student, compare accuracy and cost |
+# | `06_hyperparameters` | train with too few, enough and too many epochs, and two learning rates; read the curves |
+# | `07_garbage_in` | train on wrong labels that pass every format check; measure the damage; audit labels |
+# | `08_function_calling` | teach the model to call billing tools with the right arguments |
+# | `09_after_the_wind_down` | what changes when OpenAI stops training, take your model home, keep patient data out |
 #
-# Every notebook opens with a `parameters` cell. Fast defaults run in a minute or two; `make reports` runs the
+# Every notebook opens with a `parameters` cell. Fast defaults run in a few minutes at most; `make reports` runs the
 # course-sized values and writes HTML reports to `reports/`.
 
 # %% [markdown]

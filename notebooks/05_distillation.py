@@ -52,7 +52,7 @@ print("teacher:", teacher, "| student base:", STUDENT_BASE, "| run:", run_id)
 # prompt and priced as `TEACHER_PRICED_AS`; the student is the same base model trained on the teacher's answers
 # with only the one-line instruction, priced as `STUDENT_BASE`. What moves from teacher to student here is the
 # context (the retrieved codes), not a bigger model's knowledge; on OpenAI the teacher would be a larger model.
-# This teacher also has a known weakness: 03 trained it to copy from its candidates, and it copies even when
+# This teacher also has a known weakness: 03 trained it to copy from its candidates, and it sometimes copies when
 # retrieval ranks a wrong code first, so on codes it trained on it can do worse with candidates than 04's tuned
 # model does without them: compare the teacher in 3.4 with 04's fine-tuned model.
 

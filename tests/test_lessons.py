@@ -43,6 +43,14 @@ def test_corrupted_labels_are_well_formed_wrong_and_pass_the_validator(clean, tm
         else:
             assert after[0] != before[0] and after[1] == table[after[0]]  # another procedure's whole, consistent answer
     assert label_audit.corrupt(clean, 0.4, seed=1) == (rows, kinds)
+    # systematic (the default): every wrong label of a procedure names the same other code; random: not so
+    wrong_codes: dict[str, set] = {}
+    for i in kinds:
+        wrong_codes.setdefault(parse_answer(clean[i]["messages"][-1]["content"])[0], set()).add(parse_answer(rows[i]["messages"][-1]["content"])[0])
+    assert all(len(codes) == 1 for codes in wrong_codes.values())
+    random_rows, random_kinds = label_audit.corrupt(clean, 0.4, seed=1, systematic=False)
+    assert any(len({parse_answer(random_rows[i]["messages"][-1]["content"])[0] for i in random_kinds
+                    if clean[i]["messages"][-1]["content"] == clean[j]["messages"][-1]["content"]}) > 1 for j in random_kinds)
     assert validate_file(write_jsonl(rows, tmp_path / "bad.jsonl"), model="gpt-4.1-mini").ok
     with pytest.raises(ValueError, match="between 0 and 1"):
         label_audit.corrupt(clean, 1.5, seed=1)
@@ -89,7 +97,7 @@ def test_noise_sentences_follow_the_numbers():
     lines = label_audit.noise_findings(apart, [0.0, 0.4], 0.5, 54, 108)
     assert "0.800 with 0% of the labels wrong; 0.300 with 40%" in lines[0]
     assert "cost 0.500 of accuracy" in lines[1] and "the drop is real" in lines[1]
-    assert "54 distinct requests" in lines[-1] and "lower than" in lines[-1]
+    assert "54 distinct requests" in lines[-1] and "lower than" in lines[-1] and "the intervals overlap" in lines[-1]
     close = {names[0]: summary(0.7, 0.5, 0.85), names[1]: summary(0.6, 0.42, 0.76)}
     assert "within the noise" in label_audit.noise_findings(close, [0.0, 0.4], 0, 108, 108)[1]
     none = {names[0]: summary(0.6, 0.42, 0.76), names[1]: summary(0.7, 0.5, 0.85)}
@@ -103,8 +111,14 @@ def losses(values: list[float], train: list[float] | None = None) -> pd.DataFram
 
 def test_the_shape_of_a_fit_is_read_from_its_validation_losses():
     assert fitting.shape(losses([1.0, 0.6, 0.5])) == "falling"
+    assert fitting.shape(losses([0.15, 0.025, 0.017])) == "settled"  # 32% lower, but by 0.008: flat
     assert fitting.shape(losses([1.0, 0.4, 0.5, 0.7])) == "turned"
     assert fitting.shape(losses([1.0, 1.4, 1.3])) == "diverged"
+    assert fitting.shape(losses([0.43])) == "single"
+    # measured (37 examples, 12 epochs): validation flat over the last third while training loss fell 94%
+    twelve = losses([1.53, 1.0, 0.88, 0.74, 0.65, 0.59, 0.45, 0.35, 0.312, 0.293, 0.290, 0.287],
+                    [2.2, 1.16, 0.82, 0.58, 0.64, 0.42, 0.31, 0.2, 0.093, 0.032, 0.012, 0.0055])
+    assert fitting.shape(twelve) == "plateau"
     frames = {fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "12 epochs": losses([1.0, 0.4, 0.5, 0.7], [0.9, 0.3, 0.1, 0.02])}
     accuracy = pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.7},
                              {"run": "12 epochs", "epoch": 3, "code_accuracy": 0.75}, {"run": "12 epochs", "epoch": 4, "code_accuracy": 0.65}])
@@ -112,6 +126,7 @@ def test_the_shape_of_a_fit_is_read_from_its_validation_losses():
     assert table.loc["12 epochs", "at epoch"] == 2 and table.loc["12 epochs", "best checkpoint accuracy"] == 0.75
     lines = fitting.fit_findings(table, fitting.AUTO_RUN)
     assert "under-trained" in lines[0] and "began to memorise after epoch 2" in lines[1] and "0.020" in lines[1]
+    assert lines[-2] == "The lowest validation loss of all runs: 0.400, at epoch 2 of 12 epochs; its 2 later epochs (50% of its training) did not lower it."
     assert lines[-1] == f"Against {fitting.AUTO_RUN} (0.700): no other run ended more accurate."
 
 

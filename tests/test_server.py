@@ -452,7 +452,7 @@ def test_a_server_started_with_training_closed_refuses_jobs_as_openai_does(tmp_p
         with pytest.raises(openai.PermissionDeniedError) as refused:
             client.fine_tuning.jobs.create(model="gpt-4.1-mini", training_file=file.id)
         assert refused.value.status_code == 403 and refused.value.code == "training_not_available"
-        with pytest.raises(TrainingNotAvailable, match=r"\(training_not_available\): Fine-tuning is not available.*2027-01-06.*BACKEND = \"local\""):
+        with pytest.raises(TrainingNotAvailable, match=r"\(training_not_available\): Fine-tuning is not available.*still work\)\. OpenAI is winding down.*2027-01-06.*BACKEND = \"local\""):
             start_job(client, model="gpt-4.1-mini", training_file=file.id)
         assert client.fine_tuning.jobs.list().data == []  # nothing was started
     finally:

@@ -86,7 +86,7 @@ def checkpoint_accuracy(client, jobs: dict[str, Any], test: list[dict], *, every
         if every_checkpoint is not None and name not in every_checkpoint:
             models = {max(models): models[max(models)]}
         for epoch, model in models.items():
-            results = evaluation.evaluate(client, model, test, max_tokens=max_tokens)
+            results = evaluation.evaluate(client, model, test, max_tokens=max_tokens, concurrency=16)
             low, high = evaluation.wilson_interval(int(results["code_ok"].sum()), len(results))
             rows.append({"run": name, "epoch": epoch, "code_accuracy": float(results["code_ok"].mean()),
                          "ci_low": low, "ci_high": high, "format_compliance": float(results["format_ok"].mean()), "model": model})
@@ -112,13 +112,35 @@ def plot_fits(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame):
     return figure
 
 
+#: An epoch "still improves" validation loss when it lowers it by at least this share and this much.
+STILL_FALLING = (0.10, 0.02)
+#: Over a run's last third (3 epochs or more): validation loss moving less than this share while training loss falls
+#: by more than the second share is memorising: the training examples are learned by heart, new requests gain nothing.
+PLATEAU = (0.10, 0.50)
+
+
 def shape(frame: pd.DataFrame) -> str:
-    """``falling`` (still improving at the end: more epochs could help), ``turned`` (lowest before the end: it
-    began to memorise after that epoch) or ``diverged`` (ended above where it started)."""
-    losses = frame["full_valid_loss"].tolist()
-    if len(losses) >= 2 and losses[-1] > losses[0]:
+    """The curve of a run's whole-file validation loss, one point per epoch:
+
+    * ``single``: one epoch, no trend;
+    * ``diverged``: it ended above where it started (the step was too large);
+    * ``turned``: it rose by more than 10% after its lowest point (memorising, the textbook way);
+    * ``plateau``: over the last third of the run it barely moved while training loss kept falling (memorising: the
+      extra epochs learned the training examples, not the task);
+    * ``falling``: the last epoch still lowered it clearly (under-trained: more epochs would help);
+    * ``settled``: otherwise (a fit: it flattened at its lowest)."""
+    valid, train = frame["full_valid_loss"].tolist(), frame["train_loss"].tolist()
+    if len(valid) == 1:
+        return "single"
+    if valid[-1] > valid[0]:
         return "diverged"
-    return "falling" if losses.index(min(losses)) == len(losses) - 1 else "turned"
+    if valid[-1] > min(valid) * 1.10:
+        return "turned"
+    tail = max(3, len(valid) // 3)
+    if len(valid) >= 6 and abs(valid[-tail] - valid[-1]) < PLATEAU[0] * valid[-tail] and train[-1] < (1 - PLATEAU[1]) * train[-tail]:
+        return "plateau"
+    drop = valid[-2] - valid[-1]
+    return "falling" if drop >= STILL_FALLING[0] * valid[-2] and drop >= STILL_FALLING[1] else "settled"
 
 
 def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -143,11 +165,20 @@ def fit_findings(table: pd.DataFrame, baseline: str) -> list[str]:
         trail = (f"validation loss lowest at epoch {row['at epoch']} ({row['lowest validation loss']:.3f}), "
                  f"{row['last validation loss']:.3f} at its last; held-out accuracy {row['last checkpoint accuracy']:.3f} "
                  f"at the end (best checkpoint {row['best checkpoint accuracy']:.3f})")
-        verdict = {"falling": "still improving when it stopped: under-trained, more epochs or a larger step would help",
+        verdict = {"single": "one point, no trend: compare its loss with the other runs' first epoch",
+                   "falling": "still improving when it stopped: under-trained, more epochs or a larger step would help",
+                   "settled": "it flattened at its lowest: a fit",
                    "turned": (f"it began to memorise after epoch {row['at epoch']}: training loss went on down to "
                               f"{row['last training loss']:.3f} while validation loss rose"),
+                   "plateau": (f"memorising: over its last epochs training loss went on down to {row['last training loss']:.3f} "
+                               "while validation loss barely moved; those epochs learned the training examples, not the task"),
                    "diverged": "the step was too large: validation loss ended above where it started"}[row["curve"]]
         lines.append(f"{name}: {trail}. The curve: {verdict}.")
+    best = table["lowest validation loss"].astype(float).idxmin()
+    row = table.loc[best]
+    extra = int(row["epochs"]) - int(row["at epoch"])
+    lines.append(f"The lowest validation loss of all runs: {row['lowest validation loss']:.3f}, at epoch {row['at epoch']} of {best}"
+                 + (f"; its {extra} later epochs ({extra / int(row['epochs']):.0%} of its training) did not lower it." if extra else "."))
     base = table.loc[baseline]
     better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
     lines.append(f"Against {baseline} ({base['last checkpoint accuracy']:.3f}): "

@@ -2,7 +2,8 @@
 that find them.
 
 * :func:`corrupt` gives a share of examples a wrong label in the right format, of two kinds: the code swapped
-  for another course code (the description kept), and the whole answer of another procedure.
+  for another course code (the description kept), and the whole answer of another procedure. By default the errors
+  are systematic, as a person's are: each procedure is always confused with the same other one.
 * :func:`pad` keeps the file's size but replaces a share of it with near-duplicates of the rest.
 * :func:`audit` checks every label twice without a model: against the code table (does the description go with
   the code?) and against retrieval (is the labelled code among the codes retrieval finds for the request?).
@@ -29,22 +30,32 @@ def _with_answer(row: dict, answer: str) -> dict:
     return {**row, "messages": [*row["messages"][:-1], {**row["messages"][-1], "content": answer}]}
 
 
-def corrupt(rows: list[dict], share: float, seed: int) -> tuple[list[dict], dict[int, str]]:
+def confusions(codes: list[str], seed: int) -> dict[str, str]:
+    """Each code's "confused with" code: a fixed other code of ``codes`` (a derangement drawn with ``seed``), as a
+    coder who mixes two codes up makes the same mistake every time."""
+    if len(codes) < 2:
+        raise ValueError("Corrupting labels needs examples of at least two codes.")
+    shuffled = sorted(codes)
+    random.Random(seed).shuffle(shuffled)
+    return {code: shuffled[(i + 1) % len(shuffled)] for i, code in enumerate(shuffled)}
+
+
+def corrupt(rows: list[dict], share: float, seed: int, systematic: bool = True) -> tuple[list[dict], dict[int, str]]:
     """A copy of ``rows`` where ``share`` of the labels (drawn with ``seed``) are wrong in the right format:
-    alternately the code swapped for another of the file's codes, and another procedure's whole answer.
+    alternately the code swapped for another of the file's codes, and another procedure's whole answer. The wrong code
+    is the row's code's fixed confusion (:func:`confusions`) when ``systematic``, else a random other code each time.
     Returns the rows and ``{index: kind}`` of the corrupted ones."""
     if not 0 <= share <= 1:
         raise ValueError(f"A corrupted share must be between 0 and 1, got {share}.")
     rng = random.Random(seed)
     table = {c.code: c for c in load_codes()}
     codes = sorted({parse_answer(_answer(row))[0] for row in rows})
-    if len(codes) < 2:
-        raise ValueError("Corrupting labels needs examples of at least two codes.")
+    confused = confusions(codes, seed)
     chosen = sorted(rng.sample(range(len(rows)), round(len(rows) * share)))
     out, kinds = list(rows), {}
     for n, index in enumerate(chosen):
         code, description = parse_answer(_answer(rows[index]))
-        other = rng.choice([c for c in codes if c != code])
+        other = confused[code] if systematic else rng.choice([c for c in codes if c != code])
         kind = SWAPPED_CODE if n % 2 == 0 else OTHER_PROCEDURE
         wrong = format_answer(other, description) if kind == SWAPPED_CODE else table[other].answer
         out[index], kinds[index] = _with_answer(rows[index], wrong), kind
@@ -120,7 +131,8 @@ def variant_names(shares: list[float], padded_share: float) -> list[str]:
     return [_share_name(s) for s in shares] + ([f"padded ({padded_share:.0%} near-duplicates)"] if padded_share else [])
 
 
-def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: float, distinct: int, n_examples: int) -> list[str]:
+def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: float, distinct: int, n_examples: int,
+                   systematic: bool = True) -> list[str]:
     """What 07's table shows, in sentences computed from it: accuracy against the share of wrong labels, whether
     the intervals separate the runs, the format (unchanged), and the padded file."""
     names = variant_names(shares, padded_share)
@@ -137,18 +149,21 @@ def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: f
                         ", but the 95% intervals overlap: on this many requests the drop is within the noise."))
     else:
         lines.append(f"With {high_share:.0%} of the labels wrong the model scored no worse ({worst['code_accuracy']:.3f} "
-                     f"against {clean['code_accuracy']:.3f}): on this data it learned each procedure's majority label. "
-                     "Wrong labels that agree with each other (a systematic error) would not wash out like this.")
+                     f"against {clean['code_accuracy']:.3f}): on this data it learned each procedure's majority label"
+                     + (", even with the errors all pointing the same way." if systematic else
+                        ". Random errors wash out; errors that agree with each other (SYSTEMATIC = True) do not."))
     formats = ", ".join(f"{s['format_compliance']:.2f}" for _, s in noisy)
     lines.append(f"Format compliance: {formats}. Every wrong label was well formed, so the models learned the format "
                  "either way: the damage shows only when the facts are scored.")
     if padded_share:
         padded = scores[names[-1]]
-        verdict = ("lower" if padded["code_accuracy"] < clean["code_accuracy"] else
-                   "no better" if padded["code_accuracy"] == clean["code_accuracy"] else "higher")
+        verdict = ("lower than" if padded["code_accuracy"] < clean["code_accuracy"] else
+                   "the same as" if padded["code_accuracy"] == clean["code_accuracy"] else "higher than")
+        overlap = not (padded["code_accuracy_ci_high"] < clean["code_accuracy_ci_low"] or clean["code_accuracy_ci_high"] < padded["code_accuracy_ci_low"])
         lines.append(f"The padded file has the same {n_examples} examples, so it costs the same to train, but only {distinct} "
-                     f"distinct requests: it scored {padded['code_accuracy']:.3f}, {verdict} than the clean file's "
-                     f"{clean['code_accuracy']:.3f}. The validator warns about each copy (3.2).")
+                     f"distinct requests: it scored {padded['code_accuracy']:.3f}, {verdict} the clean file's "
+                     f"{clean['code_accuracy']:.3f}" + (" (the intervals overlap: no difference this sample can show). " if overlap else ". ")
+                     + "Its copies bought no new phrasing; the validator warns about each of them (3.2).")
     return lines
 
 
@@ -183,7 +198,7 @@ class Variants:
         return max(self.corrupted, key=lambda name: len(self.corrupted[name]))
 
 
-def make_variants(clean: list[dict], shares: list[float], padded_share: float, seed: int) -> Variants:
+def make_variants(clean: list[dict], shares: list[float], padded_share: float, seed: int, systematic: bool = True) -> Variants:
     """One corrupted copy of ``clean`` per share (:func:`corrupt`), then the padded one (:func:`pad`) if asked."""
     if len(shares) < 2 or list(shares) != sorted(set(shares)):
         raise ValueError(f"CORRUPTED_SHARES must hold at least two different shares in rising order, the first the "
@@ -191,7 +206,7 @@ def make_variants(clean: list[dict], shares: list[float], padded_share: float, s
     names = variant_names(shares, padded_share)
     rows, corrupted, distinct = {}, {}, len(clean)
     for share, name in zip(shares, names):
-        rows[name], corrupted[name] = corrupt(clean, share, seed)
+        rows[name], corrupted[name] = corrupt(clean, share, seed, systematic)
     if padded_share:
         rows[names[-1]], distinct = pad(clean, padded_share, seed)
     return Variants(rows, corrupted, distinct)

@@ -1,4 +1,4 @@
-"""Preferences with DPO (notebook 08): a preference file built from the course data, and a judge that says which of
+"""Preferences with DPO (a notebook in progress): a preference file built from the course data, and a judge that says which of
 two answers to the same request is better.
 
 A preference example is OpenAI's DPO format: ``input`` (the request's messages), ``preferred_output`` and
@@ -55,7 +55,7 @@ def head_to_head(after: pd.DataFrame, before: pd.DataFrame) -> dict[str, float]:
 
 
 def dpo_findings(before: dict, after: dict, match: dict[str, float], beta: float) -> list[str]:
-    """What 08's table shows, in sentences computed from it."""
+    """What the DPO notebook's table shows, in sentences computed from it."""
     lines = [f"Format compliance went from {before['format_compliance']:.3f} to {after['format_compliance']:.3f}, and code "
              f"accuracy from {before['code_accuracy']:.3f} to {after['code_accuracy']:.3f}, on {after['n']:.0f} held-out requests "
              f"(beta = {beta:g})."]
@@ -67,8 +67,9 @@ def dpo_findings(before: dict, after: dict, match: dict[str, float], beta: float
         lines.append("The pairs differ only in form (both answers name the same code), so form is what moved: DPO taught "
                      "which of two answers is better, not facts the answers share. Facts come from supervised examples (03).")
     elif gain_format <= 0:
-        lines.append("The format did not improve: at these settings the preference signal was too weak to change what the "
-                     "model writes. More pairs, more epochs or a larger beta are the knobs (exercise 1).")
+        lines.append("The format did not improve at these settings. Read the answers: a model trained by DPO alone, from a base "
+                     "that never writes the preferred form, can drift into text neither answer resembles; OpenAI's advice is "
+                     "to fine-tune with SFT first and apply DPO to that model.")
     else:
         lines.append("Code accuracy rose with the format: once the model writes the form, the code it writes is scored too.")
     return lines

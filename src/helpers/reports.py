@@ -25,6 +25,9 @@ REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
     "04_inference_and_eval": {"N_TEST": 0, "N_NEW_CODES": 0},
     # the whole pool (444 requests): the student learns the codes from many phrasings, as the tuned model did in 03
     "05_distillation": {"N_POOL": 0, "N_TEST": 0, "N_EPOCHS": 3, "BATCH_SIZE": 4},
+    # 06, 08, 09, 10 run at their defaults: their lessons are shapes and contrasts that the defaults already show,
+    # and each more example costs minutes here. 07 adds the 15% job.
+    "07_garbage_in": {"CORRUPTED_SHARES": [0.0, 0.15, 0.4]},
 }
 
 

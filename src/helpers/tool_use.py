@@ -1,4 +1,4 @@
-"""Function calling (notebook 09): two billing tools, a small data set of requests that call them, and scoring of the
+"""Function calling (notebook 08): two billing tools, a small data set of requests that call them, and scoring of the
 calls a model makes (the right tool, arguments that are valid JSON, the right arguments).
 
 The requests are made from the course's code table (``cpt_source.json``): training requests use a code's
@@ -93,11 +93,13 @@ def score_call(message: Any, example: dict) -> dict[str, Any]:
 
 
 def evaluate(client, model: str, test: list[dict], *, tool_choice: str = "auto", max_tokens: int = 64, concurrency: int = 8) -> pd.DataFrame:
-    """Ask ``model`` each test request with the tools (``tool_choice="required"``: the answer must be a call, its
-    arguments valid against the tool's schema); one scored row per request."""
+    """Ask ``model`` each test request with the tools, one call at most (``parallel_tool_calls=False``; with
+    ``tool_choice="required"`` the answer must be a call, its arguments valid against the tool's schema); one scored
+    row per request."""
     def one(example: dict) -> dict[str, Any]:
         reply = client.chat.completions.create(model=model, messages=example["messages"][:-1], tools=example["tools"],
-                                               tool_choice=tool_choice, max_tokens=max_tokens, temperature=0)
+                                               tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=max_tokens,
+                                               temperature=0)
         return score_call(reply.choices[0].message, example)
 
     with ThreadPoolExecutor(concurrency) as pool:
@@ -113,7 +115,7 @@ def summarize(results: pd.DataFrame) -> dict[str, float]:
 
 
 def tool_findings(base: dict, forced: dict, tuned: dict) -> list[str]:
-    """What 09's table shows, in sentences computed from it (``forced``: the base model with ``tool_choice="required"``)."""
+    """What 08's table shows, in sentences computed from it (``forced``: the base model with ``tool_choice="required"``)."""
     lines = [f"On {tuned['n']:.0f} held-out requests the base model called the right tool for {base['right_tool']:.3f} of them "
              f"and the tuned model for {tuned['right_tool']:.3f}; with the right arguments: {base['right_arguments']:.3f} against "
              f"{tuned['right_arguments']:.3f} (95% interval {tuned['right_arguments_ci_low']:.3f}-{tuned['right_arguments_ci_high']:.3f})."]
@@ -122,9 +124,13 @@ def tool_findings(base: dict, forced: dict, tuned: dict) -> list[str]:
                      "come back as `message.tool_calls`, as on OpenAI, so the code that runs the tools does not change.")
     else:
         lines.append("Fine-tuning did not improve the calls at these settings: more examples or epochs (exercise 1).")
-    lines.append(f"Forcing a call (tool_choice=\"required\") makes every base answer a call with schema-valid arguments "
-                 f"(valid JSON {forced['valid_json']:.3f}), but the right tool only {forced['right_tool']:.3f} of the time and the "
-                 f"right arguments {forced['right_arguments']:.3f}: constrained decoding fixes the form, not the content.")
+    cut = forced["called_a_tool"] < 1
+    lines.append(f"Forcing a call (tool_choice=\"required\") made the base answer with a call {forced['called_a_tool']:.3f} of the time"
+                 + (" (the others ran out of tokens before the call was complete)" if cut else "")
+                 + (", every one with schema-valid arguments" if forced["valid_json"] == forced["called_a_tool"] else
+                    f", {forced['valid_json']:.3f} with valid JSON")
+                 + f"; but the right tool only {forced['right_tool']:.3f} of the time and the right arguments "
+                 f"{forced['right_arguments']:.3f}: constrained decoding fixes the form, not the content.")
     if tuned["valid_json"] > tuned["right_arguments"]:
         lines.append(f"Valid JSON is not the same as right: {tuned['valid_json']:.3f} of the tuned model's calls parsed, "
                      f"{tuned['right_arguments']:.3f} had the right values. Check the values before you act on a call.")

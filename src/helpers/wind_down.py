@@ -1,4 +1,4 @@
-"""After OpenAI's wind-down (notebook 10): what a refused account sees, and how to take a model fine-tuned on the local
+"""After OpenAI's wind-down (notebook 09): what a refused account sees, and how to take a model fine-tuned on the local
 server home, in the formats open-source tools load.
 
 A model the local server trains is the base model's weights (SmolLM2-135M-Instruct, a plain transformers folder)
@@ -91,13 +91,19 @@ BASE is the base model's folder (`base_folder` in take_home.json) or its name on
 
 def load(folder: Path):
     """The exported model as transformers + peft load it: ``(model, tokenizer)``."""
+    import warnings
+
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     base_folder = json.loads((Path(folder) / "take_home.json").read_text(encoding="utf-8"))["base_folder"]
-    tokenizer = AutoTokenizer.from_pretrained(base_folder)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), str(folder))
+    transformers_logging.disable_progress_bar()  # a loading bar per call is noise in a notebook
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers property deprecated for v6
+        tokenizer = AutoTokenizer.from_pretrained(base_folder)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), str(folder))
     return model.eval(), tokenizer
 
 

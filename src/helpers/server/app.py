@@ -484,9 +484,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         if body.get("integrations"):
             raise bad_request("Integrations (Weights & Biases) are not available on the local backend.", "integrations")
         if limits.training_closed:
-            raise ApiError(403, "Fine-tuning is not available to this organization: self-serve fine-tuning is winding down, and "
-                                "no new jobs can be created. Models already fine-tuned keep serving. (This local server was "
-                                "started with --training-closed to rehearse OpenAI's wind-down; chat completions still work.)",
+            raise ApiError(403, "Fine-tuning is not available to this organization: self-serve fine-tuning is winding down and "
+                                "no new jobs can be created; models already fine-tuned keep serving (this local server was "
+                                "started with --training-closed to rehearse OpenAI's wind-down; chat completions still work)",
                            code="training_not_available")
         check_job_limit(request.state.owner)
         job = {

@@ -1,0 +1,145 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · After the wind-down, and patient data
+# **Time:** about 1 minute on a 2-core CPU (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.5).
+
+# %% tags=["parameters"]
+BACKEND = "local"
+MODEL = "gpt-4.1-mini"
+TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
+EXPORT_DIR = ".workbook/take_home"  # where the tuned model is exported (relative to the repository)
+
+# %%
+import pandas as pd
+from helpers.course import setup
+from helpers import billing, costs, dataprep, finetune, privacy, wind_down
+from helpers.paths import REPO_ROOT, shown
+course = setup("09_after_the_wind_down", BACKEND)
+
+# %% [markdown]
+# ## 1. Why
+# OpenAI is closing self-serve fine-tuning. What you learned here still applies: the data, the validator, the
+# measurements and the decisions do not depend on who runs the training. This notebook shows what a refused account
+# sees, what keeps working, how to take a model trained here to any server, and how to keep patient data out of
+# training files in the first place.
+
+# %% [markdown]
+# ## 2. What
+# - **The notice**, from the dated price table (`data/prices.json`), and the fine-tuned models' inference prices:
+#   models already trained keep serving.
+# - **A refused job**: HTTP 403 with the code `training_not_available`. A second local server, started to refuse
+#   training, shows exactly what the `openai` client raises and what the course's helper says instead of a traceback.
+# - **What keeps working**: this course's local backend; the same cells pointed at any server that speaks this API
+#   (`OpenAI(base_url=...)`); open-weight fine-tuning with transformers and peft, which is what the local server runs.
+# - **Taking a model home**: a local fine-tuned model is a LoRA adapter in peft's format beside the base model's
+#   weights; transformers, vLLM and llama.cpp load that pair.
+# - **Patient data**: what not to upload, named checks for identifiers, scrubbing them, and deleting stored
+#   completions.
+
+# %% [markdown]
+# ## 3. Hands-on
+# ### 3.1 The notice
+
+# %%
+text, as_of = wind_down.notice()
+print(f"As of {as_of}: {text}")
+costs.prices_frame().query("kind == 'fine-tuned'")[["model", "input_per_1m", "output_per_1m", "training_per_1m", "training_per_hour"]]
+
+# %% [markdown]
+# ### 3.2 What a refused account sees
+# The same upload-and-create cells as notebook 03, against a server that refuses training as OpenAI does after the
+# wind-down. Everything else (files, chat completions) still answers.
+
+# %%
+refusing = wind_down.rehearsal_client()
+said = wind_down.try_to_train(refusing, REPO_ROOT / "data/billing/validation.jsonl", MODEL)
+still = refusing.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK."}], max_tokens=5)
+wind_down.stop_rehearsal()
+course.record(refusal=said, chat_after_refusal=bool(still.choices[0].message.content))
+print(said)
+
+# %% [markdown]
+# ### 3.3 The same cells, another server
+# Every notebook gets its client from `helpers.course.setup`; any server that speaks OpenAI's API (this course's, a
+# colleague's vLLM, a provider's) is one `base_url` away: `OpenAI(base_url="http://host:port/v1", api_key=...)`.
+# This notebook's client talks to:
+
+# %%
+print(course.client.base_url if BACKEND == "local" else "api.openai.com")
+
+# %% [markdown]
+# ### 3.4 Take the fine-tuned model home
+# Export 03's model out of the local server, load it with transformers + peft in this kernel (no server), and ask it
+# the same held-out request as the server:
+
+# %%
+tuned = finetune.course_model(course.client, TUNED_MODEL)
+folder = wind_down.export_model(tuned, REPO_ROOT / EXPORT_DIR / tuned.split(":")[-1])
+files = pd.DataFrame([{"file": p.name, "KB": round(p.stat().st_size / 1024, 1)} for p in sorted(folder.iterdir())])
+print("exported to", shown(folder))
+files
+
+# %%
+request = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", 1)[0]["messages"][:-1]
+model, tokenizer = wind_down.load(folder)
+at_home = wind_down.answer(model, tokenizer, request)
+served = course.client.chat.completions.create(model=tuned, messages=request, max_tokens=32, temperature=0).choices[0].message.content
+course.record(exported_files=files["file"].tolist(), same_answer=at_home == served.strip(), at_home_parses=billing.parse_answer(at_home) is not None)
+pd.DataFrame({"request": [request[-1]["content"]], "transformers + peft": [at_home], "local server": [served]})
+
+# %% [markdown]
+# ### 3.5 Patient data
+# Training data for billing can hold protected health information (PHI): names, dates (other than the year),
+# record and account numbers, contact details, ages over 89. Do not upload it to a service you have no agreement
+# with; de-identify before training, wherever the training runs. The checks below find identifiers that have a
+# shape; the course's data and four invented notes that carry some:
+
+# %%
+course_rows = dataprep.read_jsonl(REPO_ROOT / "data/billing/train.jsonl")
+notes = dataprep.read_jsonl(REPO_ROOT / "data/billing/notes_with_identifiers.jsonl")
+found_course, found_notes = privacy.scan(course_rows), privacy.scan(notes)
+scrubbed = privacy.scrub_rows(notes)
+left = privacy.scan(scrubbed)
+course.record(identifiers_in_course=len(found_course), identifiers_in_notes=len(found_notes), identifiers_after_scrub=len(left))
+course.findings("privacy", privacy.privacy_findings(found_course, len(course_rows), found_notes, len(notes), left))
+pd.DataFrame({"note": [n["messages"][1]["content"] for n in notes], "scrubbed": [n["messages"][1]["content"] for n in scrubbed]})
+
+# %% [markdown]
+# Answers are kept too when you ask for it: `store=True` stores a chat completion (request and answer) on the
+# server, for evaluations and distillation (notebook 05 uses it). Find yours by metadata and delete them when they
+# are no longer needed:
+
+# %%
+tag = {"lesson": "privacy"}
+course.client.chat.completions.create(model=MODEL, messages=scrubbed[0]["messages"][:-1], max_tokens=16, store=True, metadata=tag)
+stored = course.client.chat.completions.list(metadata=tag).data
+for completion in stored:
+    course.client.chat.completions.delete(completion.id)
+left_stored = course.client.chat.completions.list(metadata=tag).data
+course.record(stored_before_delete=len(stored), stored_after_delete=len(left_stored))
+print(f"stored: {len(stored)}; after deleting: {len(left_stored)}")
+
+# %% [markdown]
+# ## 4. Summary
+# - After the wind-down, already trained OpenAI models keep serving; new jobs are refused with 403
+#   `training_not_available`. The course's helper says so in words, and the local backend trains the same way.
+# - A model trained here is yours: an adapter in peft's format beside open weights, loadable with transformers and
+#   peft, servable with vLLM, convertible for llama.cpp.
+# - Keep patient identifiers out of training files: check, scrub, read what is left; delete stored completions and
+#   uploaded files you no longer need (`client.files.delete`).
+#
+# **Exercises.** (1) Add a check to `helpers/privacy.py` for US ZIP codes and rescan the notes. (2) Serve the
+# exported adapter with vLLM on a machine that has it, and point notebook 04 at it with `base_url`.
