@@ -58,12 +58,12 @@ def export_model(model: str, target: Path) -> Path:
     from helpers.server import localmodels
     from helpers.server.store import Store, owner_of
 
-    store = Store(default_data_dir())
-    card = store.get("model", model, owner_of(local_key()))
+    store, owner = Store(default_data_dir()), owner_of(local_key())
+    card = store.get("model", model, owner)
     if card is None:
         raise LookupError(f"No fine-tuned model {model!r} on the local server (data in {store.data_dir}). "
                           "client.models.list() lists yours; a checkpoint's model is exported through its job's final model.")
-    source = store.model_dir(owner_of(local_key()), model)
+    source = store.model_dir(owner, model)
     base = localmodels.base_models()[card["_base"]]
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
