@@ -475,7 +475,7 @@ def test_missing_key_is_401(server):
     ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-4.1-mini", "training_file": "file-nope"}}, 400, "no file with id 'file-nope'"),
     ("POST", "/fine_tuning/jobs", {"json": {"model": "gpt-9", "training_file": "file-x"}}, 400, "not available for fine-tuning"),
     ("POST", "/fine_tuning/jobs", {"json": {"model": "ft:gpt-4.1-mini:local:billing:abc", "training_file": "file-x"}}, 400,
-     "trains from a base model only"),
+     "not one of your fine-tuned models"),
     ("POST", "/fine_tuning/jobs", {"json": {"training_file": "file-x"}}, 400, "'model' is required"),
     ("POST", "/files", {"files": {"file": ("a.jsonl", b"{}")}, "data": {"purpose": "assistants"}}, 400, "purpose='fine-tune'"),
     ("POST", "/files", {"data": {"purpose": "fine-tune"}}, 400, "multipart"),
@@ -599,6 +599,42 @@ def test_a_dpo_job_trains_and_serves(server):
     assert len(metrics) == 2 and all(0 <= m["train_mean_token_accuracy"] <= 1 for m in metrics)
     reply = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "lipid panel"}], max_tokens=8)
     assert reply.choices[0].message.content
+
+
+def first_step(client, job_id: str) -> dict:
+    return next(e.data for e in reversed(client.fine_tuning.jobs.list_events(job_id, limit=100).data) if e.type == "metrics")
+
+
+def test_a_job_can_start_from_a_fine_tuned_model(server, trained):
+    """The job continues the trained model: on the same first batch (same file, same seed), its first loss is far
+    below the first job's, which started from the base."""
+    client = server.client()
+    start = trained["job"].fine_tuned_model
+    job = client.fine_tuning.jobs.create(training_file=trained["train_file"].id, model=start, suffix="more", seed=7,
+                                         hyperparameters={"n_epochs": 1, "batch_size": BATCH})
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.model == start and job.fine_tuned_model.startswith("ft:gpt-4.1-mini:local:more:")
+    assert first_step(client, job.id)["train_loss"] < 0.7 * first_step(client, trained["job"].id)["train_loss"]
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith(f"Starting from the fine-tuned model {start}") for m in events)
+
+
+def test_dpo_from_a_fine_tuned_model_takes_that_model_as_its_reference(server, trained):
+    """Before the first update the policy is the reference, so DPO's first loss is log 2, which it is only if the
+    reference is the starting fine-tuned model (not the base)."""
+    import math
+
+    client = server.client()
+    file = client.files.create(file=("pairs.jsonl", preference_rows(10)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model=trained["job"].fine_tuned_model, suffix="prefs",
+                                         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.5, "n_epochs": 1, "batch_size": 5}}})
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert abs(first_step(client, job.id)["train_loss"] - math.log(2)) < 0.01
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("Reference log-probabilities computed for 10 preference pairs") for m in events)
+    assert "_dpo_reference" not in server.http("GET", f"/fine_tuning/jobs/{job.id}").text
 
 
 def test_a_job_running_when_the_server_is_killed_finishes_after_restart(tmp_path):

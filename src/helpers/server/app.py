@@ -451,11 +451,15 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise bad_request("'model' is required: the base model to fine-tune, for example 'gpt-4.1-mini'.", "model")
+        owner = request.state.owner
+        start = None  # a fine-tuned model (or checkpoint) the job continues from: its adapter is the starting weights
         if model.startswith("ft:"):
-            raise bad_request(f"'{model}' is a fine-tuned model; the local backend trains from a base model only (OpenAI can "
-                              "continue from a fine-tuned one). Train from its base, for example 'gpt-4.1-mini', with the examples "
-                              "of both runs.", "model", code="model_not_available")
-        base = localmodels.resolve_base(model)
+            start = store.get("model", model, owner) or checkpoint_model(owner, model)
+            if start is None:
+                raise bad_request(f"'{model}' is not one of your fine-tuned models or checkpoints, so a job cannot start from it. "
+                                  "Check the name with client.models.list(), or start from a base model such as 'gpt-4.1-mini'.",
+                                  "model", code="model_not_available")
+        base = localmodels.base_models()[start["_base"]] if start else localmodels.resolve_base(model)
         if base is None:
             names = ", ".join(sorted({*localmodels.aliases(), *localmodels.base_models()}))
             raise bad_request(f"Model '{model}' is not available for fine-tuning on the local backend. Available: {names}.", "model",
@@ -488,7 +492,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                                 "no new jobs can be created; models already fine-tuned keep serving (this local server was "
                                 "started with --training-closed to rehearse OpenAI's wind-down; chat completions still work)",
                            code="training_not_available")
-        check_job_limit(request.state.owner)
+        check_job_limit(owner)
         job = {
             "object": "fine_tuning.job", "id": new_id("ftjob"), "model": model, "created_at": now(),
             "finished_at": None, "fine_tuned_model": None, "organization_id": ORGANIZATION, "result_files": [],
@@ -496,9 +500,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             "hyperparameters": {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
             "method": {"type": kind, kind: {"hyperparameters": hyper}}, "trained_tokens": None, "error": None,
             "seed": seed, "estimated_finish": None, "integrations": [], "metadata": check_metadata(body.get("metadata")),
-            "user_provided_suffix": suffix,
+            "user_provided_suffix": suffix, "_base": base.name, "_start_from": model if start else None,
         }
-        store.put("job", job, request.state.owner)
+        store.put("job", job, owner)
         runner.event(job["id"], f"Created fine-tuning job: {job['id']}")
         runner.submit(job["id"])
         return public(job)

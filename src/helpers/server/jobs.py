@@ -186,7 +186,7 @@ class JobRunner:
         if job is None or job["status"] in TERMINAL:
             return
         owner = self.store.owner("job", job_id)
-        base = localmodels.resolve_base(job["model"])
+        base = localmodels.base_models()[job["_base"]] if job.get("_base") else localmodels.resolve_base(job["model"])
         if job["status"] == "validating_files":
             reports = self._validate(job)
             if reports is None:
@@ -202,7 +202,9 @@ class JobRunner:
             return
         job = self.store.update("job", job_id, status="running", estimated_finish=None)
         self.event(job_id, "Fine-tuning job started")
-        if base.name != job["model"]:
+        if job.get("_start_from"):
+            self.event(job_id, f"Starting from the fine-tuned model {job['_start_from']}: its adapter is the starting weights.")
+        elif base.name != job["model"]:
             self.event(job_id, f"Local backend: {job['model']} is served by the local model {base.name} ({base.source}).")
         from helpers.server.training import Cancelled
 
@@ -245,10 +247,23 @@ class JobRunner:
         history = self._metrics_history(job_id, keep_through=resume_step)
         if resume_from is not None:
             self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
+        elif job.get("_start_from"):
+            resume_from = self.store.model_dir(owner, job["_start_from"])
+            if not (resume_from / "adapter_config.json").exists():
+                self._finish(job_id, "failed", error={"code": "model_not_available", "param": "model", "message":
+                             f"The model {job['_start_from']} this job starts from was deleted before the job ran."})
+                return
         shared = self.models.get(base)
         adapter = f"train_{job_id.replace('-', '_')}"
         with shared.hold():
             model = shared.add_training_adapter(adapter, settings, resume_from)
+        if method == "dpo":
+            try:
+                self._attach_reference(job_id, train_examples, shared, adapter)
+            except BaseException:
+                with shared.hold():
+                    shared.remove_training_adapter(adapter)
+                raise
         started = time.monotonic()
 
         def on_step(m: training.StepMetrics) -> None:
@@ -292,6 +307,26 @@ class JobRunner:
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
         self._finish(job_id, "succeeded", message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
                      result_files=[results])
+
+    def _attach_reference(self, job_id: str, pairs: list[dict], shared, adapter: str) -> None:
+        """DPO's reference: each pair's log-probabilities under the model the job starts from (the base, or the
+        fine-tuned model it continues), computed once before the first step with the adapter as it starts, and kept
+        with the job so that a resumed job compares with the same reference."""
+        from helpers.server import training
+
+        job = self.store.get("job", job_id, None)
+        reference = job.get("_dpo_reference")
+        if reference is None or len(reference) != len(pairs):
+            reference = []
+            for pair in pairs:
+                if job_id in self._cancel:
+                    raise training.Cancelled()
+                with shared.training_turn(adapter):
+                    reference.append(training.reference_logprobs(shared.peft, pair))
+            self.store.update("job", job_id, _dpo_reference=reference)
+            self.event(job_id, f"Reference log-probabilities computed for {len(pairs)} preference pairs (the starting model's).")
+        for pair, (chosen, rejected) in zip(pairs, reference):
+            pair["ref_chosen"], pair["ref_rejected"] = chosen, rejected
 
     def _metrics_history(self, job_id: str, keep_through: int) -> list:
         """Step metrics already recorded up to ``keep_through``; later ones (from a run that stopped before
@@ -343,8 +378,10 @@ def _catalogue_model(model: str) -> str:
 
 
 def _model_name(job: dict[str, Any]) -> str:
+    """As OpenAI names it: ``ft:{base}:{org}:{suffix}:{id}``, the base being the first base model of a chain of jobs."""
     suffix = job.get("user_provided_suffix") or ""
-    return f"ft:{job['model']}:{OWNER_LABEL}:{suffix}:{job['id'][-8:]}"
+    root = job["model"].split(":")[1] if job["model"].startswith("ft:") else job["model"]
+    return f"ft:{root}:{OWNER_LABEL}:{suffix}:{job['id'][-8:]}"
 
 
 def _resolved_hyperparameters(job: dict[str, Any], n_examples: int) -> dict[str, Any]:

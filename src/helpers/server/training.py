@@ -277,14 +277,27 @@ def sequence_logprob(model, prompt: list[int], completion: list[int], device: st
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion, device=device)[:, None]).sum()
 
 
-def dpo_loss(policy, pair: dict[str, list[int]], beta: float, device: str) -> tuple[torch.Tensor, float]:
-    """DPO (Rafailov et al., 2023) for one pair; the reference is the base (adapter disabled)."""
+@torch.no_grad()
+def reference_logprobs(model, pair: dict[str, Any]) -> tuple[float, float]:
+    """The log-probabilities of a pair's preferred and other output under ``model`` as it is now (DPO's reference,
+    taken before the first step: the model the job starts from)."""
+    device = str(next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        return (float(sequence_logprob(model, pair["prompt"], pair["chosen"], device)),
+                float(sequence_logprob(model, pair["prompt"], pair["rejected"], device)))
+    finally:
+        model.train(was_training)
+
+
+def dpo_loss(policy, pair: dict[str, Any], beta: float, device: str) -> tuple[torch.Tensor, float]:
+    """DPO (Rafailov et al., 2023) for one pair, against the reference log-probabilities the pair carries
+    (``ref_chosen``, ``ref_rejected``: :func:`reference_logprobs` of the starting model). Before the first step the
+    policy is the reference, so the loss is log 2."""
     chosen = sequence_logprob(policy, pair["prompt"], pair["chosen"], device)
     rejected = sequence_logprob(policy, pair["prompt"], pair["rejected"], device)
-    with torch.no_grad(), policy.disable_adapter():
-        ref_chosen = sequence_logprob(policy, pair["prompt"], pair["chosen"], device)
-        ref_rejected = sequence_logprob(policy, pair["prompt"], pair["rejected"], device)
-    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    margin = beta * ((chosen - pair["ref_chosen"]) - (rejected - pair["ref_rejected"]))
     return -F.logsigmoid(margin), float(margin > 0)
 
 
