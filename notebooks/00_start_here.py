@@ -46,7 +46,8 @@ course = setup("00_start_here", BACKEND)
 # | `06_hyperparameters` | train with too few, enough and too many epochs, and two learning rates; read the curves |
 # | `07_garbage_in` | train on wrong labels that pass every format check; measure the damage; audit labels |
 # | `08_function_calling` | teach the model to call billing tools with the right arguments |
-# | `09_after_the_wind_down` | what changes when OpenAI stops training, take your model home, keep patient data out |
+# | `09_preferences_dpo` | teach the model which of two answers you prefer (DPO), after SFT |
+# | `10_after_the_wind_down` | what changes when OpenAI stops training, take your model home, keep patient data out |
 #
 # Every notebook opens with a `parameters` cell. Fast defaults run in a few minutes at most; `make reports` runs the
 # course-sized values and writes HTML reports to `reports/`.

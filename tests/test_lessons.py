@@ -159,6 +159,42 @@ def test_preference_pairs_prefer_the_course_form_and_validate(tmp_path):
     assert preferences.head_to_head(after, before) == {"n": 3, "wins": 2, "ties": 1, "losses": 0, "win_rate": 2.5 / 3}
 
 
+def test_a_mixed_style_file_rewrites_a_share_of_answers_in_unreadable_styles():
+    from helpers import preferences
+    from helpers.dataprep import read_jsonl
+
+    rows = read_jsonl(TRAIN, 60)
+    pairs = preferences.preference_pairs(rows, seed=1)
+    mixed, rewritten = preferences.mixed_styles(rows, pairs, 0.5, seed=1)
+    styles = [preferences.style_of(r["messages"][-1]["content"]) for r in mixed]
+    assert 15 < rewritten < 45 and styles.count("course form") == len(rows) - rewritten
+    assert set(styles) - {"course form"} <= set(preferences.REJECTED_STYLES)
+    assert [r["messages"][:-1] for r in mixed] == [r["messages"][:-1] for r in rows]  # the requests are untouched
+    assert preferences.mixed_styles(rows, pairs, 0.0, seed=1)[1] == 0 and preferences.mixed_styles(rows, pairs, 1.0, seed=1)[1] == 60
+    with pytest.raises(ValueError, match="MIXED_SHARE must be between 0 and 1"):
+        preferences.mixed_styles(rows, pairs, 1.5, seed=1)
+    table = preferences.styles_table({"m": pd.DataFrame({"answer": [r["messages"][-1]["content"] for r in mixed] + ["hello"]})})
+    assert table["m"].sum() == pytest.approx(1.0) and table.loc["other", "m"] == pytest.approx(1 / 61)
+
+
+def test_dpo_findings_follow_the_numbers():
+    from helpers import preferences
+
+    def summary(fmt, code, low, high):
+        return {"n": 40, "format_compliance": fmt, "code_accuracy": code, "code_accuracy_ci_low": low, "code_accuracy_ci_high": high}
+
+    gained = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65), summary(1.0, 0.9, 0.8, 0.97),
+                                      {"wins": 19, "ties": 19, "losses": 2, "win_rate": 0.7125}, 0.1)
+    assert gained[0].startswith("Format compliance went from 0.500 to 1.000") and "overlap" not in gained[0]
+    assert "lost 2" in gained[1] and "not better everywhere" in gained[2] and "Code accuracy rose" in gained[3]
+    flat = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65), summary(0.4, 0.4, 0.25, 0.55),
+                                    {"wins": 0, "ties": 30, "losses": 10, "win_rate": 0.375}, 0.1)
+    assert "(they overlap)" in flat[0] and "did not improve" in flat[-1]
+    steps = pd.DataFrame({"train_loss": [0.693, 0.6, 0.5, 0.4, 0.3], "train_accuracy": [0.0, 0.5, 1.0, 1.0, 1.0]})
+    curve = preferences.dpo_curve_findings(steps, 0.1)
+    assert curve[0].startswith("The DPO loss started at 0.693") and "averaged 0.300 over the last 1 step." in curve[0]
+
+
 def test_tool_examples_validate_and_calls_are_scored_on_three_levels(tmp_path):
     import json
     from types import SimpleNamespace

@@ -301,8 +301,22 @@ def test_08_tuned_model_calls_the_right_tool_with_the_right_arguments(nbval_run)
     assert metrics["findings"]["calls"] == tool_use.tool_findings(metrics["base"], metrics["forced"], metrics["tuned"])
 
 
-def test_09_refusal_take_home_and_patient_data(nbval_run):
-    metrics = nbval_run["09_after_the_wind_down"]
+def test_09_dpo_from_the_sft_model_moves_answers_to_the_preferred_form(nbval_run):
+    from helpers import preferences
+
+    metrics = nbval_run["09_preferences_dpo"]
+    assert metrics["ready"] and metrics["formats"] == {"supervised (mixed styles)": "chat", "preferences": "preference"}
+    assert metrics["sft_status"] == metrics["dpo_status"] == "succeeded"
+    assert abs(metrics["first_dpo_loss"] - 0.6931) < 0.02 and metrics["last_dpo_loss"] < metrics["first_dpo_loss"]
+    before, after, match = metrics["before"], metrics["after"], metrics["head_to_head"]
+    assert before["format_compliance"] < 0.9  # the mixed file taught the other styles too
+    assert after["format_compliance"] > before["format_compliance"] and after["code_accuracy"] > before["code_accuracy"]
+    assert match["win_rate"] > 0.5 and match["wins"] > match["losses"]
+    assert metrics["findings"]["dpo"] == preferences.dpo_findings(before, after, match, metrics["dpo_hyperparameters"]["beta"])
+
+
+def test_10_refusal_take_home_and_patient_data(nbval_run):
+    metrics = nbval_run["10_after_the_wind_down"]
     assert "training_not_available" in metrics["refusal"] and "Traceback" not in metrics["refusal"]
     assert "2027-01-06" in metrics["refusal"] and metrics["chat_after_refusal"]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "take_home.json"} <= set(metrics["exported_files"])

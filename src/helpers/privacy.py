@@ -1,4 +1,4 @@
-"""Patient data in training files (notebook 09): named checks for identifiers a billing note may carry, and a scrubber
+"""Patient data in training files (notebook 10): named checks for identifiers a billing note may carry, and a scrubber
 that replaces them with placeholders before a file leaves your machine.
 
 The checks find identifiers that have a shape (dates, phone numbers, e-mail addresses, record and social security
@@ -52,7 +52,7 @@ def scrub_rows(rows: list[dict]) -> list[dict]:
 
 
 def privacy_findings(course_scan: pd.DataFrame, n_course: int, notes_scan: pd.DataFrame, n_notes: int, after: pd.DataFrame) -> list[str]:
-    """What 09's scans show, in sentences computed from them."""
+    """What 10's scans show, in sentences computed from them."""
     lines = [f"The course's training file: {len(course_scan)} identifiers found in {n_course} examples"
              + (": its requests carry ages and sex only, with no age over 89." if course_scan.empty else
                 f" ({', '.join(sorted(set(course_scan['check'])))}): read them before uploading.")]

@@ -1,4 +1,4 @@
-"""After OpenAI's wind-down (notebook 09): what a refused account sees, and how to take a model fine-tuned on the local
+"""After OpenAI's wind-down (notebook 10): what a refused account sees, and how to take a model fine-tuned on the local
 server home, in the formats open-source tools load.
 
 A model the local server trains is the base model's weights (SmolLM2-135M-Instruct, a plain transformers folder)

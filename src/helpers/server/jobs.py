@@ -35,8 +35,10 @@ OWNER_LABEL = "local"
 
 
 #: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
-#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged); DPO: 1e-3, as before (not swept).
-AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.5}
+#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's
+#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, notebook 09).
+AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
+REFERENCE_BATCH = 8  # DPO pairs per forward pass when their reference log-probabilities are computed
 
 
 def auto_batch_size(n_examples: int) -> int:
@@ -318,11 +320,12 @@ class JobRunner:
         reference = job.get("_dpo_reference")
         if reference is None or len(reference) != len(pairs):
             reference = []
-            for pair in pairs:
+            pad_id = shared.tokenizer.pad_token_id if shared.tokenizer.pad_token_id is not None else shared.tokenizer.eos_token_id
+            for first in range(0, len(pairs), REFERENCE_BATCH):
                 if job_id in self._cancel:
                     raise training.Cancelled()
                 with shared.training_turn(adapter):
-                    reference.append(training.reference_logprobs(shared.peft, pair))
+                    reference += training.reference_logprobs(shared.peft, pairs[first : first + REFERENCE_BATCH], pad_id)
             self.store.update("job", job_id, _dpo_reference=reference)
             self.event(job_id, f"Reference log-probabilities computed for {len(pairs)} preference pairs (the starting model's).")
         for pair, (chosen, rejected) in zip(pairs, reference):

@@ -270,35 +270,50 @@ def accumulate_gradients(model, batch: list[tuple[list[int], list[int]]], pad_id
     return total / max(labelled, 1), correct / max(labelled, 1)
 
 
-def sequence_logprob(model, prompt: list[int], completion: list[int], device: str) -> torch.Tensor:
-    ids = torch.tensor([prompt + completion], device=device)
+def completion_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """Summed log-probabilities of each ``(prompt, completion)``'s completion tokens, in one padded forward pass
+    (right padding; only completion positions go through the output layer)."""
+    device = str(next(model.parameters()).device)
+    batch = collate([(prompt + completion, [IGNORE] * len(prompt) + completion) for prompt, completion in sequences], pad_id, device)
+    lm = _causal_lm(model)
     with autocast(model):
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion, device=device)[:, None]).sum()
+        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE
+        logits = lm.lm_head(hidden[mask]).float()
+    token_logprobs = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(len(sequences), device=device).index_add(0, rows, token_logprobs)
+
+
+def pair_logprobs(model, pairs: list[dict[str, Any]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's preferred and other output's log-probabilities (both in one forward pass)."""
+    both = completion_logprobs(model, [(p["prompt"], p["chosen"]) for p in pairs] + [(p["prompt"], p["rejected"]) for p in pairs], pad_id)
+    return both[: len(pairs)], both[len(pairs):]
 
 
 @torch.no_grad()
-def reference_logprobs(model, pair: dict[str, Any]) -> tuple[float, float]:
-    """The log-probabilities of a pair's preferred and other output under ``model`` as it is now (DPO's reference,
-    taken before the first step: the model the job starts from)."""
-    device = str(next(model.parameters()).device)
+def reference_logprobs(model, pairs: list[dict[str, Any]], pad_id: int) -> list[tuple[float, float]]:
+    """The log-probabilities of each pair's preferred and other output under ``model`` as it is now (DPO's
+    reference, taken before the first step: the model the job starts from)."""
     was_training = model.training
     model.eval()
     try:
-        return (float(sequence_logprob(model, pair["prompt"], pair["chosen"], device)),
-                float(sequence_logprob(model, pair["prompt"], pair["rejected"], device)))
+        chosen, rejected = pair_logprobs(model, pairs, pad_id)
     finally:
         model.train(was_training)
+    return list(zip(chosen.tolist(), rejected.tolist()))
 
 
-def dpo_loss(policy, pair: dict[str, Any], beta: float, device: str) -> tuple[torch.Tensor, float]:
-    """DPO (Rafailov et al., 2023) for one pair, against the reference log-probabilities the pair carries
-    (``ref_chosen``, ``ref_rejected``: :func:`reference_logprobs` of the starting model). Before the first step the
-    policy is the reference, so the loss is log 2."""
-    chosen = sequence_logprob(policy, pair["prompt"], pair["chosen"], device)
-    rejected = sequence_logprob(policy, pair["prompt"], pair["rejected"], device)
-    margin = beta * ((chosen - pair["ref_chosen"]) - (rejected - pair["ref_rejected"]))
-    return -F.logsigmoid(margin), float(margin > 0)
+def dpo_loss(policy, pairs: list[dict[str, Any]], beta: float, pad_id: int) -> tuple[torch.Tensor, float]:
+    """DPO (Rafailov et al., 2023) over a batch of pairs: the mean loss and the share of pairs whose margin is
+    positive. Each pair carries its reference log-probabilities (``ref_chosen``, ``ref_rejected``: those of the
+    starting model, :func:`reference_logprobs`); before the first step the policy is the reference, so the loss is
+    log 2."""
+    chosen, rejected = pair_logprobs(policy, pairs, pad_id)
+    reference = torch.tensor([[p["ref_chosen"], p["ref_rejected"]] for p in pairs], device=chosen.device)
+    margin = beta * ((chosen - reference[:, 0]) - (rejected - reference[:, 1]))
+    return -F.logsigmoid(margin).mean(), float((margin > 0).float().mean())
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
@@ -410,9 +425,7 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
                     if settings.method == "dpo":
-                        losses, wins = zip(*(dpo_loss(model, pair, settings.beta, device) for pair in chunk))
-                        loss = torch.stack(losses).mean()
-                        accuracy = sum(wins) / len(wins)
+                        loss, accuracy = dpo_loss(model, chunk, settings.beta, pad_id)
                         loss.backward()
                     else:
                         loss, accuracy = accumulate_gradients(model, chunk, pad_id, device)

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 09 · After the wind-down, and patient data
+# # 10 · After the wind-down, and patient data
 # **Time:** about 1 minute on a 2-core CPU (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.5).
 
 # %% tags=["parameters"]
@@ -27,7 +27,7 @@ import pandas as pd
 from helpers.course import setup
 from helpers import billing, costs, dataprep, finetune, privacy, wind_down
 from helpers.paths import REPO_ROOT, shown
-course = setup("09_after_the_wind_down", BACKEND)
+course = setup("10_after_the_wind_down", BACKEND)
 
 # %% [markdown]
 # ## 1. Why
