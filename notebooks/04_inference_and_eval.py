@@ -25,7 +25,7 @@ N_NEW_CODES = 6  # 0 means all requests for codes absent from training
 N_PROMPTING = 16  # test requests for the prompting rung (its 1,400-token prompt takes seconds each here; 0 means N_TEST)
 RETRIEVED_CODES = 5
 MAX_TOKENS = 32
-CONCURRENCY = 8
+CONCURRENCY = 16
 
 # %%
 import pandas as pd

@@ -17,7 +17,7 @@ from helpers.billing import chat_example, format_answer, load_codes, parse_answe
 
 
 def label_pool(client, teacher: str, pool: list[dict], run_id: str, *, k: int = 5, max_tokens: int = 32,
-               concurrency: int = 8) -> int:
+               concurrency: int = 16) -> int:
     """Ask the teacher about every pool item (with ``k`` retrieved candidate codes in its prompt), each answer
     stored with metadata ``{"run", "pool_id"}``; returns how many."""
     from helpers.retrieval import rag_system_prompt

@@ -13,7 +13,7 @@ from helpers.billing import load_codes, parse_answer, same_description
 from helpers.costs import query_cost
 
 
-def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 8) -> list[dict]:
+def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 16) -> list[dict]:
     """Send requests concurrently (the local server batches those that arrive together)."""
     def one(messages: list[dict]) -> dict:
         started = time.perf_counter()
@@ -26,7 +26,7 @@ def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32,
 
 
 def evaluate(client, model: str, examples: list[dict], *, prompt: Callable[[list[dict]], list[dict]] | None = None,
-             max_tokens: int = 32, concurrency: int = 8) -> pd.DataFrame:
+             max_tokens: int = 32, concurrency: int = 16) -> pd.DataFrame:
     """One row per example: request, expected and given answers, correctness, latency and tokens.
 
     ``prompt`` rewrites each request's messages (for example to add retrieved context)."""

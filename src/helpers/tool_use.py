@@ -92,7 +92,7 @@ def score_call(message: Any, example: dict) -> dict[str, Any]:
             "right_arguments": bool(called) and called.name == name and isinstance(given, dict) and arguments_match(name, given, wanted)}
 
 
-def evaluate(client, model: str, test: list[dict], *, tool_choice: str = "auto", max_tokens: int = 64, concurrency: int = 8) -> pd.DataFrame:
+def evaluate(client, model: str, test: list[dict], *, tool_choice: str = "auto", max_tokens: int = 64, concurrency: int = 16) -> pd.DataFrame:
     """Ask ``model`` each test request with the tools, one call at most (``parallel_tool_calls=False``; with
     ``tool_choice="required"`` the answer must be a call, its arguments valid against the tool's schema); one scored
     row per request."""

@@ -23,7 +23,8 @@ from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.structured import Constraint, GrammarLogitsProcessor
 from helpers.server.training import render
 
-BATCH_WINDOW_S = 0.02
+BATCH_WINDOW_S = 0.02  # a batch waits this long after its latest request for another one ...
+MAX_BATCH_WAIT_S = 0.1  # ... and no longer than this after its first (see _batch_loop)
 MAX_BATCH = 16
 STREAM_AHEAD = 8  # tokens a stream's generation may run ahead of its reader
 T = TypeVar("T")
@@ -110,16 +111,23 @@ class Engine:
 
     def _batch_loop(self) -> None:
         while True:
+            # A batch is generated as a whole, so clients that send a new request when their answer arrives would
+            # otherwise settle into several half-full batches taking turns (measured: 64 requests from 16 threads went
+            # in batches of 8). Waiting a little for requests still arriving keeps batches full.
             first = self._requests.get()
             batch = [first]
-            deadline = time.monotonic() + BATCH_WINDOW_S
+            started = latest = time.monotonic()
             held: list[_Request] = []
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._requests.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._requests.get(timeout=max(0.0, min(latest + BATCH_WINDOW_S, started + MAX_BATCH_WAIT_S) - time.monotonic()))
                 except queue.Empty:
                     break
-                (batch if (item.target, item.sampling) == (first.target, first.sampling) else held).append(item)
+                if (item.target, item.sampling) == (first.target, first.sampling):
+                    batch.append(item)
+                    latest = time.monotonic()
+                else:
+                    held.append(item)
             for item in held:
                 self._requests.put(item)
             self.stats["requests"] += len(batch)

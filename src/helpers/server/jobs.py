@@ -36,7 +36,7 @@ OWNER_LABEL = "local"
 
 #: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
 #: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's
-#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, notebook 09).
+#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
 AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
 REFERENCE_BATCH = 8  # DPO pairs per forward pass when their reference log-probabilities are computed
 
