@@ -320,7 +320,7 @@ class JobRunner:
         reference = job.get("_dpo_reference")
         if reference is None or len(reference) != len(pairs):
             reference = []
-            pad_id = shared.tokenizer.pad_token_id if shared.tokenizer.pad_token_id is not None else shared.tokenizer.eos_token_id
+            pad_id = training.padding_id(shared.tokenizer)
             for first in range(0, len(pairs), REFERENCE_BATCH):
                 if job_id in self._cancel:
                     raise training.Cancelled()

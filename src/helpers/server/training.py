@@ -196,6 +196,11 @@ def micro_batches(batch: list[tuple[list[int], list[int]]], max_tokens: int) -> 
     return passes
 
 
+def padding_id(tokenizer) -> int:
+    """The id batches are padded with (SmolLM2's pad is its eos; labels never come from it)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int, device: str) -> dict[str, torch.Tensor]:
     width = padded_width(batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -221,20 +226,26 @@ def autocast(model):
     return torch.autocast(_causal_lm(model).device.type, dtype=dtype, enabled=dtype == torch.bfloat16)
 
 
-def loss_and_accuracy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
-    """Mean token loss over labelled tokens, token accuracy, and how many tokens were labelled.
-
-    Only labelled positions go through the output layer (49k-token vocabulary): the assistant's tokens are
-    a fraction of each example, so this saves most of the logits' compute and memory. The loss is fp32.
-    """
+def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 logits at the labelled positions only (the 49k-token output layer runs on those alone), the tokens
+    they should predict, and the mask of those positions (batch x width - 1)."""
     lm = _causal_lm(model)
     with autocast(model):
         hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
         logits = lm.lm_head(hidden[mask]).float()
+    return logits, targets[mask], mask
+
+
+def loss_and_accuracy(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+    """Mean token loss over labelled tokens, token accuracy, and how many tokens were labelled.
+
+    Only labelled positions go through the output layer (49k-token vocabulary): the assistant's tokens are
+    a fraction of each example, so this saves most of the logits' compute and memory. The loss is fp32.
+    """
+    logits, wanted, mask = labelled_logits(model, batch)
     count = int(mask.sum())
-    wanted = targets[mask]
     loss = F.cross_entropy(logits, wanted, reduction="sum") / max(count, 1)
     accuracy = float((logits.argmax(-1) == wanted).sum()) / max(count, 1)
     return loss, accuracy, count
@@ -275,13 +286,8 @@ def completion_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad
     (right padding; only completion positions go through the output layer)."""
     device = str(next(model.parameters()).device)
     batch = collate([(prompt + completion, [IGNORE] * len(prompt) + completion) for prompt, completion in sequences], pad_id, device)
-    lm = _causal_lm(model)
-    with autocast(model):
-        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
-        targets = batch["labels"][:, 1:]
-        mask = targets != IGNORE
-        logits = lm.lm_head(hidden[mask]).float()
-    token_logprobs = torch.log_softmax(logits, -1).gather(-1, targets[mask][:, None]).squeeze(-1)
+    logits, wanted, mask = labelled_logits(model, batch)
+    token_logprobs = torch.log_softmax(logits, -1).gather(-1, wanted[:, None]).squeeze(-1)
     rows = mask.nonzero()[:, 0]
     return torch.zeros(len(sequences), device=device).index_add(0, rows, token_logprobs)
 
@@ -392,7 +398,7 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
     ``hold()`` is entered around every step, evaluation and ``on_epoch_end``: a model shared with an inference
     engine is used by one thread at a time, and the engine gets its turns between steps."""
     device = str(next(model.parameters()).device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = padding_id(tokenizer)
     torch.manual_seed(settings.seed)
     steps_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.n_epochs
