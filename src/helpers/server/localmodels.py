@@ -145,8 +145,8 @@ def bf16_weights_dir(base: LocalBase) -> Path:
 def load_model(base: LocalBase, device: str | None = None):
     """The base model on ``device`` (a GPU when torch sees one), its weights in ``compute_dtype()``.
 
-    Attention is transformers' "eager" implementation: for these short sequences it measured faster than SDPA
-    in training here (benchmarks/RESULTS.md)."""
+    Attention starts as transformers' "eager" implementation, which trains the course's short examples faster than
+    SDPA here; the server switches to SDPA to generate (``shared.INFERENCE_ATTENTION``)."""
     from transformers import AutoModelForCausalLM
 
     import torch

@@ -82,6 +82,12 @@ def adapter_name(weights: Path) -> str:
 OFF = ("", False)
 
 
+#: The attention kernel for each use of the shared model, measured here (benchmarks/RESULTS.md, tenth session):
+#: SDPA generates faster at every prompt length (16 prompts of 1,612 tokens: 29 s against 115-143 s with eager; of 60
+#: tokens: 2.2 s against 3.8 s); eager trains faster on the course's short examples (160 examples: 44 s against 51-59 s).
+INFERENCE_ATTENTION, TRAINING_ATTENTION = "sdpa", "eager"
+
+
 class SharedModel:
     """A base model, its tokenizer (left padding, for batched generation) and the adapters attached to it.
 
@@ -109,6 +115,7 @@ class SharedModel:
     # -- inference ------------------------------------------------------------------------------
     def for_inference(self, weights: Path | None):
         """The model to generate with: the plain base (None), or the base with the adapter saved in ``weights``."""
+        self._attention(INFERENCE_ATTENTION)
         if weights is None:
             if self.peft is not None and self._active != OFF:
                 self.peft.base_model.disable_adapter_layers()
@@ -153,6 +160,7 @@ class SharedModel:
         self._attach(name, create)
         self._training.add(name)
         self._activate(name, trainable=True)
+        self._attention(TRAINING_ATTENTION)
         return self.peft
 
     @contextmanager
@@ -160,6 +168,7 @@ class SharedModel:
         """Hold the model with the training adapter ``name`` active and trainable."""
         with self.hold():
             self._activate(name, trainable=True)
+            self._attention(TRAINING_ATTENTION)
             yield
 
     def save_adapter(self, name: str, folder: Path) -> None:
@@ -196,6 +205,10 @@ class SharedModel:
             create()
         keep_input_dtype(self.peft)
         self._active = None  # adding an adapter may change which one peft has active
+
+    def _attention(self, implementation: str) -> None:
+        if self.model.config._attn_implementation != implementation:
+            self.model.set_attn_implementation(implementation)
 
     def _activate(self, name: str, *, trainable: bool) -> None:
         """Make ``name`` the active adapter (a walk over every module in peft: skipped when it already is)."""
