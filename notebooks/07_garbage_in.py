@@ -14,14 +14,14 @@
 
 # %% [markdown]
 # # 07 · Garbage in, garbage out
-# **Time:** about 3 minutes with the defaults, about 4.5 at course size (one more job), on a 2-core CPU · **Cost:** $0 locally; on OpenAI, one training run of the same size per file (3.2 prints their prices).
+# **Time:** about 3 minutes with the defaults, about 4 at course size (one more job; measured 2.8 and 3.8), on a 2-core CPU · **Cost:** $0 locally; on OpenAI, one training run of the same size per file (3.2 prints their prices).
 
 # %% tags=["parameters"]
 BACKEND = "local"
 MODEL = "gpt-4.1-mini"
 N_CODES = 8  # procedures to train on, drawn with SEED (0 means all 37); each has 9 training examples
 CORRUPTED_SHARES = [0.0, 0.4]  # share of training labels made wrong (in the right format), one job each; course size adds 0.15
-SYSTEMATIC = True  # each procedure's wrong labels name the same other code (False: a random other code each time)
+SYSTEMATIC = True  # wrong labels fill whole procedures, each always given the same other code (False: spread at random)
 PADDED_SHARE = 0.5  # one more job: a file of the same size where this share are near-duplicates of the rest (0: none)
 N_EPOCHS = 3
 SEED = 1
@@ -46,8 +46,10 @@ work = REPO_ROOT / ".workbook" / "data" / "garbage_in"
 # ## 2. What
 # - **Corrupted labels.** A share of the training answers are replaced by wrong ones in the right format. Half have
 #   the code swapped for another course code, the description kept (a copy-paste from the row above). The other
-#   half carry another procedure's whole answer (a row labelled from the wrong chart). With `SYSTEMATIC`, as with a
-#   person who mixes two codes up, each procedure is always confused with the same other one.
+#   half carry another procedure's whole answer (a row labelled from the wrong chart). With `SYSTEMATIC`, the errors
+#   are a person's: a coder who mixes two procedures up labels every example of one with the other's code, so the
+#   wrong labels fill whole procedures (the last one only partly, to make the share exact). Without it they are
+#   spread at random over all procedures, a few in each.
 # - **Padding.** A file of the same size where some examples are near-duplicates of others: the same request up to
 #   case, spacing or punctuation. It looks as big and costs as much, and it holds fewer distinct requests.
 # - **The experiment.** The same `N_CODES` procedures, the same epochs and seed; only the labels change. Each model is
@@ -102,8 +104,10 @@ course.record(scores=scores.to_dict())
 scores.loc[["code_accuracy", "code_accuracy_ci_low", "code_accuracy_ci_high", "exact_match", "format_compliance"]].round(3)
 
 # %%
+taught = label_audit.taught_wrong(variants, test)
+course.record(taught_wrong=taught)
 course.findings("noise", label_audit.noise_findings(scores.to_dict(), CORRUPTED_SHARES, PADDED_SHARE, variants.distinct, len(clean),
-                                                    SYSTEMATIC))
+                                                    SYSTEMATIC, taught))
 
 # %% [markdown]
 # ### 3.5 Audit the labels before training
@@ -134,5 +138,6 @@ audited[audited["flagged"]].head(8)[["line", "request", "label", "table_ok", "re
 #   Deduplicate (02's validator lists them), and read 3.4 for what the padded file did here.
 #
 # **Exercises.** (1) Set `CORRUPTED_SHARES = [0.0, 0.15, 0.4, 0.7]`: where does the model stop learning the right
-# codes? (2) Set `SYSTEMATIC = False`, so that each wrong label names a random other code: does the damage wash out?
+# codes? (2) Set `SYSTEMATIC = False`, so that the wrong labels are spread over every procedure, each naming a random
+# other code: does the damage wash out?
 # (3) Run the audit on `data/billing/train.jsonl` as it is: which clean rows does retrieval flag, and why?

@@ -43,14 +43,18 @@ def test_corrupted_labels_are_well_formed_wrong_and_pass_the_validator(clean, tm
         else:
             assert after[0] != before[0] and after[1] == table[after[0]]  # another procedure's whole, consistent answer
     assert label_audit.corrupt(clean, 0.4, seed=1) == (rows, kinds)
-    # systematic (the default): every wrong label of a procedure names the same other code; random: not so
+    # systematic (the default): the wrong labels fill whole procedures (12 codes x 9: 43 rows are 4 procedures and 7
+    # rows of a fifth), every wrong label of a procedure names the same other code, and 15%'s rows are among 40%'s
     wrong_codes: dict[str, set] = {}
     for i in kinds:
         wrong_codes.setdefault(parse_answer(clean[i]["messages"][-1]["content"])[0], set()).add(parse_answer(rows[i]["messages"][-1]["content"])[0])
-    assert all(len(codes) == 1 for codes in wrong_codes.values())
+    assert all(len(codes) == 1 for codes in wrong_codes.values()) and len(wrong_codes) == 5
+    assert len(label_audit.mislabelled_procedures(clean, kinds)) == 4
+    assert set(label_audit.corrupt(clean, 0.15, seed=1)[1]) <= set(kinds)
     random_rows, random_kinds = label_audit.corrupt(clean, 0.4, seed=1, systematic=False)
     assert any(len({parse_answer(random_rows[i]["messages"][-1]["content"])[0] for i in random_kinds
                     if clean[i]["messages"][-1]["content"] == clean[j]["messages"][-1]["content"]}) > 1 for j in random_kinds)
+    assert label_audit.mislabelled_procedures(clean, random_kinds) == []  # spread thin: every procedure keeps right labels
     assert validate_file(write_jsonl(rows, tmp_path / "bad.jsonl"), model="gpt-4.1-mini").ok
     with pytest.raises(ValueError, match="between 0 and 1"):
         label_audit.corrupt(clean, 1.5, seed=1)
@@ -102,6 +106,22 @@ def test_noise_sentences_follow_the_numbers():
     assert "within the noise" in label_audit.noise_findings(close, [0.0, 0.4], 0, 108, 108)[1]
     none = {names[0]: summary(0.6, 0.42, 0.76), names[1]: summary(0.7, 0.5, 0.85)}
     assert "scored no worse" in label_audit.noise_findings(none, [0.0, 0.4], 0, 108, 108)[1]
+    taught = {names[0]: {"procedures": 0, "held_out_share": 0.0}, names[1]: {"procedures": 3, "held_out_share": 0.375}}
+    lines = label_audit.noise_findings(apart, [0.0, 0.4], 0, 108, 108, True, taught)
+    assert "every example of 3 procedures wrong" in lines[2] and "would lose about 0.300 (0.800 x 0.375). It lost 0.500" in lines[2]
+    assert "as faithfully as the right ones" in lines[2]
+    assert "did not learn all of them" in label_audit.noise_findings(close, [0.0, 0.4], 0, 108, 108, True, taught)[2]
+
+
+def test_taught_wrong_counts_the_held_out_requests_of_wholly_mislabelled_procedures(clean):
+    variants = label_audit.make_variants(clean, [0.0, 0.4], 0, seed=1)
+    test = experiments.for_codes(DATA / "billing" / "test.jsonl", sorted({parse_answer(r["messages"][-1]["content"])[0] for r in clean}))
+    taught = label_audit.taught_wrong(variants, test)
+    wrong = label_audit.mislabelled_procedures(clean, variants.corrupted["40% corrupted"])
+    assert taught["0% corrupted"] == {"procedures": 0, "held_out_share": 0.0}
+    assert taught["40% corrupted"]["procedures"] == len(wrong) == 4
+    share = sum(parse_answer(r["messages"][-1]["content"])[0] in wrong for r in test) / len(test)
+    assert taught["40% corrupted"]["held_out_share"] == share and 0 < share < 1
 
 
 def losses(values: list[float], train: list[float] | None = None) -> pd.DataFrame:

@@ -277,6 +277,8 @@ def test_07_wrong_labels_pass_the_validator_and_cost_accuracy(nbval_run):
     scores, names = metrics["scores"], list(metrics["scores"])
     clean, worst = scores[names[0]], scores[names[len(names) - 2]]  # the last corrupted share (the padded file is last)
     assert clean["code_accuracy"] > worst["code_accuracy"]
+    assert metrics["taught_wrong"][names[len(names) - 2]]["procedures"] >= 1  # systematic: whole procedures taught wrong
+    assert "labelled every example of" in metrics["findings"]["noise"][2]
     assert worst["format_compliance"] >= 0.9  # well-formed garbage teaches the format all the same
     padded = names[-1]
     assert metrics["duplicate_warnings"][padded] > 0 and metrics["duplicate_warnings"][names[0]] == 0

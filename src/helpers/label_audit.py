@@ -3,7 +3,9 @@ that find them.
 
 * :func:`corrupt` gives a share of examples a wrong label in the right format, of two kinds: the code swapped
   for another course code (the description kept), and the whole answer of another procedure. By default the errors
-  are systematic, as a person's are: each procedure is always confused with the same other one.
+  are systematic, as a person's are: a coder who confuses a procedure with another labels every example of it
+  wrongly, so the wrong labels fill whole procedures (the model learns them); random errors are spread thin over
+  every procedure (the model mostly outvotes them).
 * :func:`pad` keeps the file's size but replaces a share of it with near-duplicates of the rest.
 * :func:`audit` checks every label twice without a model: against the code table (does the description go with
   the code?) and against retrieval (is the labelled code among the codes retrieval finds for the request?).
@@ -41,17 +43,26 @@ def confusions(codes: list[str], seed: int) -> dict[str, str]:
 
 
 def corrupt(rows: list[dict], share: float, seed: int, systematic: bool = True) -> tuple[list[dict], dict[int, str]]:
-    """A copy of ``rows`` where ``share`` of the labels (drawn with ``seed``) are wrong in the right format:
-    alternately the code swapped for another of the file's codes, and another procedure's whole answer. The wrong code
-    is the row's code's fixed confusion (:func:`confusions`) when ``systematic``, else a random other code each time.
+    """A copy of ``rows`` where ``share`` of the labels are wrong in the right format: alternately the code swapped
+    for another of the file's codes, and another procedure's whole answer.
+
+    ``systematic``: the wrong labels fill whole procedures, taken in an order drawn with ``seed`` (the last one only
+    partly, so that the share is exact), each always given its fixed confusion (:func:`confusions`). A smaller share's
+    wrong rows are a subset of a larger share's. Otherwise: rows drawn at random, each given a random other code.
     Returns the rows and ``{index: kind}`` of the corrupted ones."""
     if not 0 <= share <= 1:
         raise ValueError(f"A corrupted share must be between 0 and 1, got {share}.")
     rng = random.Random(seed)
     table = {c.code: c for c in load_codes()}
-    codes = sorted({parse_answer(_answer(row))[0] for row in rows})
+    code_of = [parse_answer(_answer(row))[0] for row in rows]
+    codes = sorted(set(code_of))
     confused = confusions(codes, seed)
-    chosen = sorted(rng.sample(range(len(rows)), round(len(rows) * share)))
+    n_wrong = round(len(rows) * share)
+    if systematic:
+        order = rng.sample(codes, len(codes))
+        chosen = sorted([i for code in order for i, c in enumerate(code_of) if c == code][:n_wrong])
+    else:
+        chosen = sorted(rng.sample(range(len(rows)), n_wrong))
     out, kinds = list(rows), {}
     for n, index in enumerate(chosen):
         code, description = parse_answer(_answer(rows[index]))
@@ -60,6 +71,14 @@ def corrupt(rows: list[dict], share: float, seed: int, systematic: bool = True) 
         wrong = format_answer(other, description) if kind == SWAPPED_CODE else table[other].answer
         out[index], kinds[index] = _with_answer(rows[index], wrong), kind
     return out, kinds
+
+
+def mislabelled_procedures(rows: list[dict], corrupted: dict[int, str]) -> list[str]:
+    """The codes none of whose examples in ``rows`` kept its right label (``corrupted`` as :func:`corrupt` returns)."""
+    codes: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        codes.setdefault(parse_answer(_answer(row))[0], []).append(i)
+    return sorted(code for code, indices in codes.items() if all(i in corrupted for i in indices))
 
 
 def _near_duplicate(text: str, rng: random.Random) -> str:
@@ -131,10 +150,22 @@ def variant_names(shares: list[float], padded_share: float) -> list[str]:
     return [_share_name(s) for s in shares] + ([f"padded ({padded_share:.0%} near-duplicates)"] if padded_share else [])
 
 
+def taught_wrong(variants: "Variants", test: list[dict]) -> dict[str, dict[str, float]]:
+    """Per corrupted file: how many procedures had every example labelled wrong, and the share of ``test`` (held-out
+    requests) that belongs to them: what a model that learned its labels as given would get wrong."""
+    test_codes = [parse_answer(_answer(row))[0] for row in test]
+    out = {}
+    for name, corrupted in variants.corrupted.items():
+        wrong = mislabelled_procedures(variants.clean, corrupted)
+        out[name] = {"procedures": len(wrong), "held_out_share": sum(c in wrong for c in test_codes) / max(len(test_codes), 1)}
+    return out
+
+
 def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: float, distinct: int, n_examples: int,
-                   systematic: bool = True) -> list[str]:
+                   systematic: bool = True, taught: dict[str, dict[str, float]] | None = None) -> list[str]:
     """What 07's table shows, in sentences computed from it: accuracy against the share of wrong labels, whether
-    the intervals separate the runs, the format (unchanged), and the padded file."""
+    the intervals separate the runs, what the wholly mislabelled procedures predict (``taught``, from
+    :func:`taught_wrong`), the format (unchanged), and the padded file."""
     names = variant_names(shares, padded_share)
     noisy = [(share, scores[name]) for share, name in zip(shares, names)]
     trail = "; ".join(f"{s['code_accuracy']:.3f} with {share:.0%} of the labels wrong" for share, s in noisy)
@@ -149,9 +180,19 @@ def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: f
                         ", but the 95% intervals overlap: on this many requests the drop is within the noise."))
     else:
         lines.append(f"With {high_share:.0%} of the labels wrong the model scored no worse ({worst['code_accuracy']:.3f} "
-                     f"against {clean['code_accuracy']:.3f}): on this data it learned each procedure's majority label"
-                     + (", even with the errors all pointing the same way." if systematic else
-                        ". Random errors wash out; errors that agree with each other (SYSTEMATIC = True) do not."))
+                     f"against {clean['code_accuracy']:.3f})"
+                     + (": on this sample the wrong labels did not show." if systematic else
+                        ": it learned each procedure's majority label. Random errors spread thin wash out; errors that "
+                        "fill whole procedures (SYSTEMATIC = True) do not."))
+    worst_taught = (taught or {}).get(names[len(shares) - 1], {})
+    if systematic and worst_taught.get("procedures"):
+        expected = clean["code_accuracy"] * worst_taught["held_out_share"]
+        lines.append(f"The {high_share:.0%} file labelled every example of {worst_taught['procedures']:.0f} procedures wrong; "
+                     f"their requests are {worst_taught['held_out_share']:.0%} of the held-out set, so a model that learned "
+                     f"its labels as given would lose about {expected:.3f} ({clean['code_accuracy']:.3f} x "
+                     f"{worst_taught['held_out_share']:.3f}). It lost {drop:.3f}: "
+                     + ("it learned the wrong labels as faithfully as the right ones." if drop >= 0.5 * expected else
+                        "less than that, so it did not learn all of them."))
     formats = ", ".join(f"{s['format_compliance']:.2f}" for _, s in noisy)
     lines.append(f"Format compliance: {formats}. Every wrong label was well formed, so the models learned the format "
                  "either way: the damage shows only when the facts are scored.")
@@ -186,11 +227,12 @@ def audit_findings(scores: pd.DataFrame) -> list[str]:
 
 @dataclass
 class Variants:
-    """Notebook 07's training sets: ``rows`` per variant name, the corrupted rows of each (``{index: kind}``), and
-    how many distinct requests the padded file kept (the clean size when there is none)."""
+    """Notebook 07's training sets: ``rows`` per variant name, the corrupted rows of each (``{index: kind}``), how
+    many distinct requests the padded file kept (the clean size when there is none), and the clean rows."""
     rows: dict[str, list[dict]]
     corrupted: dict[str, dict[int, str]]
     distinct: int
+    clean: list[dict]
 
     @property
     def worst(self) -> str:
@@ -209,7 +251,7 @@ def make_variants(clean: list[dict], shares: list[float], padded_share: float, s
         rows[name], corrupted[name] = corrupt(clean, share, seed, systematic)
     if padded_share:
         rows[names[-1]], distinct = pad(clean, padded_share, seed)
-    return Variants(rows, corrupted, distinct)
+    return Variants(rows, corrupted, distinct, clean)
 
 
 def corrupted_examples(clean: list[dict], variants: Variants, n: int = 2) -> pd.DataFrame:
