@@ -191,3 +191,26 @@ def test_the_base_answers_as_the_base_after_adapters_come_and_go(tmp_path):
         shared.remove_training_adapter("second")  # peft now makes the inference adapter active again
         assert torch.allclose(logits(shared.for_inference(None)), plain, atol=1e-4)
         assert torch.allclose(logits(shared.for_inference(tmp_path / "first")), tuned, atol=1e-4)
+
+
+def test_the_shared_model_generates_with_sdpa_and_trains_with_eager_to_the_same_answers():
+    """Each use runs the attention kernel measured fastest for it (benchmarks/RESULTS.md); both compute the same
+    model, so the switch changes speed, not answers."""
+    from helpers.server.shared import INFERENCE_ATTENTION, TRAINING_ATTENTION, SharedModel
+    from helpers.server.training import TrainSettings, autocast
+
+    shared = SharedModel(localmodels.base_models()[localmodels._local()["default_base"]])
+    ids = shared.tokenizer("Pt seen today for a lipid panel.", return_tensors="pt")["input_ids"]
+    with shared.hold(), torch.no_grad():
+        generating = shared.for_inference(None)(input_ids=ids).logits[0, -1].float()
+        assert shared.model.config._attn_implementation == INFERENCE_ATTENTION == "sdpa"
+        shared.add_training_adapter("job", TrainSettings(seed=1))
+        assert shared.model.config._attn_implementation == TRAINING_ATTENTION == "eager"
+        with autocast(shared.peft):  # as a training step runs (fp32 adapters, bf16 base)
+            training = shared.peft(input_ids=ids).logits[0, -1].float()  # a new adapter's B is zero: the base's answer
+        shared.for_inference(None)
+    with shared.training_turn("job"):
+        assert shared.model.config._attn_implementation == TRAINING_ATTENTION
+    assert int(generating.argmax()) == int(training.argmax())
+    assert torch.equal(generating.topk(5).indices, training.topk(5).indices)
+    assert float((generating - training).abs().max()) < 0.02 * float(generating.abs().max()), (generating - training).abs().max()
