@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 06 · Epochs, learning rates and overfitting
-# **Time:** about 5 minutes on a 2-core CPU (five short jobs; `make reports` runs the same) · **Cost:** $0 locally; on OpenAI, five small training runs (3.1 prints their prices).
+# **Time:** about 4 minutes on a 2-core CPU (five short jobs; `make reports` runs the same) · **Cost:** $0 locally; on OpenAI, five small training runs (3.1 prints their prices).
 
 # %% tags=["parameters"]
 BACKEND = "local"
