@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 04 · Inference and evaluation
-# **Time:** about 1 minute with the defaults, about 2 on the whole test set (measured 2.0) · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
+# **Time:** about 1 minute with the defaults, about 2 on the whole test set (measured 1.2 and 2.0) · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
 
 # %% tags=["parameters"]
 BACKEND = "local"
