@@ -111,6 +111,7 @@ def test_noise_sentences_follow_the_numbers():
     assert "every example of 3 procedures wrong" in lines[2] and "would lose about 0.300 (0.800 x 0.375). It lost 0.500" in lines[2]
     assert "as faithfully as the right ones" in lines[2]
     assert "did not learn all of them" in label_audit.noise_findings(close, [0.0, 0.4], 0, 108, 108, True, taught)[2]
+    assert not any("labelled every example" in line for line in label_audit.noise_findings(none, [0.0, 0.4], 0, 108, 108, True, taught))
 
 
 def test_taught_wrong_counts_the_held_out_requests_of_wholly_mislabelled_procedures(clean):

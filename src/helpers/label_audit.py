@@ -150,7 +150,7 @@ def variant_names(shares: list[float], padded_share: float) -> list[str]:
     return [_share_name(s) for s in shares] + ([f"padded ({padded_share:.0%} near-duplicates)"] if padded_share else [])
 
 
-def taught_wrong(variants: "Variants", test: list[dict]) -> dict[str, dict[str, float]]:
+def taught_wrong(variants: Variants, test: list[dict]) -> dict[str, dict[str, float]]:
     """Per corrupted file: how many procedures had every example labelled wrong, and the share of ``test`` (held-out
     requests) that belongs to them: what a model that learned its labels as given would get wrong."""
     test_codes = [parse_answer(_answer(row))[0] for row in test]
@@ -185,7 +185,7 @@ def noise_findings(scores: dict[str, dict], shares: list[float], padded_share: f
                         ": it learned each procedure's majority label. Random errors spread thin wash out; errors that "
                         "fill whole procedures (SYSTEMATIC = True) do not."))
     worst_taught = (taught or {}).get(names[len(shares) - 1], {})
-    if systematic and worst_taught.get("procedures"):
+    if systematic and worst_taught.get("procedures") and drop > 0:
         expected = clean["code_accuracy"] * worst_taught["held_out_share"]
         lines.append(f"The {high_share:.0%} file labelled every example of {worst_taught['procedures']:.0f} procedures wrong; "
                      f"their requests are {worst_taught['held_out_share']:.0%} of the held-out set, so a model that learned "
