@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from helpers.billing import format_answer, load_codes, parse_answer, same_description
+from helpers.experiments import expected_code
 from helpers.retrieval import retrieve
 
 #: The two kinds of wrong label :func:`corrupt` writes.
@@ -54,7 +55,7 @@ def corrupt(rows: list[dict], share: float, seed: int, systematic: bool = True) 
         raise ValueError(f"A corrupted share must be between 0 and 1, got {share}.")
     rng = random.Random(seed)
     table = {c.code: c for c in load_codes()}
-    code_of = [parse_answer(_answer(row))[0] for row in rows]
+    code_of = [expected_code(row) for row in rows]
     codes = sorted(set(code_of))
     confused = confusions(codes, seed)
     n_wrong = round(len(rows) * share)
@@ -77,7 +78,7 @@ def mislabelled_procedures(rows: list[dict], corrupted: dict[int, str]) -> list[
     """The codes none of whose examples in ``rows`` kept its right label (``corrupted`` as :func:`corrupt` returns)."""
     codes: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
-        codes.setdefault(parse_answer(_answer(row))[0], []).append(i)
+        codes.setdefault(expected_code(row), []).append(i)
     return sorted(code for code, indices in codes.items() if all(i in corrupted for i in indices))
 
 
@@ -153,7 +154,7 @@ def variant_names(shares: list[float], padded_share: float) -> list[str]:
 def taught_wrong(variants: Variants, test: list[dict]) -> dict[str, dict[str, float]]:
     """Per corrupted file: how many procedures had every example labelled wrong, and the share of ``test`` (held-out
     requests) that belongs to them: what a model that learned its labels as given would get wrong."""
-    test_codes = [parse_answer(_answer(row))[0] for row in test]
+    test_codes = [expected_code(row) for row in test]
     out = {}
     for name, corrupted in variants.corrupted.items():
         wrong = mislabelled_procedures(variants.clean, corrupted)
