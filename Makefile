@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser lab test test-browser notebooks reports bench bench-data clean-venv
+.PHONY: setup browser lab lint test test-browser notebooks reports bench bench-data clean-venv
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
@@ -40,8 +40,14 @@ browser:
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## test: set up, then run the whole test suite (browser test included), offline
-test: setup browser
+## lint: ruff, the one-way import rule between the wings (import-linter, docs/architecture.md), mypy on the data tools
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src/helpers/data
+
+## test: set up, lint, then run the whole test suite (browser test included), offline
+test: setup browser lint
 	WORKBOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 ## test-browser: only the real-browser test (JupyterLab + Playwright + Chromium); screenshots in test-artifacts/browser/

@@ -5,7 +5,7 @@
 
 Contenders, each in a fresh process so its peak memory (ru_maxrss) is its own:
 
-* ``ours``: ``helpers.validate.validate_file`` (all checks, statistics, duplicates, cost);
+* ``ours``: ``helpers.data.validate.validate_file`` (all checks, statistics, duplicates, cost);
 * ``cookbook``: the OpenAI Cookbook data-prep loop, as written there: ``json.loads`` every line into a
   list, its format checks, ``len(encoding.encode(value))`` for every message value, everything kept in
   lists, numpy for the distributions (o200k_base, like ours);
@@ -35,7 +35,7 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def generate(path: Path, n: int, seed: int = 1) -> None:
     """n chat examples from the course's codes: 1-3 user/assistant turns, varied wording."""
-    from helpers.billing import SYSTEM_PROMPT, load_codes
+    from helpers.course.billing import SYSTEM_PROMPT, load_codes
 
     rng = random.Random(seed)
     codes = load_codes()
@@ -56,7 +56,7 @@ def peak_mb() -> float:
 
 
 def run_ours(path: Path) -> dict:
-    from helpers.validate import validate_file
+    from helpers.data.validate import validate_file
 
     start = time.perf_counter()
     report = validate_file(path)
@@ -65,14 +65,15 @@ def run_ours(path: Path) -> dict:
 
 
 def run_cookbook(path: Path) -> dict:
-    import helpers  # noqa: F401  (offline rank files; not timed)
-    import numpy as np
-    import tiktoken
     from collections import defaultdict
 
-    encoding = tiktoken.get_encoding("o200k_base")
+    import numpy as np
+
+    from helpers.data.tokens import get_encoding
+
+    encoding = get_encoding("o200k_base")  # tiktoken's own, with the offline rank files in place (not timed)
     start = time.perf_counter()
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         dataset = [json.loads(line) for line in f]
     format_errors: dict[str, int] = defaultdict(int)
     for ex in dataset:
@@ -126,9 +127,9 @@ def run_cookbook(path: Path) -> dict:
 
 
 def run_floor(path: Path) -> dict:
-    from helpers.chat_format import CHAT
-    from helpers.token_counts import ToolTokenCache, role_token_table, token_parts
-    from helpers.tokens import get_encoding
+    from helpers.data.chat_format import CHAT
+    from helpers.data.token_counts import ToolTokenCache, role_token_table, token_parts
+    from helpers.data.tokens import get_encoding
 
     encoding = get_encoding("o200k_base")
     roles, tools = role_token_table(encoding), ToolTokenCache(encoding)

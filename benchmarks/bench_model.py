@@ -71,7 +71,7 @@ def start_server(data_dir: Path):
 
     from openai import OpenAI
 
-    from helpers.backend import local_server
+    from helpers.course.backend import local_server
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,7 +104,8 @@ def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
 
 def course_rows(work: Path) -> list[dict]:
     """The course train set with half its examples carrying retrieved codes, as notebook 03 trains it."""
-    from helpers import dataprep, retrieval
+    from helpers.course import retrieval
+    from helpers.data import dataprep
 
     path = work / "train_rag.jsonl"
     retrieval.augment_file(TRAIN, path, RAG_SHARE, 5, SEED, RENUMBERED_SHARE)
@@ -128,7 +129,7 @@ def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
 
 def validation_examples(tokenizer) -> list[tuple[list[int], list[int]]]:
     """The course validation set, encoded: what the job validates on, and what every contender is scored on."""
-    from helpers.dataprep import read_jsonl
+    from helpers.data.dataprep import read_jsonl
 
     return encoded(tokenizer, read_jsonl(VALID))
 
@@ -146,7 +147,8 @@ def fp32_loop(rows: list[dict]) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.server.localmodels import resolve_base, weights_dir
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.localmodels import weights_dir
     from helpers.server.training import neftune
 
     started = time.perf_counter()
@@ -214,10 +216,11 @@ def fp32_loop(rows: list[dict]) -> dict:
 def own_loop(rows: list[dict]) -> dict:
     """The server's own training code, in-process: load the base (compute dtype), train with the job's validation
     metrics, save the adapter."""
+    from helpers.pricing import catalogue
     from helpers.server import localmodels, training
 
     started = time.perf_counter()
-    base = localmodels.resolve_base(MODEL)
+    base = catalogue.resolve_base(MODEL)
     tokenizer = localmodels.load_tokenizer(base)
     examples = encoded(tokenizer, rows)
     config = settings(len(examples))
@@ -339,7 +342,8 @@ def in_process(prompts: list[list[dict]]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.server.localmodels import resolve_base, weights_dir
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.localmodels import weights_dir
 
     folder = weights_dir(resolve_base(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(folder)

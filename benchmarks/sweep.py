@@ -13,7 +13,7 @@ Keys: ``epochs``, ``batch``, ``lr`` (the learning rate in units of 1e-3: ``lr=4`
 carry retrieved codes), ``k`` (codes retrieved for them), ``n`` (training examples, 0 = all 333), ``seed``, ``plus``
 (LoRA+: the B matrices' learning rate over A's), ``neft`` (NEFTune alpha), ``layers`` (adapt only the top N layers),
 ``table`` (copies of the code table added as examples: each trained code's description -> its answer),
-``copy`` (share of the examples with retrieved codes whose answer is renumbered, ``helpers.retrieval.renumber``: the
+``copy`` (share of the examples with retrieved codes whose answer is renumbered, ``helpers.course.retrieval.renumber``: the
 right candidate and the answer become one of the code's phrasings with a number no CPT code uses; it can only be copied).
 The answers are the course's (``Description - CPT Code: NNNNN``); the rows of RESULTS.md with the number first
 (``CPT Code: NNNNN - Description``) were run on the data of that time (the ``order`` key of commit 251922e).
@@ -68,8 +68,8 @@ def answers(model, tokenizer, requests: list[list[dict]], batch: int = 16) -> li
 
 
 def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
-    from helpers.billing import parse_answer
-    from helpers.retrieval import with_retrieval
+    from helpers.course.billing import parse_answer
+    from helpers.course.retrieval import with_retrieval
 
     requests = [r["messages"][:-1] for r in rows]
     if rag:
@@ -83,10 +83,13 @@ def score(model, tokenizer, rows: list[dict], rag: bool) -> dict:
 
 def run_one(run: dict) -> dict:
     from bench_model import peak_rss_mb  # this folder's benchmark helpers
-    from helpers import billing, dataprep, retrieval
+
+    from helpers.course import billing, retrieval
+    from helpers.data import dataprep
+    from helpers.pricing import catalogue
     from helpers.server import localmodels, training
 
-    base = localmodels.resolve_base("gpt-4.1-mini")
+    base = catalogue.resolve_base("gpt-4.1-mini")
     tokenizer = localmodels.load_tokenizer(base)
     with tempfile.TemporaryDirectory() as work:
         subset = dataprep.take(BILLING / "train.jsonl", run["n"], Path(work))

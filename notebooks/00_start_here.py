@@ -20,8 +20,7 @@
 BACKEND = "local"  # "local" (default, $0, offline) or "openai" (needs OPENAI_API_KEY in the environment)
 
 # %%
-from helpers.course import setup, environment_report
-from helpers import billing
+from helpers.course import setup, environment_report, billing
 course = setup("00_start_here", BACKEND)
 
 # %% [markdown]

@@ -28,7 +28,8 @@ ASSUMED_ACCURACY = 0.8  # for approaches 04/05 have not measured yet on this mac
 # %%
 import pandas as pd
 from helpers.course import setup
-from helpers import costs, scenarios, decision
+from helpers.pricing import costs
+from helpers.course import scenarios, decision
 course = setup("01_when_to_fine_tune", BACKEND)
 
 # %% [markdown]
@@ -93,7 +94,7 @@ break_even
 # the tables above hold the numbers.)
 
 # %%
-from helpers.widgets import CostExplorer
+from helpers.course.widgets import CostExplorer
 explorer = CostExplorer(sizes)
 explorer.queries.value = QUERIES_PER_MONTH
 explorer.retrains.value = RETRAINS_PER_YEAR

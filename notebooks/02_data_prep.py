@@ -31,7 +31,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 from helpers.course import setup
-from helpers import dataprep, validate, costs, catalogue
+from helpers.data import dataprep, validate
+from helpers.pricing import costs, catalogue
 from helpers.paths import REPO_ROOT
 course = setup("02_data_prep", BACKEND)
 

@@ -33,8 +33,8 @@ SEED = 1
 MAX_SPEND_USD = 1.0
 
 # %%
-from helpers.course import setup
-from helpers import billing, dataprep, validate, finetune, retrieval
+from helpers.course import setup, billing, finetune, retrieval
+from helpers.data import dataprep, validate
 from helpers.paths import REPO_ROOT
 course = setup("03_training", BACKEND)
 work = REPO_ROOT / ".workbook" / "data"

@@ -29,8 +29,8 @@ CONCURRENCY = 16
 
 # %%
 import pandas as pd
-from helpers.course import setup
-from helpers import billing, dataprep, evaluation, finetune, retrieval, scenarios
+from helpers.course import setup, billing, evaluation, finetune, retrieval, scenarios
+from helpers.data import dataprep
 from helpers.paths import REPO_ROOT
 course = setup("04_inference_and_eval", BACKEND)
 tuned = finetune.course_model(course.client, TUNED_MODEL)

@@ -34,8 +34,8 @@ CONCURRENCY = 16
 # %%
 import uuid
 import pandas as pd
-from helpers.course import setup
-from helpers import billing, dataprep, distill, evaluation, finetune, retrieval, validate
+from helpers.course import setup, billing, distill, evaluation, finetune, retrieval
+from helpers.data import dataprep, validate
 from helpers.paths import REPO_ROOT
 course = setup("05_distillation", BACKEND)
 teacher = finetune.course_model(course.client, TEACHER_MODEL)

@@ -27,9 +27,8 @@ SEED = 1
 MAX_TOKENS = 32
 
 # %%
-from helpers.course import setup
-from helpers import experiments, fitting
-from helpers.dataprep import write_jsonl
+from helpers.course import setup, experiments, fitting
+from helpers.data.dataprep import write_jsonl
 from helpers.paths import REPO_ROOT
 course = setup("06_hyperparameters", BACKEND)
 work = REPO_ROOT / ".workbook" / "data" / "hyperparameters"

@@ -29,8 +29,7 @@ MAX_TOKENS = 32
 
 # %%
 import pandas as pd
-from helpers.course import setup
-from helpers import experiments, label_audit
+from helpers.course import setup, experiments, label_audit
 from helpers.paths import REPO_ROOT
 course = setup("07_garbage_in", BACKEND)
 work = REPO_ROOT / ".workbook" / "data" / "garbage_in"

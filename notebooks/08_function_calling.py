@@ -28,7 +28,8 @@ MAX_TOKENS = 64
 # %%
 import pandas as pd
 from helpers.course import setup
-from helpers import dataprep, finetune, tool_use, validate
+from helpers.data import dataprep, validate
+from helpers.course import finetune, tool_use
 from helpers.paths import REPO_ROOT
 course = setup("08_function_calling", BACKEND)
 work = REPO_ROOT / ".workbook" / "data" / "function_calling"
@@ -111,5 +112,5 @@ print(reply.choices[0].message.model_dump_json(indent=2, exclude_none=True))
 #   facts the tools hold: the code book stays behind `lookup_cpt_code`.
 #
 # **Exercises.** (1) Halve `N_TRAIN`: how many examples does the tuned model need? (2) Add a third tool to
-# `helpers/tool_use.py` (for example `check_eligibility`) and examples for it. (3) Ask the tuned model a request that
+# `helpers/course/tool_use.py` (for example `check_eligibility`) and examples for it. (3) Ask the tuned model a request that
 # needs no tool: what does it do, and what examples would teach it to answer in text?

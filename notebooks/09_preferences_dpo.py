@@ -30,9 +30,9 @@ MAX_TOKENS = 48
 
 # %%
 import pandas as pd
-from helpers.course import setup
-from helpers import evaluation, experiments, finetune, preferences, validate
-from helpers.dataprep import write_jsonl
+from helpers.course import setup, evaluation, experiments, finetune, preferences
+from helpers.data import validate
+from helpers.data.dataprep import write_jsonl
 from helpers.paths import REPO_ROOT
 course = setup("09_preferences_dpo", BACKEND)
 work = REPO_ROOT / ".workbook" / "data" / "preferences"

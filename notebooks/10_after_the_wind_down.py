@@ -24,8 +24,9 @@ EXPORT_DIR = ".workbook/take_home"  # where the tuned model is exported (relativ
 
 # %%
 import pandas as pd
-from helpers.course import setup
-from helpers import billing, costs, dataprep, finetune, privacy, wind_down
+from helpers.course import setup, billing, finetune, wind_down
+from helpers.pricing import costs
+from helpers.data import dataprep, privacy
 from helpers.paths import REPO_ROOT, shown
 course = setup("10_after_the_wind_down", BACKEND)
 
@@ -141,5 +142,5 @@ print(f"stored: {len(stored)}; after deleting: {len(left_stored)}")
 # - Keep patient identifiers out of training files: check, scrub, read what is left; delete stored completions and
 #   uploaded files you no longer need (`client.files.delete`).
 #
-# **Exercises.** (1) Add a check to `helpers/privacy.py` for US ZIP codes and rescan the notes. (2) Serve the
+# **Exercises.** (1) Add a check to `helpers/data/privacy.py` for US ZIP codes and rescan the notes. (2) Serve the
 # exported adapter with vLLM on a machine that has it, and point notebook 04 at it with `base_url`.

@@ -1,5 +1,5 @@
 """Rebuild the course data in data/billing/ from data/billing/cpt_source.json (deterministic)."""
-from helpers.billing import BILLING_DIR, write_datasets
+from helpers.course.billing import BILLING_DIR, write_datasets
 
 if __name__ == "__main__":
     for name, count in write_datasets().items():

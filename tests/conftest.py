@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from helpers.data.tokens import ensure_offline_encodings  # noqa: E402
+
+ensure_offline_encodings()  # tiktoken offline for every test, as `workbook` and the notebooks' set-up make it
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

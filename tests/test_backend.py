@@ -1,4 +1,4 @@
-"""helpers.backend: one shared local server, started on demand and found again; clear errors."""
+"""helpers.course.backend: one shared local server, started on demand and found again; clear errors."""
 from __future__ import annotations
 
 import os
@@ -6,9 +6,9 @@ import signal
 
 import httpx
 import pytest
-
-from helpers import backend
 from server_harness import free_port
+
+from helpers.course import backend
 
 
 @pytest.fixture

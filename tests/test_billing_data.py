@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import DATA
-from helpers import billing
-from helpers.validate import duplicate_key, validate_file
+
+from helpers.course import billing
+from helpers.data.validate import duplicate_key, validate_file
 
 BILLING = DATA / "billing"
 
@@ -76,7 +76,7 @@ def test_the_pool_has_an_answer_key_of_training_codes_that_the_pool_file_does_no
 
 
 def test_renumbered_examples_can_only_be_answered_by_copying_a_candidate(tmp_path):
-    from helpers import retrieval
+    from helpers.course import retrieval
 
     source, target = DATA / "billing" / "train.jsonl", tmp_path / "train_rag.jsonl"
     augmented = retrieval.augment_file(source, target, 0.25, 5, seed=1, renumbered_share=1.0)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import costs
-from helpers.costs import Approach, auto_epochs, break_even_queries, prices, query_cost
+from helpers.pricing import costs
+from helpers.pricing.costs import Approach, auto_epochs, break_even_queries, prices, query_cost
 
 # The figures issue #2 gives for 2026-11-24 (train / input / output per 1M tokens): the table must say the same.
 ISSUE_FIGURES = {
@@ -75,7 +75,7 @@ def test_break_even_is_where_monthly_costs_meet():
 
 
 def test_wilson_interval_matches_known_values_and_stays_in_bounds():
-    from helpers.evaluation import wilson_interval
+    from helpers.course.evaluation import wilson_interval
 
     assert wilson_interval(8, 16) == pytest.approx((0.280, 0.720), abs=1e-3)
     low, high = wilson_interval(0, 16)
@@ -87,8 +87,8 @@ def test_findings_follow_the_numbers_they_describe():
     """Sentences rendered from numbers change when the numbers do (so they cannot contradict them)."""
     import pandas as pd
 
-    from helpers import finetune
-    from helpers.distill import comparison_findings
+    from helpers.course import finetune
+    from helpers.course.distill import comparison_findings
 
     steps = pd.DataFrame({"step": [1, 2, 3, 4], "train_loss": [2.0, 1.0, 0.5, 0.2], "train_accuracy": [0.1, 0.5, 0.7, 0.9],
                           "valid_loss": [None, 1.1, None, 0.9], "valid_mean_token_accuracy": [None, 0.5, None, 0.6]})
@@ -115,7 +115,7 @@ def test_findings_follow_the_numbers_they_describe():
 
 
 def test_distillation_set_up_pays_the_teacher_to_label_the_pool():
-    from helpers import scenarios
+    from helpers.course import scenarios
 
     sizes = scenarios.measure_prompt_sizes()
     approaches = {a.name: a for a in scenarios.course_approaches(sizes, retrains_per_year=12)}
@@ -127,7 +127,7 @@ def test_distillation_set_up_pays_the_teacher_to_label_the_pool():
 
 
 def test_price_per_correct_answer_uses_measured_accuracy_and_labels_assumptions():
-    from helpers import scenarios
+    from helpers.course import scenarios
 
     approaches = scenarios.course_approaches(scenarios.measure_prompt_sizes())
     summary = lambda accuracy: {"code_accuracy": accuracy, "n": 111}  # noqa: E731
@@ -147,7 +147,7 @@ def test_price_per_correct_answer_uses_measured_accuracy_and_labels_assumptions(
 
 
 def test_the_seeds_figures_get_verdicts_computed_from_the_table():
-    from helpers import scenarios
+    from helpers.course import scenarios
 
     sizes = scenarios.measure_prompt_sizes()
     approaches = scenarios.course_approaches(sizes)

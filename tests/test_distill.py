@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from helpers import billing, distill
+from helpers.course import billing, distill
 
 
 def answers(*rows: tuple[str, str]) -> pd.DataFrame:
@@ -56,7 +56,7 @@ def test_the_cookbook_comparison_says_whether_the_student_passed_its_teacher():
 
 
 def test_04_sorts_wrong_answers_by_kind_and_says_what_they_mean():
-    from helpers import evaluation
+    from helpers.course import evaluation
 
     table = {c.code: c.description for c in billing.load_codes()}
     answer = lambda code, description: f"{description} - CPT Code: {code}"  # noqa: E731
@@ -76,7 +76,7 @@ def test_04_sorts_wrong_answers_by_kind_and_says_what_they_mean():
 
 
 def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
-    from helpers import evaluation
+    from helpers.course import evaluation
 
     def summary(accuracy: float, fmt: float, tokens: float) -> dict:
         return {"n": 16, "code_accuracy": accuracy, "code_accuracy_ci_low": accuracy / 2, "code_accuracy_ci_high": min(1, accuracy * 2),

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from helpers.pricing import catalogue
 from helpers.server import localmodels
 from helpers.server.shared import FairLock
 from helpers.server.training import length_grouped_batches
@@ -168,7 +169,7 @@ def test_the_base_answers_as_the_base_after_adapters_come_and_go(tmp_path):
     from helpers.server.shared import SharedModel
     from helpers.server.training import TrainSettings
 
-    base = localmodels.base_models()[localmodels._local()["default_base"]]
+    base = catalogue.default_local_base()
     shared = SharedModel(base)
     ids = shared.tokenizer("Pt seen today for a lipid panel.", return_tensors="pt")["input_ids"]
 
@@ -199,7 +200,7 @@ def test_the_shared_model_generates_with_sdpa_and_trains_with_eager_to_the_same_
     from helpers.server.shared import INFERENCE_ATTENTION, TRAINING_ATTENTION, SharedModel
     from helpers.server.training import TrainSettings, autocast
 
-    shared = SharedModel(localmodels.base_models()[localmodels._local()["default_base"]])
+    shared = SharedModel(catalogue.default_local_base())
     ids = shared.tokenizer("Pt seen today for a lipid panel.", return_tensors="pt")["input_ids"]
     with shared.hold(), torch.no_grad():
         generating = shared.for_inference(None)(input_ids=ids).logits[0, -1].float()

@@ -13,11 +13,10 @@ import threading
 import time
 from pathlib import Path
 
+import hostile_text
 import httpx
 import openai
 import pytest
-
-import hostile_text
 from conftest import DATA, REPO, head_lines
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 

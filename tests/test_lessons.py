@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import DATA
-from helpers import experiments, fitting, label_audit
-from helpers.billing import load_codes, parse_answer
-from helpers.dataprep import DataError, write_jsonl
-from helpers.validate import duplicate_key, validate_file
+
+from helpers.course import experiments, fitting, label_audit
+from helpers.course.billing import load_codes, parse_answer
+from helpers.data.dataprep import DataError, write_jsonl
+from helpers.data.validate import duplicate_key, validate_file
 
 TRAIN = DATA / "billing" / "train.jsonl"
 
@@ -163,8 +163,8 @@ def test_runs_are_named_and_checked():
 
 
 def test_preference_pairs_prefer_the_course_form_and_validate(tmp_path):
-    from helpers import preferences
-    from helpers.dataprep import read_jsonl
+    from helpers.course import preferences
+    from helpers.data.dataprep import read_jsonl
 
     rows = read_jsonl(TRAIN, 30)
     pairs = preferences.preference_pairs(rows, seed=1)
@@ -181,8 +181,8 @@ def test_preference_pairs_prefer_the_course_form_and_validate(tmp_path):
 
 
 def test_a_mixed_style_file_rewrites_a_share_of_answers_in_unreadable_styles():
-    from helpers import preferences
-    from helpers.dataprep import read_jsonl
+    from helpers.course import preferences
+    from helpers.data.dataprep import read_jsonl
 
     rows = read_jsonl(TRAIN, 60)
     pairs = preferences.preference_pairs(rows, seed=1)
@@ -199,7 +199,7 @@ def test_a_mixed_style_file_rewrites_a_share_of_answers_in_unreadable_styles():
 
 
 def test_dpo_findings_follow_the_numbers():
-    from helpers import preferences
+    from helpers.course import preferences
 
     def summary(fmt, code, low, high):
         return {"n": 40, "format_compliance": fmt, "code_accuracy": code, "code_accuracy_ci_low": low, "code_accuracy_ci_high": high}
@@ -220,7 +220,7 @@ def test_tool_examples_validate_and_calls_are_scored_on_three_levels(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from helpers import tool_use
+    from helpers.course import tool_use
 
     train, test = tool_use.examples("train", 60, 1), tool_use.examples("test", 20, 1)
     assert not {r["messages"][1]["content"] for r in train} & {r["messages"][1]["content"] for r in test}
@@ -242,8 +242,8 @@ def test_tool_examples_validate_and_calls_are_scored_on_three_levels(tmp_path):
 
 
 def test_privacy_checks_find_identifiers_and_the_scrubber_removes_them():
-    from helpers import privacy
-    from helpers.dataprep import read_jsonl
+    from helpers.data import privacy
+    from helpers.data.dataprep import read_jsonl
 
     notes = read_jsonl(DATA / "billing" / "notes_with_identifiers.jsonl")
     found = privacy.scan(notes)

@@ -14,12 +14,12 @@ import jupytext
 import nbformat
 import papermill
 import pytest
-
 from conftest import DATA, REPO
-from helpers import billing, distill, evaluation, scenarios
-from helpers.costs import estimate_training_cost, prices
-from helpers.validate import validate_file
 from server_harness import free_port
+
+from helpers.course import billing, distill, evaluation, scenarios
+from helpers.data.validate import validate_file
+from helpers.pricing.costs import estimate_training_cost, prices
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 NAMES = [p.stem for p in NOTEBOOKS]
@@ -236,7 +236,7 @@ def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run)
     assert table["student"]["usd_per_1000_queries"] < table["teacher"]["usd_per_1000_queries"]
     assert table["student"]["input_tokens"] < table["teacher"]["input_tokens"]
     # the summary says what the table says
-    from helpers.distill import comparison_findings
+    from helpers.course.distill import comparison_findings
 
     assert metrics["findings"]["comparison"] == comparison_findings(table)
     assert metrics["findings"]["cookbook"] == distill.cookbook_findings(table)
@@ -251,7 +251,8 @@ def test_05_student_is_cheaper_and_teacher_stronger_than_student_base(nbval_run)
 
 def test_06_shows_underfitting_a_fit_and_memorising_on_real_curves(nbval_run):
     import pandas as pd
-    from helpers import fitting
+
+    from helpers.course import fitting
 
     metrics = nbval_run["06_hyperparameters"]
     runs, epochs = metrics["runs"], metrics["epochs"]
@@ -270,7 +271,7 @@ def test_06_shows_underfitting_a_fit_and_memorising_on_real_curves(nbval_run):
 
 
 def test_07_wrong_labels_pass_the_validator_and_cost_accuracy(nbval_run):
-    from helpers import label_audit
+    from helpers.course import label_audit
 
     metrics = nbval_run["07_garbage_in"]
     assert all(metrics["validator_passes"].values())  # format is fine, facts are not
@@ -292,7 +293,7 @@ def test_07_wrong_labels_pass_the_validator_and_cost_accuracy(nbval_run):
 
 
 def test_08_tuned_model_calls_the_right_tool_with_the_right_arguments(nbval_run):
-    from helpers import tool_use
+    from helpers.course import tool_use
 
     metrics = nbval_run["08_function_calling"]
     assert metrics["ready"] and metrics["status"] == "succeeded"
@@ -304,7 +305,7 @@ def test_08_tuned_model_calls_the_right_tool_with_the_right_arguments(nbval_run)
 
 
 def test_09_dpo_from_the_sft_model_moves_answers_to_the_preferred_form(nbval_run):
-    from helpers import preferences
+    from helpers.course import preferences
 
     metrics = nbval_run["09_preferences_dpo"]
     assert metrics["ready"] and metrics["formats"] == {"supervised (mixed styles)": "chat", "preferences": "preference"}
@@ -328,7 +329,7 @@ def test_10_refusal_take_home_and_patient_data(nbval_run):
 
 
 def test_cost_explorer_reacts_to_its_sliders():
-    from helpers.widgets import CostExplorer
+    from helpers.course.widgets import CostExplorer
 
     explorer = CostExplorer(scenarios.measure_prompt_sizes())
     before = dict(explorer.summary["monthly_cost_usd"])

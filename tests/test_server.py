@@ -11,11 +11,11 @@ import httpx
 import openai
 import pydantic
 import pytest
-
 from conftest import DATA, head_lines
-from helpers.billing import parse_answer
-from helpers.validate import validate_file
 from server_harness import ServerProcess, assert_contract, wait_for_job
+
+from helpers.course.billing import parse_answer
+from helpers.data.validate import validate_file
 
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
@@ -138,7 +138,8 @@ def test_the_fine_tuned_model_answers_in_the_trained_format(server, trained):
 def test_one_copy_of_the_base_model_serves_the_trainer_and_chat(server, trained):
     import httpx
 
-    from helpers.server.localmodels import compute_dtype, resolve_base
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.localmodels import compute_dtype
 
     client = server.client()
     client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=[{"role": "user", "content": "CBC"}], max_tokens=4)
@@ -445,7 +446,7 @@ def test_a_stored_completion_can_be_deleted_by_its_owner_only(server):
 
 
 def test_a_server_started_with_training_closed_refuses_jobs_as_openai_does(tmp_path):
-    from helpers.finetune import TrainingNotAvailable, start_job
+    from helpers.course.finetune import TrainingNotAvailable, start_job
 
     closed = ServerProcess(tmp_path / "data", "--training-closed").start()
     try:

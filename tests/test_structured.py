@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from helpers.pricing import catalogue
 from helpers.server import localmodels, structured, training
 
 LOOKUP = {"name": "lookup_cpt_code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
@@ -30,7 +31,7 @@ def test_anything_else_stays_text(text):
 
 
 def test_training_shows_tools_as_answering_does_and_learns_only_the_call():
-    tokenizer = localmodels.load_tokenizer(localmodels.resolve_base("gpt-4.1-mini"))
+    tokenizer = localmodels.load_tokenizer(catalogue.resolve_base("gpt-4.1-mini"))
     messages = [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
     tools = [{"type": "function", "function": LOOKUP}]  # keys not in sorted order: both sides must keep the file's order
     ids, labels = training.encode_chat(tokenizer, messages, training.functions_of(tools))

@@ -9,7 +9,7 @@ import sys
 
 import tiktoken_ext.openai_public as openai_public
 
-from helpers import tokens
+from helpers.data import tokens
 
 NO_NETWORK = """
 import socket
@@ -33,7 +33,7 @@ def test_blob_urls_and_hashes_match_installed_tiktoken():
 
 def test_encoding_for_gpt_4_1_mini_works_with_no_network_and_an_empty_cache(tmp_path):
     result = run_offline(
-        "import helpers, tiktoken\n"
+        "import tiktoken\nfrom helpers.data.tokens import ensure_offline_encodings\nensure_offline_encodings()\n"
         "enc = tiktoken.encoding_for_model('gpt-4.1-mini')\n"
         "print(enc.name, enc.encode('hello world'), tiktoken.get_encoding('cl100k_base').encode('hello world'))\n",
         tmp_path / "cache")

@@ -5,15 +5,15 @@ import json
 import subprocess
 import sys
 
+import hostile_text
 import numpy as np
 import pytest
 import tiktoken
-
-import hostile_text
 from conftest import DATA, chat, distinct_chats
-from helpers import tokens  # noqa: F401  (offline encodings)
-from helpers.costs import auto_epochs, prices
-from helpers.validate import MAX_PROBLEMS_PER_CODE, validate_file
+
+from helpers.data import tokens  # noqa: F401  (offline encodings)
+from helpers.data.validate import MAX_PROBLEMS_PER_CODE, validate_file
+from helpers.pricing.costs import auto_epochs, prices
 
 O200K = tiktoken.get_encoding("o200k_base")
 CL100K = tiktoken.get_encoding("cl100k_base")
@@ -36,7 +36,7 @@ def tool_example(i: int = 0) -> dict:
 
 
 def reference_tokens(example: dict, enc: tiktoken.Encoding) -> tuple[int, int]:
-    """An independent implementation of the documented recipe (see helpers.token_counts)."""
+    """An independent implementation of the documented recipe (see helpers.data.token_counts)."""
     n = lambda s: len(enc.encode(s, disallowed_special=()))  # noqa: E731
     total, assistant = 3, 0
     for m in example["messages"]:
@@ -332,7 +332,7 @@ def test_cli_text_summary_names_lines():
 def test_encode_lengths_equals_encode_ordinary_on_adversarial_text(encoding):
     import random
 
-    from helpers.validate import encode_lengths
+    from helpers.data.validate import encode_lengths
 
     rng = random.Random(7)
     alphabet = list("ab cd\n\n\t  .,!?'sll've 123 4567 é漢字🙂\r\n") + ["'s", " '", "\u00a0", "\u2028", "<|", "|>", "endoftext"]

@@ -9,7 +9,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from conftest import DATA, head_lines
 from server_harness import ServerProcess, wait_for_job
 
@@ -83,7 +82,7 @@ def test_too_many_unfinished_jobs_is_429_with_retry_after(workshop):
 
 
 def test_the_course_helper_explains_a_busy_server(workshop):
-    from helpers.finetune import TrainingNotAvailable, start_job
+    from helpers.course.finetune import TrainingNotAvailable, start_job
 
     client = workshop.client("wb-alice-7f3a")
     file = client.files.create(file=("t.jsonl", lines(10)), purpose="fine-tune")
@@ -96,7 +95,7 @@ def test_the_course_helper_explains_a_busy_server(workshop):
 
 def test_a_notebook_that_starts_several_jobs_waits_for_a_free_slot(workshop, capsys):
     """06 and 07 start several jobs at once; on a server that runs one per key they wait their turn, saying so."""
-    from helpers.finetune import start_job
+    from helpers.course.finetune import start_job
 
     client = workshop.client("wb-alice-7f3a")
     file = client.files.create(file=("t.jsonl", lines(10)), purpose="fine-tune")
@@ -133,7 +132,7 @@ def test_the_queue_is_fair_across_keys_and_the_facilitator_sees_it(tmp_path):
 
 
 def test_notebooks_reach_a_shared_server_with_their_key(workshop, monkeypatch):
-    from helpers import backend
+    from helpers.course import backend
 
     monkeypatch.setenv("WORKBOOK_BACKEND", "local")
     monkeypatch.setenv("WORKBOOK_SERVER_URL", workshop.url + "/v1")

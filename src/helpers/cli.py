@@ -1,4 +1,4 @@
-"""The ``workbook`` command line: validate, serve, keys, queue, report, doctor (``workbook --help``)."""
+"""The ``workbook`` command line: validate, serve, stop, export, keys, queue, report, doctor (``workbook --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from helpers.validate import validate_file
+    from helpers.data.validate import validate_file
 
     try:
         report = validate_file(args.file, model=args.model)
@@ -24,7 +24,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from helpers.tokens import check_offline
+    from helpers.data.tokens import check_offline
 
     return check_offline()
 
@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from helpers.backend import default_data_dir
+    from helpers.course.backend import default_data_dir
     from helpers.server.app import LOOPBACK_NAMES, MIB, Limits, create_app, host_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -95,13 +95,29 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from helpers.backend import BackendUnavailable, stop_local_server
+    from helpers.course.backend import BackendUnavailable, stop_local_server
 
     try:
         print(f"workbook stop: {stop_local_server(args.port)}")
     except BackendUnavailable as exc:
         print(f"workbook stop: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from helpers.course.backend import default_data_dir, local_key
+    from helpers.server.export import export_model
+
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        folder = export_model(data_dir, local_key(), args.model, Path(args.target))
+    except (LookupError, OSError) as exc:
+        print(f"workbook export: {exc.args[0] if isinstance(exc, LookupError) else exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"workbook export: {args.model} -> {folder} (load it as its README.md says)")
     return EXIT_OK
 
 
@@ -198,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
     stop.add_argument("--port", type=int, default=None, help="default: WORKBOOK_PORT or 8321")
     stop.set_defaults(handler=_stop)
+    export = commands.add_parser("export", help="copy a model the local server fine-tuned (yours: the notebooks' key) into a "
+                                 "folder that transformers + peft, vLLM and llama.cpp load")
+    export.add_argument("model", help="the fine-tuned model's name, ft:...")
+    export.add_argument("target", help="the folder to write (made if missing)")
+    export.add_argument("--data-dir", default=None, help="the server's data folder (default: WORKBOOK_SERVER_DIR or .workbook/server)")
+    export.set_defaults(handler=_export)
     keys = commands.add_parser("keys", help="print COUNT new workshop keys, one per line with a name (for serve --api-keys)")
     keys.add_argument("count", type=int)
     keys.add_argument("--prefix", default="participant", help="name stem: participant-01, participant-02, ...")
@@ -218,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from helpers.data.tokens import ensure_offline_encodings
+
+    ensure_offline_encodings()  # tiktoken offline, for this process and the kernels and servers it starts
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

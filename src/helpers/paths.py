@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-#: The repository root (the package is installed editable from ``src/helpers``).
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: Shipped course data and the dated tables (prices, model catalogue).
-DATA_DIR = Path(os.environ.get("WORKBOOK_DATA_DIR", REPO_ROOT / "data"))
+from helpers.settings import REPO_ROOT, settings
+
+__all__ = ["DATA_DIR", "NOTEBOOK_DIR", "REPO_ROOT", "notebook_names", "shown", "user_cache_dir"]
+
+#: Shipped course data and the dated tables (prices, model catalogue): ``WORKBOOK_DATA_DIR``.
+DATA_DIR = settings().data_dir
 #: The course notebooks: each ``NN_name.ipynb`` paired (jupytext) with its text source ``NN_name.py``.
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 

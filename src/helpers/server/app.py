@@ -25,10 +25,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from helpers.chat_format import text_problem
+from helpers.data.chat_format import text_problem
+from helpers.pricing import catalogue
 from helpers.server import localmodels, structured
 from helpers.server.inference import Engine, Sampling, Target
-from helpers.server.jobs import ORGANIZATION, TERMINAL, JobRunner
+from helpers.server.jobs import ORGANIZATION, JobRunner, JobStatus
 from helpers.server.shared import SharedModels
 from helpers.server.store import Store, new_id, now, owner_of
 from helpers.server.training import with_tools
@@ -435,7 +436,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         """429 with Retry-After when the key already has ``max_active_jobs`` unfinished jobs."""
         if limits.max_active_jobs is None:
             return
-        active = [j for _, j in store.all("job", owner=owner) if j["status"] not in TERMINAL]
+        active = [j for _, j in store.all("job", owner=owner) if not JobStatus(j["status"]).finished]
         if len(active) < limits.max_active_jobs:
             return
         finishes = [j["estimated_finish"] for j in active if j.get("estimated_finish")]
@@ -459,9 +460,9 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
                 raise bad_request(f"'{model}' is not one of your fine-tuned models or checkpoints, so a job cannot start from it. "
                                   "Check the name with client.models.list(), or start from a base model such as 'gpt-4.1-mini'.",
                                   "model", code="model_not_available")
-        base = localmodels.base_models()[start["_base"]] if start else localmodels.resolve_base(model)
+        base = catalogue.base_models()[start["_base"]] if start else catalogue.resolve_base(model)
         if base is None:
-            names = ", ".join(sorted({*localmodels.aliases(), *localmodels.base_models()}))
+            names = ", ".join(sorted({*catalogue.aliases(), *catalogue.base_models()}))
             raise bad_request(f"Model '{model}' is not available for fine-tuning on the local backend. Available: {names}.", "model",
                               code="model_not_available")
         training_file = fine_tunable_file(request, body.get("training_file"), "training_file")
@@ -524,7 +525,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         job = owned_job(request, job_id)
-        if job["status"] in TERMINAL:
+        if JobStatus(job["status"]).finished:
             raise bad_request(f"Job {job_id} has already {job['status']}; only a job that has not finished can be cancelled.",
                               "fine_tuning_job_id", code="job_not_cancellable")
         return public(runner.cancel(job_id))
@@ -550,7 +551,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
 
     # -- models ---------------------------------------------------------------------------------
     def base_model_cards() -> list[dict[str, Any]]:
-        names = sorted({*localmodels.base_models(), *localmodels.aliases()})
+        names = sorted({*catalogue.base_models(), *catalogue.aliases()})
         return [{"id": name, "object": "model", "created": SERVER_STARTED, "owned_by": "system"} for name in names]
 
     def checkpoint_model(owner: str, name: str) -> dict[str, Any] | None:
@@ -558,11 +559,11 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             if ckpt["fine_tuned_model_checkpoint"] == name:
                 job = store.get("job", ckpt["fine_tuning_job_id"], owner)
                 return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION,
-                        "_base": localmodels.resolve_base(job["model"]).name}
+                        "_base": catalogue.resolve_base(job["model"]).name}
         return None
 
     def find_model(request: Request, name: str) -> tuple[dict[str, Any], Target]:
-        base = localmodels.resolve_base(name)
+        base = catalogue.resolve_base(name)
         if base is not None and not name.startswith("ft:"):
             return {"id": name, "object": "model", "created": SERVER_STARTED, "owned_by": "system"}, Target(base)
         owner = request.state.owner
@@ -570,7 +571,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         if card is None:
             raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
                            code="model_not_found")
-        target = Target(localmodels.base_models()[card["_base"]], store.model_dir(owner, name))
+        target = Target(catalogue.base_models()[card["_base"]], store.model_dir(owner, name))
         return card, target
 
     @app.get("/v1/models")
@@ -595,7 +596,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
         return {"id": model, "object": "model", "deleted": True}
 
     # -- chat completions -----------------------------------------------------------------------
-    def parse_chat(body: dict[str, Any], base: localmodels.LocalBase) -> tuple[list[dict[str, Any]], Sampling, bool, structured.Answering]:
+    def parse_chat(body: dict[str, Any], base: catalogue.LocalBase) -> tuple[list[dict[str, Any]], Sampling, bool, structured.Answering]:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise bad_request("'messages' must be a non-empty list of {role, content} objects.", "messages")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
+from helpers.pricing import catalogue
 from helpers.server import localmodels
 from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.structured import Constraint, GrammarLogitsProcessor
@@ -53,7 +56,7 @@ class Generation:
 class Target:
     """What serves a request: a base model, optionally with a LoRA adapter from a folder."""
 
-    base: localmodels.LocalBase
+    base: catalogue.LocalBase
     weights: Path | None = None
 
 
@@ -84,13 +87,13 @@ class Engine:
             with shared.hold():
                 shared.forget(weights)
 
-    def prompt_tokens(self, base: localmodels.LocalBase, messages: list[dict[str, Any]]) -> int:
+    def prompt_tokens(self, base: catalogue.LocalBase, messages: list[dict[str, Any]]) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
         threads at once), so counting never waits for a generation in progress."""
         return self._with_counting_tokenizer(
             base, lambda tokenizer: len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]))
 
-    def _with_counting_tokenizer(self, base: localmodels.LocalBase, work: Callable[[Any], T]) -> T:
+    def _with_counting_tokenizer(self, base: catalogue.LocalBase, work: Callable[[Any], T]) -> T:
         """``work(tokenizer)`` with this engine's own tokenizer for ``base``, one thread at a time."""
         with self._counting_lock:
             tokenizer = self._counting.get(base.name)
@@ -134,7 +137,7 @@ class Engine:
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             try:
-                results = in_own_thread(lambda: self._run_batch(first.target, [r.messages for r in batch], first.sampling),
+                results = in_own_thread(partial(self._run_batch, first.target, [r.messages for r in batch], first.sampling),
                                         "inference batch")
                 for request, result in zip(batch, results):
                     request.future.set_result(result)
@@ -251,7 +254,7 @@ class Engine:
                 self.stats["streams_active"] -= 1
                 self.stats["streams_closed_early"] += int(reason is None)
 
-    def _finish_stream(self, base: localmodels.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
+    def _finish_stream(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
         """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
         # the engine's own tokenizer: the shared one may be decoding a batch right now
         text, reason, used = self._with_counting_tokenizer(base, lambda tokenizer: self._finish(tokenizer, new, sampling))

@@ -18,17 +18,36 @@ import threading
 import time
 import traceback
 from collections import deque
+from enum import StrEnum
+from functools import partial
 from typing import Any
 
-from helpers.costs import auto_epochs
+from helpers.data.validate import MIN_EXAMPLES, validate_file
+from helpers.pricing import catalogue
+from helpers.pricing.costs import auto_epochs
 from helpers.server import localmodels
-from helpers.server.shared import SharedModels, in_own_thread
+from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
-from helpers.validate import MIN_EXAMPLES, validate_file
 
 log = logging.getLogger("workbook.jobs")
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status, as OpenAI's API names it (``openai.types.fine_tuning.FineTuningJob.status``)."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
 KEEP_CHECKPOINTS = 3
 ORGANIZATION = "org-local"
 OWNER_LABEL = "local"
@@ -100,11 +119,11 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         job = self.store.get("job", job_id, None)
-        if job["status"] in TERMINAL:
+        if JobStatus(job["status"]).finished:
             return job
         with self._wake:
             if job_id != self._current and self._dequeue(job_id):
-                return self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+                return self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             self._cancel.add(job_id)
         # the worker stops between steps; report the request now, as OpenAI does
         return self.store.get("job", job_id, None)
@@ -119,10 +138,10 @@ class JobRunner:
     def _recover(self) -> None:
         """Jobs left unfinished by a stopped server go back in the queue, oldest first."""
         for _, job in self.store.all("job"):
-            if job["status"] not in TERMINAL:
-                if job["status"] == "running":
+            if not JobStatus(job["status"]).finished:
+                if job["status"] == JobStatus.RUNNING:
                     self.event(job["id"], "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
-                self.store.update("job", job["id"], status="queued" if job["status"] == "running" else job["status"], estimated_finish=None)
+                self.store.update("job", job["id"], status=JobStatus.QUEUED if job["status"] == JobStatus.RUNNING else job["status"], estimated_finish=None)
                 self._enqueue(job["id"])
 
     def _loop(self) -> None:
@@ -134,10 +153,10 @@ class JobRunner:
                 job_id = _take_next(self._queues, self._served, self._turn)
                 self._current = job_id
             try:
-                in_own_thread(lambda: self._run(job_id), f"fine-tuning {job_id}")
+                in_own_thread(partial(self._run, job_id), f"fine-tuning {job_id}")
             except Exception as exc:  # a bug or resource problem: the job fails, the server lives on
                 log.error("job %s crashed: %s", job_id, traceback.format_exc())
-                self._finish(job_id, "failed", error={"code": "server_error", "param": None,
+                self._finish(job_id, JobStatus.FAILED, error={"code": "server_error", "param": None,
                                                       "message": f"The local trainer failed: {type(exc).__name__}: {exc}"})
             finally:
                 with self._wake:
@@ -148,7 +167,7 @@ class JobRunner:
         """End a job: its last event first, then its status, so that events listed when the status reads final tell
         the whole story."""
         if message:
-            self.event(job_id, message, level="error" if status == "failed" else "info")
+            self.event(job_id, message, level="error" if status == JobStatus.FAILED else "info")
         elif error:
             self.event(job_id, f"Fine-tuning job failed: {error['message']}", level="error")
         return self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
@@ -168,7 +187,7 @@ class JobRunner:
                 first = report.errors[0]
                 where = f"line {first.line}" if first.line is not None else "the file"
                 more = f" ({report.stats['error_count'] - 1} more problems; run `workbook validate` on the file to see them all)" if report.stats["error_count"] > 1 else ""
-                self._finish(job["id"], "failed", error={
+                self._finish(job["id"], JobStatus.FAILED, error={
                     "code": f"invalid_{param}", "param": param,
                     "message": f"The {param.replace('_', ' ')} {file_id} has an error at {where}: [{first.code}] {first.message}{more}"})
                 return None
@@ -178,31 +197,31 @@ class JobRunner:
         expected = "preference" if method == "dpo" else "chat"
         for param, report in (("training_file", train_report), ("validation_file", valid_report)):
             if report is not None and report.format != expected:
-                self._finish(job["id"], "failed", error={"code": f"invalid_{param}", "param": param,
+                self._finish(job["id"], JobStatus.FAILED, error={"code": f"invalid_{param}", "param": param,
                              "message": f"A {method} job needs {expected} examples, but {job[param]} holds {report.format} examples."})
                 return None
         return train_report, valid_report
 
     def _run(self, job_id: str) -> None:
         job = self.store.get("job", job_id, None)
-        if job is None or job["status"] in TERMINAL:
+        if job is None or JobStatus(job["status"]).finished:
             return
         owner = self.store.owner("job", job_id)
-        base = localmodels.base_models()[job["_base"]] if job.get("_base") else localmodels.resolve_base(job["model"])
-        if job["status"] == "validating_files":
+        base = catalogue.base_models()[job["_base"]] if job.get("_base") else catalogue.resolve_base(job["model"])
+        if job["status"] == JobStatus.VALIDATING_FILES:
             reports = self._validate(job)
             if reports is None:
                 return
             train_report, _ = reports
             hyper = _resolved_hyperparameters(job, train_report.stats["valid_examples"])
-            job = self.store.update("job", job_id, status="queued", method=_method_with(job, hyper),
+            job = self.store.update("job", job_id, status=JobStatus.QUEUED, method=_method_with(job, hyper),
                                     hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
                                     _billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")
         if job_id in self._cancel:
-            self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+            self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             return
-        job = self.store.update("job", job_id, status="running", estimated_finish=None)
+        job = self.store.update("job", job_id, status=JobStatus.RUNNING, estimated_finish=None)
         self.event(job_id, "Fine-tuning job started")
         if job.get("_start_from"):
             self.event(job_id, f"Starting from the fine-tuned model {job['_start_from']}: its adapter is the starting weights.")
@@ -213,9 +232,9 @@ class JobRunner:
         try:
             self._train(job, owner, base)
         except Cancelled:
-            self._finish(job_id, "cancelled", message="Fine-tuning job cancelled")
+            self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
 
-    def _train(self, job: dict[str, Any], owner: str, base: localmodels.LocalBase) -> None:
+    def _train(self, job: dict[str, Any], owner: str, base: catalogue.LocalBase) -> None:
         from helpers.server import training
 
         job_id = job["id"]
@@ -251,8 +270,8 @@ class JobRunner:
             self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
         elif job.get("_start_from"):
             resume_from = self.store.model_dir(owner, job["_start_from"])
-            if not (resume_from / "adapter_config.json").exists():
-                self._finish(job_id, "failed", error={"code": "model_not_available", "param": "model", "message":
+            if not (resume_from / ADAPTER_CONFIG).exists():
+                self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model", "message":
                              f"The model {job['_start_from']} this job starts from was deleted before the job ran."})
                 return
         shared = self.models.get(base)
@@ -307,7 +326,7 @@ class JobRunner:
         results = self._results_file(owner, job_id, history)
         job = self.store.get("job", job_id, None)
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
-        self._finish(job_id, "succeeded", message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
+        self._finish(job_id, JobStatus.SUCCEEDED, message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
                      result_files=[results])
 
     def _attach_reference(self, job_id: str, pairs: list[dict], shared, adapter: str) -> None:
@@ -372,7 +391,7 @@ def _take_next(queues: dict[str, deque[str]], served: dict[str, int], turn: int)
 
 def _catalogue_model(model: str) -> str:
     """The model name the validator counts tokens for (an OpenAI name; local names count as the default)."""
-    from helpers.catalogue import default_model, model_info
+    from helpers.pricing.catalogue import default_model, model_info
 
     try:
         return model_info(model).name

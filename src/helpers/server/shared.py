@@ -15,13 +15,18 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
+from helpers.pricing import catalogue
 from helpers.server import localmodels
 
 MAX_ADAPTERS = 8  # fine-tuned models kept attached for inference
+#: A fine-tuned model on disk: a LoRA adapter in peft's format (what `workbook export` copies out).
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 T = TypeVar("T")
 
 
@@ -93,7 +98,7 @@ class SharedModel:
 
     Every method that touches the model is called inside ``hold()``."""
 
-    def __init__(self, base: localmodels.LocalBase) -> None:
+    def __init__(self, base: catalogue.LocalBase) -> None:
         self.base = base
         self.hold = FairLock()
         self.tokenizer = localmodels.load_tokenizer(base)
@@ -172,13 +177,13 @@ class SharedModel:
             yield
 
     def save_adapter(self, name: str, folder: Path) -> None:
-        """Write adapter ``name`` in peft's format (adapter_config.json + adapter_model.safetensors)."""
+        """Write adapter ``name`` in peft's format (``ADAPTER_FILES``: peft writes the config, we write the weights)."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
         state = get_peft_model_state_dict(self.peft, adapter_name=name)
-        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / "adapter_model.safetensors"))
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS))
         self.peft.peft_config[name].save_pretrained(str(folder))
 
     def remove_training_adapter(self, name: str) -> None:
@@ -226,7 +231,7 @@ class SharedModels:
         self._models: dict[str, SharedModel] = {}
         self._lock = threading.Lock()
 
-    def get(self, base: localmodels.LocalBase) -> SharedModel:
+    def get(self, base: catalogue.LocalBase) -> SharedModel:
         with self._lock:
             if base.name not in self._models:
                 self._models[base.name] = SharedModel(base)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from helpers.chat_format import NAME_PATTERN
+from helpers.data.chat_format import NAME_PATTERN
 from helpers.server.training import TOOL_CALLS_PREFIX, functions_of
 
 # JSON as the local models write it (json.dumps' separators), one line: the same text training renders

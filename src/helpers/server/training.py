@@ -17,9 +17,11 @@ import contextlib
 import json
 import math
 import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -392,7 +394,7 @@ def neftune(model, alpha: float):
 def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
           on_step: Callable[[StepMetrics], None], on_epoch_end: Callable[[int, int, StepMetrics], None],
           should_stop: Callable[[], bool], start_epoch: int = 0,
-          hold: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> StepMetrics:
+          hold: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> StepMetrics:
     """Run the epochs from ``start_epoch``; ``train_examples`` are encoded (ids, labels) or DPO pairs.
 
     ``hold()`` is entered around every step, evaluation and ``on_epoch_end``: a model shared with an inference

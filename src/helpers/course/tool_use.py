@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from helpers.billing import TRAIN_PHRASES, load_codes, same_description
-from helpers.validate import duplicate_key
+from helpers.course.billing import TRAIN_PHRASES, load_codes, same_description
+from helpers.data.validate import duplicate_key
 
 SYSTEM_PROMPT = "You are a medical billing assistant. Answer every request with a call to one of your tools."
 TOOLS: list[dict[str, Any]] = [
@@ -107,7 +107,7 @@ def evaluate(client, model: str, test: list[dict], *, tool_choice: str = "auto",
 
 
 def summarize(results: pd.DataFrame) -> dict[str, float]:
-    from helpers.evaluation import wilson_interval
+    from helpers.course.evaluation import wilson_interval
 
     low, high = wilson_interval(int(results["right_arguments"].sum()), len(results))
     return {"n": len(results), **{column: float(results[column].mean()) for column in ("called_a_tool", "right_tool", "valid_json", "right_arguments")},

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from helpers import evaluation, finetune
-from helpers.billing import load_codes, parse_answer
-from helpers.dataprep import DataError, read_jsonl, write_jsonl
+from helpers.course import evaluation, finetune
+from helpers.course.billing import load_codes, parse_answer
+from helpers.data.dataprep import DataError, read_jsonl, write_jsonl
 
 
 def expected_code(row: dict) -> str:
@@ -94,7 +94,7 @@ def _slug(name: str) -> str:
 def validation_table(files: dict[str, Path], *, model: str, n_epochs: int | str) -> pd.DataFrame:
     """Notebook 02's validator on each variant's file: examples, errors, (near-)duplicate warnings, the verdict and
     the OpenAI training price of ``n_epochs`` over it (one column per variant)."""
-    from helpers.validate import validate_file
+    from helpers.data.validate import validate_file
 
     reports = {name: validate_file(path, model=model, n_epochs=n_epochs) for name, path in files.items()}
     return pd.DataFrame({name: {"examples": r.n_examples, "errors": len(r.errors),

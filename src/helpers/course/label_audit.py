@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from helpers.billing import format_answer, load_codes, parse_answer, same_description
-from helpers.experiments import expected_code
-from helpers.retrieval import retrieve
+from helpers.course.billing import format_answer, load_codes, parse_answer, same_description
+from helpers.course.experiments import expected_code
+from helpers.course.retrieval import retrieve
 
 #: The two kinds of wrong label :func:`corrupt` writes.
 SWAPPED_CODE, OTHER_PROCEDURE = "code swapped", "another procedure's answer"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from helpers import evaluation
-from helpers.costs import MAX_TARGET_EXAMPLES, MIN_TARGET_EXAMPLES, TARGET_EPOCHS, auto_epochs, estimate_training_cost
+from helpers.course import evaluation
+from helpers.pricing.costs import MAX_TARGET_EXAMPLES, MIN_TARGET_EXAMPLES, TARGET_EPOCHS, auto_epochs, estimate_training_cost
 
 #: The run with the service's defaults, the one the others are compared with.
 AUTO_RUN = "auto epochs"
@@ -31,9 +31,9 @@ def runs(excessive_epochs: int, multipliers: list[float]) -> dict[str, dict[str,
     return out
 
 
-def price_table(train, runs: dict[str, dict[str, Any]], model: str) -> "pd.DataFrame":
+def price_table(train, runs: dict[str, dict[str, Any]], model: str) -> pd.DataFrame:
     """Each run's epochs and its training price on OpenAI for the file ``train`` (validated once)."""
-    from helpers.validate import validate_file
+    from helpers.data.validate import validate_file
 
     report = validate_file(train, model=model)
     if not report.ok:

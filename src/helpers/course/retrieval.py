@@ -13,9 +13,17 @@ from pathlib import Path
 
 from rank_bm25 import BM25Okapi
 
-from helpers.dataprep import read_jsonl, write_jsonl
-
-from helpers.billing import ANSWER_FORM, SYSTEM_PROMPT, TRAIN_PHRASES, CptCode, code_reference, format_answer, load_codes, parse_answer
+from helpers.course.billing import (
+    ANSWER_FORM,
+    SYSTEM_PROMPT,
+    TRAIN_PHRASES,
+    CptCode,
+    code_reference,
+    format_answer,
+    load_codes,
+    parse_answer,
+)
+from helpers.data.dataprep import read_jsonl, write_jsonl
 
 INDEX_SYNONYMS = 2
 _WORD = re.compile(r"[a-z0-9]+")

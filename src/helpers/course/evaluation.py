@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from helpers.billing import load_codes, parse_answer, same_description
-from helpers.costs import query_cost
+from helpers.course.billing import load_codes, parse_answer, same_description
+from helpers.pricing.costs import query_cost
 
 
 def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 16) -> list[dict]:

@@ -14,20 +14,21 @@ import json
 import string
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Literal
 
 import numpy as np
 import tiktoken
 
-from helpers import chat_format as cf
-from helpers.catalogue import default_model, model_info
-from helpers.costs import estimate_training_cost
+from helpers.data import chat_format as cf
+from helpers.data.token_counts import ToolTokenCache, role_token_table, token_parts
+from helpers.data.tokens import get_encoding
 from helpers.paths import shown
-from helpers.token_counts import ToolTokenCache, role_token_table, token_parts
-from helpers.tokens import get_encoding
+from helpers.pricing.catalogue import default_model, model_info
+from helpers.pricing.costs import estimate_training_cost
 
 MIN_EXAMPLES = 10
 MAX_PROBLEMS_PER_CODE = 50
@@ -195,12 +196,11 @@ def duplicate_key(text: str) -> bytes:
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with open(path, "rb", buffering=1 << 20) as handle:
-        for number, raw in enumerate(handle, start=1):
-            yield number, raw
+        yield from enumerate(handle, start=1)
 
 
 class _Validator:
-    def __init__(self, path: Path, model: str, min_examples: int, n_epochs: int | str = "auto") -> None:
+    def __init__(self, path: Path, model: str, min_examples: int, n_epochs: int | Literal["auto"] = "auto") -> None:
         self.path = path
         self.model = model
         self.min_examples = min_examples
@@ -333,7 +333,7 @@ class _Validator:
                 self.exact_hashes.append(hash(stripped))
                 obj = self.parse(number, raw.rstrip(b"\r\n"))
                 fmt = self.check(number, obj) if obj is not None else None
-                if fmt is None:
+                if obj is None or fmt is None:
                     self.near_hashes.append(0)
                     self.hash_lines.append(number)
                     continue
@@ -438,7 +438,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def validate_file(path: str | Path, model: str | None = None, *, min_examples: int = MIN_EXAMPLES,
-                  n_epochs: int | str = "auto") -> ValidationReport:
+                  n_epochs: int | Literal["auto"] = "auto") -> ValidationReport:
     """Validate a fine-tuning JSONL file for ``model`` (default: the course's default model).
 
     ``min_examples`` is OpenAI's minimum for a training file; a validation file needs only one. The cost

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from helpers.billing import chat_example, format_answer, load_codes, parse_answer, same_description
+from helpers.course.billing import chat_example, format_answer, load_codes, parse_answer, same_description
 
 
 def label_pool(client, teacher: str, pool: list[dict], run_id: str, *, k: int = 5, max_tokens: int = 32,
                concurrency: int = 16) -> int:
     """Ask the teacher about every pool item (with ``k`` retrieved candidate codes in its prompt), each answer
     stored with metadata ``{"run", "pool_id"}``; returns how many."""
-    from helpers.retrieval import rag_system_prompt
+    from helpers.course.retrieval import rag_system_prompt
 
     def one(item: dict) -> None:
         client.chat.completions.create(
@@ -116,7 +116,7 @@ def student_file(kept: pd.DataFrame, pool: list[dict], path: Path, system_prompt
 
 def comparison_findings(comparison: dict[str, dict]) -> list[str]:
     """What notebook 05's comparison shows, in sentences computed from it (``comparison``: teacher, student base,
-    student, each a summary from ``helpers.evaluation.summarize``)."""
+    student, each a summary from ``helpers.course.evaluation.summarize``)."""
     teacher, base, student = comparison["teacher"], comparison["student base"], comparison["student"]
     share = student["code_accuracy"] / teacher["code_accuracy"] if teacher["code_accuracy"] else float("nan")
     cost = student["usd_per_1000_queries"] / teacher["usd_per_1000_queries"]

@@ -182,11 +182,11 @@ def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *,
             errors.append(Issue("invalid_message", f"{prefix}message {i + 1} must be an object with 'role' and 'content'."))
             continue
         role = message.get("role")
-        allowed = MESSAGE_KEYS.get(role) if isinstance(role, str) else None
-        if allowed is None:
+        if not isinstance(role, str) or role not in MESSAGE_KEYS:
             hint = " Use 'system' for instructions." if role == "developer" else ""
             errors.append(Issue("invalid_role", f"{prefix}{_where(i, role)}: 'role' must be one of {', '.join(ROLES)}; got {role!r}.{hint}"))
             continue
+        allowed = MESSAGE_KEYS[role]
         where = f"{prefix}message {i + 1} ({role})"
         counts[role] += 1
         if not allowed.issuperset(message):

@@ -7,17 +7,17 @@ reports read back from ``<metrics dir>/<notebook>.json``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from helpers.paths import DATA_DIR, REPO_ROOT, shown
+from helpers.paths import DATA_DIR, shown
+from helpers.settings import settings
 
 
 def metrics_dir() -> Path:
-    return Path(os.environ.get("WORKBOOK_METRICS_DIR") or REPO_ROOT / ".workbook" / "metrics")
+    return settings().metrics_dir
 
 
 def recorded_metrics(notebook: str) -> dict[str, Any]:
@@ -36,7 +36,7 @@ class Course:
     @cached_property
     def client(self):
         """An ``openai.OpenAI`` client for the chosen backend (the local server starts on first use)."""
-        from helpers.backend import client
+        from helpers.course.backend import client
 
         return client(self.backend)
 
@@ -77,8 +77,8 @@ def setup(notebook: str, backend: str | None = None) -> Course:
     """Set a notebook up; prints which backend it uses. Never prints or stores an API key."""
     import matplotlib
 
-    from helpers.backend import chosen_backend
-    from helpers.tokens import ensure_offline_encodings
+    from helpers.course.backend import chosen_backend
+    from helpers.data.tokens import ensure_offline_encodings
 
     ensure_offline_encodings()
     matplotlib.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
@@ -87,7 +87,7 @@ def setup(notebook: str, backend: str | None = None) -> Course:
     pd.set_option("display.max_colwidth", 120)
     course = Course(notebook, chosen_backend(backend))
     course.record(notebook=notebook, backend=course.backend)
-    from helpers.backend import shared_server_url
+    from helpers.course.backend import shared_server_url
 
     shared = shared_server_url()
     server = f"workshop server {shared}" if shared else "local server"
@@ -105,9 +105,9 @@ def environment_report(course: Course):
     import tiktoken
     import torch
 
-    from helpers.server import localmodels
+    from helpers.pricing import catalogue
 
-    base = localmodels.base_models()[localmodels._local()["default_base"]]
+    base = catalogue.default_local_base()
     rows = [
         ("python", platform.python_version()),
         ("torch", f"{torch.__version__} ({'GPU: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}, {torch.get_num_threads()} threads)"),
@@ -118,7 +118,7 @@ def environment_report(course: Course):
         ("backend", course.backend),
     ]
     if course.backend == "local":
-        from helpers.backend import local_server, shared_server_url
+        from helpers.course.backend import local_server, shared_server_url
 
         if shared_server_url():
             rows.append(("workshop server", f"{course.client.base_url} (your key is read from WORKBOOK_API_KEY)"))

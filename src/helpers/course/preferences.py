@@ -11,7 +11,7 @@ import random
 
 import pandas as pd
 
-from helpers.billing import parse_answer
+from helpers.course.billing import parse_answer
 
 #: How a non-preferred answer is written: the same code and description, in a form the course's parser rejects.
 REJECTED_STYLES = {

@@ -22,12 +22,13 @@ Cookbook. Text is encoded with ``encode_ordinary``: special-token strings in dat
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import tiktoken
 
-from helpers.chat_format import CHAT
+from helpers.data.chat_format import CHAT
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1

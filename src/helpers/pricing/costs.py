@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Literal
 
-from helpers.catalogue import base_model_name
 from helpers.paths import DATA_DIR
+from helpers.pricing.catalogue import base_model_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +59,7 @@ def prices(model: str, *, fine_tuned: bool | None = None) -> Prices:
     return Prices(name, tuned, row["input"], row["cached_input"], row["output"], row.get("training"), row.get("training_per_hour"), row["source"])
 
 
-def prices_frame() -> "pd.DataFrame":
+def prices_frame() -> pd.DataFrame:
     """The whole table as a DataFrame (one row per model and kind), for display."""
     import pandas as pd
 
@@ -163,7 +164,7 @@ def break_even_queries(a: Approach, b: Approach, months: int = 12) -> float | No
     return volume if volume > 0 else None
 
 
-def compare_approaches(approaches: Iterable[Approach], volumes: Iterable[float], months: int = 12) -> "pd.DataFrame":
+def compare_approaches(approaches: Iterable[Approach], volumes: Iterable[float], months: int = 12) -> pd.DataFrame:
     """Monthly cost of each approach at each volume (rows: volumes, columns: approaches)."""
     import pandas as pd
 

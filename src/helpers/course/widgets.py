@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from helpers.scenarios import PromptSizes, cheaper_from, course_approaches, scenario_table
+from helpers.course.scenarios import PromptSizes, cheaper_from, course_approaches, scenario_table
 
 
 class CostExplorer:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from helpers.data.validate import duplicate_key
 from helpers.paths import DATA_DIR
-from helpers.validate import duplicate_key
 
 BILLING_DIR = DATA_DIR / "billing"
 SEED = 20261124

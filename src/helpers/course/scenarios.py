@@ -16,10 +16,10 @@ import json
 from dataclasses import dataclass
 from statistics import mean
 
-from helpers import billing
-from helpers.costs import Approach, break_even_queries, compare_approaches, training_cost
-from helpers.token_counts import count_example_tokens
-from helpers.tokens import get_encoding
+from helpers.course import billing
+from helpers.data.token_counts import count_example_tokens
+from helpers.data.tokens import get_encoding
+from helpers.pricing.costs import Approach, break_even_queries, compare_approaches, training_cost
 
 FEW_SHOT_EXAMPLES = 20
 RETRIEVED_CODES = 5
@@ -185,7 +185,7 @@ def cost_findings(table, approaches: list[Approach]) -> list[str]:
 
 def examples_for_budget(model: str, budget_usd: float, tokens_per_example: int, epochs: int = 3) -> int:
     """How many examples of this size a training budget buys (for checking claims like "$50-$500")."""
-    from helpers.costs import prices
+    from helpers.pricing.costs import prices
 
     return int(budget_usd * 1_000_000 / (tokens_per_example * epochs * prices(model, fine_tuned=True).training))
 
@@ -267,7 +267,7 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
     """The course outline's figures against today's price table and this data, each with a verdict."""
     import pandas as pd
 
-    from helpers.costs import prices
+    from helpers.pricing.costs import prices
 
     seed = SEED_FIGURES
     rag, prompting, distilled = (_named(approaches, n) for n in ("RAG", "prompting", "distilled"))

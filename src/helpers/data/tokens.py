@@ -105,7 +105,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 
 
 def check_offline() -> int:
-    """``python -m helpers.tokens --check``: prove both encodings load offline."""
+    """``python -m helpers.data.tokens --check``: prove both encodings load offline."""
     for name in ENCODING_BLOBS:
         enc = get_encoding(name)
         assert enc.decode(enc.encode_ordinary("hello world")) == "hello world"

@@ -8,13 +8,10 @@ peft, vLLM (``--enable-lora``) and llama.cpp (after converting the adapter to GG
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from helpers import finetune
-from helpers.costs import price_table
-
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+from helpers.course import finetune
+from helpers.pricing.costs import price_table
 
 
 def notice() -> tuple[str, str]:
@@ -28,7 +25,7 @@ def rehearsal_client(port: int | None = None):
     (403 ``training_not_available``); it answers everything else. It runs beside the course's server, on the next port."""
     from openai import OpenAI
 
-    from helpers.backend import default_data_dir, local_key, local_port, local_server
+    from helpers.course.backend import default_data_dir, local_key, local_port, local_server
 
     server = local_server(port or local_port() + 1, default_data_dir().parent / "closed", training_closed=True)
     return OpenAI(base_url=server.api_url, api_key=local_key())
@@ -36,7 +33,7 @@ def rehearsal_client(port: int | None = None):
 
 def stop_rehearsal(port: int | None = None) -> None:
     """Stop the server :func:`rehearsal_client` started."""
-    from helpers.backend import local_port, stop_local_server
+    from helpers.course.backend import local_port, stop_local_server
 
     stop_local_server(port or local_port() + 1)
 
@@ -52,41 +49,17 @@ def try_to_train(client, path: Path, model: str) -> str:
 
 
 def export_model(model: str, target: Path) -> Path:
-    """Copy a fine-tuned model of the local server out of its store into ``target``: the adapter's two files, a
-    ``take_home.json`` naming the base model's folder, and a README saying how to load them. Returns ``target``."""
-    from helpers.backend import default_data_dir, local_key
-    from helpers.server import localmodels
-    from helpers.server.store import Store, owner_of
+    """Copy a fine-tuned model of the local server out of its store into ``target`` (with ``workbook export``, the
+    server's own tool for it): the adapter's two files, a ``take_home.json`` naming the base model's folder, and a
+    README saying how to load them. Returns ``target``."""
+    import subprocess
+    import sys
 
-    store, owner = Store(default_data_dir()), owner_of(local_key())
-    card = store.get("model", model, owner)
-    if card is None:
-        raise LookupError(f"No fine-tuned model {model!r} on the local server (data in {store.data_dir}). "
-                          "client.models.list() lists yours; a checkpoint's model is exported through its job's final model.")
-    source = store.model_dir(owner, model)
-    base = localmodels.base_models()[card["_base"]]
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ADAPTER_FILES:
-        shutil.copy(source / name, target / name)
-    base_dir = localmodels.weights_dir(base)
-    (target / "take_home.json").write_text(json.dumps({"model": model, "base": base.name, "base_source": base.source,
-                                                       "base_folder": str(base_dir)}, indent=2) + "\n", encoding="utf-8")
-    (target / "README.md").write_text(_readme(model, base.source), encoding="utf-8")
-    return target
-
-
-def _readme(model: str, base_source: str) -> str:
-    return f"""# {model}
-
-A LoRA adapter in peft's format, trained by the Fine-Tuning & Distillation Workbook's local server on {base_source}.
-
-- transformers + peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<this folder>")`
-- vLLM: `vllm serve BASE --enable-lora --lora-modules billing=<this folder>`, then call model "billing"
-- llama.cpp: convert with `convert_lora_to_gguf.py --base BASE <this folder>`, run with `--lora`
-
-BASE is the base model's folder (`base_folder` in take_home.json) or its name on the Hugging Face Hub.
-"""
+    done = subprocess.run([sys.executable, "-m", "helpers.cli", "export", model, str(target)],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise LookupError(done.stderr.strip().removeprefix("workbook export: "))
+    return Path(target)
 
 
 def load(folder: Path):

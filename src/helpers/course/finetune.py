@@ -11,7 +11,7 @@ import openai
 import pandas as pd
 from tqdm.auto import tqdm
 
-from helpers.costs import price_table
+from helpers.pricing.costs import price_table
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 #: The metadata notebook 03 puts on its jobs, so that notebooks 04 and 05 find its model.

@@ -6,7 +6,7 @@
   ``WORKBOOK_API_KEY`` (your key) point the same notebooks at one shared server instead.
 * ``openai``: OpenAI itself; needs ``OPENAI_API_KEY`` in the environment (never typed into a notebook).
 
-Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.backend.client("openai")``.
+Choose with ``WORKBOOK_BACKEND=openai`` or ``helpers.course.backend.client("openai")``.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import httpx
 
-from helpers.paths import REPO_ROOT, user_cache_dir
+from helpers.paths import user_cache_dir
+from helpers.settings import DEFAULT_IDLE_MINUTES, settings
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8321
-DEFAULT_IDLE_MINUTES = 30
 LOCAL_KEY_FILE = "local-api-key"  # in the user's cache folder, readable by its owner only
 BACKENDS = ("local", "openai")
 
@@ -50,7 +49,7 @@ def local_key() -> str:
     user and kept in the cache folder with owner-only permissions (a restarted kernel finds the same one). The local
     server takes any key, and each key is its own workspace, so a web page that reaches the server cannot guess
     the key that holds this user's files."""
-    chosen = os.environ.get("WORKBOOK_LOCAL_KEY", "").strip()
+    chosen = settings().local_key.get_secret_value().strip()
     if chosen:
         return chosen
     path = user_cache_dir() / LOCAL_KEY_FILE
@@ -71,7 +70,7 @@ def local_key() -> str:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("WORKBOOK_SERVER_DIR") or REPO_ROOT / ".workbook" / "server")
+    return settings().server_dir
 
 
 def _healthy(url: str) -> dict | None:
@@ -85,7 +84,7 @@ def _healthy(url: str) -> dict | None:
 def idle_minutes() -> float:
     """How long a server started for the notebooks waits, with nothing to do, before it stops itself
     (``WORKBOOK_IDLE_MINUTES``, default 30)."""
-    raw = os.environ.get("WORKBOOK_IDLE_MINUTES", "").strip() or str(DEFAULT_IDLE_MINUTES)
+    raw = settings().idle_minutes.strip() or str(DEFAULT_IDLE_MINUTES)
     try:
         minutes = float(raw)
     except ValueError:
@@ -96,7 +95,7 @@ def idle_minutes() -> float:
 
 
 def local_port(port: int | None = None) -> int:
-    return port or int(os.environ.get("WORKBOOK_PORT", DEFAULT_PORT))
+    return port or settings().port
 
 
 def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0,
@@ -151,7 +150,7 @@ def stop_local_server(port: int | None = None, timeout_s: float = 30.0) -> str:
 
 
 def chosen_backend(backend: str | None = None) -> str:
-    backend = (backend or os.environ.get("WORKBOOK_BACKEND") or "local").lower()
+    backend = (backend or settings().backend).lower()
     if backend not in BACKENDS:
         raise BackendUnavailable(f"Unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     return backend
@@ -159,7 +158,7 @@ def chosen_backend(backend: str | None = None) -> str:
 
 def shared_server_url() -> str | None:
     """The workshop server's address from ``WORKBOOK_SERVER_URL``, or None to use (or start) our own."""
-    url = os.environ.get("WORKBOOK_SERVER_URL", "").strip().rstrip("/")
+    url = settings().server_url.strip().rstrip("/")
     if url.endswith("/v1"):
         url = url[:-3]
     return url or None
@@ -168,7 +167,7 @@ def shared_server_url() -> str | None:
 def _shared_client(url: str, **kwargs):
     from openai import AuthenticationError, OpenAI
 
-    key = os.environ.get("WORKBOOK_API_KEY", "").strip()
+    key = settings().api_key.get_secret_value().strip()
     if not key:
         raise BackendUnavailable(f"WORKBOOK_SERVER_URL points at the workshop server {url}, but WORKBOOK_API_KEY is not set. "
                                  "Set it to the key your facilitator gave you (in the shell before starting Jupyter).")

