@@ -5,16 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-# torch's pin is read from requirements.txt (the one place versions live) and installed first,
+# torch's pin is read from requirements/server.txt (versions live in requirements/*.txt) and installed first,
 # so nothing that depends on torch can pull a CUDA build.
-TORCH_PIN := $(shell grep -E '^torch==' requirements.txt)
+TORCH_PIN := $(shell grep -E '^torch==' requirements/server.txt)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser lab lint test test-browser notebooks reports bench bench-data clean-venv
+.PHONY: setup browser lab lint test test-fast test-browser notebooks reports bench bench-data clean-venv
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements/*.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet setuptools==80.9.0
@@ -40,11 +40,15 @@ browser:
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## lint: ruff, the one-way import rule between the wings (import-linter, docs/architecture.md), mypy on the data tools
+## lint: ruff, the one-way import rule between the wings (import-linter, docs/architecture.md), mypy on the data tools and the server
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy src/helpers/data
+	$(VENV)/bin/mypy src/helpers/data src/helpers/server
+
+## test-fast: the fast tier (tests/fast: the server's routes with a fake engine, request models, the fair queue, settings), no model; seconds
+test-fast: setup
+	$(PY) -m pytest tests/fast -q
 
 ## test: set up, lint, then run the whole test suite (browser test included), offline
 test: setup browser lint

@@ -34,7 +34,6 @@ import math
 import os
 import platform
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -81,10 +80,9 @@ def start_server(data_dir: Path):
 
 
 def stop_server(server) -> None:
-    try:
-        os.kill(httpx.get(f"{server.url}/health", timeout=5).json()["pid"], signal.SIGTERM)
-    except (httpx.HTTPError, OSError):
-        pass
+    from helpers.course.backend import stop_local_server
+
+    stop_local_server(int(server.url.rsplit(":", 1)[1]))
 
 
 def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
@@ -115,14 +113,14 @@ def course_rows(work: Path) -> list[dict]:
 def settings(n_examples: int):
     """The server's "auto" hyperparameters for this many examples, for EPOCHS epochs."""
     from helpers.server import training
-    from helpers.server.jobs import AUTO_LR_MULTIPLIER, auto_batch_size
+    from helpers.server.hyperparameters import AUTO_LR_MULTIPLIER, auto_batch_size
 
     return training.TrainSettings(n_epochs=EPOCHS, batch_size=auto_batch_size(n_examples), seed=SEED,
                                   learning_rate_multiplier=AUTO_LR_MULTIPLIER["supervised"])
 
 
 def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
-    from helpers.server.training import encode_chat
+    from helpers.server.chat_template import encode_chat
 
     return [encode_chat(tokenizer, row["messages"]) for row in rows]
 

@@ -52,7 +52,8 @@ def answers(model, tokenizer, requests: list[list[dict]], batch: int = 16) -> li
     """Greedy answers, batched (left padding), as the server gives them."""
     import torch
 
-    from helpers.server.training import autocast, render
+    from helpers.server.chat_template import render
+    from helpers.server.training import autocast
 
     tokenizer.padding_side = "left"
     out = []
@@ -87,7 +88,7 @@ def run_one(run: dict) -> dict:
     from helpers.course import billing, retrieval
     from helpers.data import dataprep
     from helpers.pricing import catalogue
-    from helpers.server import localmodels, training
+    from helpers.server import chat_template, localmodels, training
 
     base = catalogue.resolve_base("gpt-4.1-mini")
     tokenizer = localmodels.load_tokenizer(base)
@@ -97,7 +98,7 @@ def run_one(run: dict) -> dict:
         retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"], renumbered_share=run["copy"])
         rows = dataprep.read_jsonl(path)
     rows += [billing.chat_example(c.description, c.answer) for c in billing.load_codes() if c.in_training] * run["table"]
-    examples = [training.encode_chat(tokenizer, r["messages"]) for r in rows]
+    examples = [chat_template.encode_chat(tokenizer, r["messages"]) for r in rows]
     settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
                                       seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]], lora_top_layers=run["layers"])
     model = training.prepare_model(localmodels.load_model(base), settings)

@@ -79,14 +79,9 @@ def main(argv: list[str]) -> int:
             print(path)
     finally:
         if run:  # stop the server notebook 00 started
-            import signal
+            from helpers.course.backend import stop_local_server
 
-            import httpx
-
-            try:
-                os.kill(httpx.get(f"http://127.0.0.1:{os.environ['WORKBOOK_PORT']}/health", timeout=2).json()["pid"], signal.SIGTERM)
-            except (httpx.HTTPError, OSError):
-                pass
+            stop_local_server()  # the scratch server, at WORKBOOK_PORT
             time.sleep(2)  # let it close its database before the scratch folder goes
             shutil.rmtree(scratch, ignore_errors=True)
     return 0

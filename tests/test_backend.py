@@ -17,9 +17,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_PORT", str(free_port()))
     monkeypatch.delenv("WORKBOOK_BACKEND", raising=False)
     yield tmp_path
-    server = backend.local_server(start=False) if backend._healthy(f"http://127.0.0.1:{os.environ['WORKBOOK_PORT']}") else None
-    if server is not None:
-        os.kill(httpx.get(f"{server.url}/health").json()["pid"], signal.SIGTERM)
+    backend.stop_local_server()
 
 
 def test_client_starts_the_server_once_and_finds_it_again(isolated):

@@ -20,6 +20,8 @@ import pytest
 from conftest import DATA, REPO, head_lines
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
+from helpers.course.backend import stop_local_server
+
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
 #: How long the load test runs; the issue asks for 60 s (override with WORKBOOK_LOAD_SECONDS).
@@ -108,7 +110,7 @@ def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
     env = {**os.environ, "WORKBOOK_PORT": port, "WORKBOOK_SERVER_DIR": str(tmp_path / "server"),
            "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WORKBOOK_LOCAL_KEY": "key-restart"}
-    setup = "from helpers import course as c, finetune\ncourse = c.setup('03_training')\n"
+    setup = "from helpers.course import finetune, setup\nfrom helpers.paths import DATA_DIR\ncourse = setup('03_training')\n"
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env, cwd=str(REPO / "notebooks"))
     try:
@@ -117,7 +119,7 @@ def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
         kernel.wait_for_ready(timeout=120)
         printed = run_cell(kernel, setup + f"""
 import httpx, json
-train = finetune.upload(course.client, c.DATA_DIR / "billing" / "train.jsonl")
+train = finetune.upload(course.client, DATA_DIR / "billing" / "train.jsonl")
 job = finetune.start_job(course.client, training_file=train.id, model="gpt-4.1-mini", metadata={{"course": "restart-test"}},
                          hyperparameters={{"n_epochs": 1, "batch_size": 8}})
 print(json.dumps({{"job": job.id, "pid": httpx.get("http://127.0.0.1:{port}/health").json()["pid"]}}))
@@ -144,10 +146,7 @@ print(json.dumps({{"job": job.id, "was": running, "status": job.status,
         assert after["was"] == "running" and after["status"] == "succeeded"
     finally:
         manager.shutdown_kernel(now=True)
-        try:
-            os.kill(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["pid"], signal.SIGTERM)
-        except (httpx.HTTPError, OSError):
-            pass
+        stop_local_server(port)
 
 
 # --- load --------------------------------------------------------------------------------------------

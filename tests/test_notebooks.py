@@ -4,12 +4,10 @@ from __future__ import annotations
 import ast
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import jupytext
 import nbformat
 import papermill
@@ -18,6 +16,7 @@ from conftest import DATA, REPO
 from server_harness import free_port
 
 from helpers.course import billing, distill, evaluation, scenarios
+from helpers.course.backend import stop_local_server
 from helpers.data.validate import validate_file
 from helpers.pricing.costs import estimate_training_cost, prices
 
@@ -89,10 +88,7 @@ def course_env(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield root
-    try:
-        os.kill(httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["pid"], signal.SIGTERM)
-    except (httpx.HTTPError, OSError):
-        pass
+    stop_local_server(port)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

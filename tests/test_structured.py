@@ -6,7 +6,7 @@ import json
 import pytest
 
 from helpers.pricing import catalogue
-from helpers.server import localmodels, structured, training
+from helpers.server import chat_template, localmodels, structured, training
 
 LOOKUP = {"name": "lookup_cpt_code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup_cpt_code", "arguments": '{"query": "lipid panel"}'}}
@@ -17,7 +17,7 @@ def test_a_call_is_read_back_in_openais_shape_with_any_text_before_it():
     assert content == "Looking it up." and len(calls) == 1
     assert calls[0]["id"].startswith("call_") and calls[0]["type"] == "function"
     assert calls[0]["function"] == {"name": "lookup_cpt_code", "arguments": '{"query": "x"}'}
-    assert structured.read_tool_calls(training.tool_calls_text([CALL]), [LOOKUP])[0] is None
+    assert structured.read_tool_calls(chat_template.tool_calls_text([CALL]), [LOOKUP])[0] is None
 
 
 @pytest.mark.parametrize("text", [
@@ -34,12 +34,12 @@ def test_training_shows_tools_as_answering_does_and_learns_only_the_call():
     tokenizer = localmodels.load_tokenizer(catalogue.resolve_base("gpt-4.1-mini"))
     messages = [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
     tools = [{"type": "function", "function": LOOKUP}]  # keys not in sorted order: both sides must keep the file's order
-    ids, labels = training.encode_chat(tokenizer, messages, training.functions_of(tools))
+    ids, labels = chat_template.encode_chat(tokenizer, messages, chat_template.functions_of(tools))
     answering = structured.answering({"tools": tools, "messages": messages[:1]})  # what the server does with a request
-    prompt = training.render(tokenizer, training.with_tools(messages[:1], answering.function_list), add_generation_prompt=True)
+    prompt = chat_template.render(tokenizer, chat_template.with_tools(messages[:1], answering.function_list), add_generation_prompt=True)
     assert tokenizer.decode(ids).startswith(prompt)  # the prompt a tuned model is trained on is the one it answers
     learned = tokenizer.decode([t for t in labels if t != training.IGNORE])
-    assert learned == training.tool_calls_text([CALL]) + tokenizer.eos_token
+    assert learned == chat_template.tool_calls_text([CALL]) + tokenizer.eos_token
     assert json.loads(learned.removesuffix(tokenizer.eos_token))["tool_calls"][0]["arguments"] == {"query": "lipid panel"}
 
 

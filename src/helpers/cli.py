@@ -53,7 +53,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from helpers.course.backend import default_data_dir
-    from helpers.server.app import LOOPBACK_NAMES, MIB, Limits, create_app, host_name
+    from helpers.server.app import create_app, host_name
+    from helpers.server.state import LOOPBACK_NAMES, MIB, Limits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     api_keys = None

@@ -54,20 +54,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def share_with_interval(flags: pd.Series) -> tuple[float, float, float]:
+    """The share of True in ``flags`` (one per request) and its 95% Wilson interval."""
+    low, high = wilson_interval(int(flags.sum()), len(flags))
+    return float(flags.mean()), low, high
+
+
 def summarize(results: pd.DataFrame, *, priced_as: str, fine_tuned: bool) -> dict[str, float]:
     """Headline numbers with 95% Wilson intervals for code accuracy and exact match; cost per 1,000 queries at
     the OpenAI prices of ``priced_as``."""
     prompt, completion = results["prompt_tokens"].mean(), results["completion_tokens"].mean()
-    n = len(results)
-    code_low, code_high = wilson_interval(int(results["code_ok"].sum()), n)
-    exact_low, exact_high = wilson_interval(int(results["exact"].sum()), n)
+    code, code_low, code_high = share_with_interval(results["code_ok"])
+    exact, exact_low, exact_high = share_with_interval(results["exact"])
     return {
-        "n": n,
-        "exact_match": float(results["exact"].mean()),
+        "n": len(results),
+        "exact_match": exact,
         "exact_match_ci_low": exact_low,
         "exact_match_ci_high": exact_high,
         "format_compliance": float(results["format_ok"].mean()),
-        "code_accuracy": float(results["code_ok"].mean()),
+        "code_accuracy": code,
         "code_accuracy_ci_low": code_low,
         "code_accuracy_ci_high": code_high,
         "latency_p50_s": float(np.percentile(results["latency_s"], 50)),

@@ -61,6 +61,12 @@ class _Busy(Exception):
         self.wait_s = wait_s
 
 
+def _notice_without_prices() -> str:
+    """The price table's wind-down notice, without its pointer to "the inference prices below" (a refusal shows none)."""
+    notice = price_table()["notice"]
+    return notice.removesuffix(" at the inference prices below.") + ("." if notice.endswith(" below.") else "")
+
+
 def _create_job(client, create: dict[str, Any]) -> Any:
     try:
         return client.fine_tuning.jobs.create(**create)
@@ -68,7 +74,7 @@ def _create_job(client, create: dict[str, Any]) -> Any:
         body = exc.body if isinstance(exc.body, dict) else {}
         said = str(body.get("message") or exc.message).rstrip(".")
         raise TrainingNotAvailable(
-            f"The service refused to start the job ({body.get('code') or exc.status_code}): {said}. {price_table()['notice']} "
+            f"The service refused to start the job ({body.get('code') or exc.status_code}): {said}. {_notice_without_prices()} "
             "Run this notebook with BACKEND = \"local\" to train the same way on this machine.") from None
     except openai.RateLimitError as exc:
         wait = exc.response.headers.get("retry-after")

@@ -87,8 +87,8 @@ def checkpoint_accuracy(client, jobs: dict[str, Any], test: list[dict], *, every
             models = {max(models): models[max(models)]}
         for epoch, model in models.items():
             results = evaluation.evaluate(client, model, test, max_tokens=max_tokens, concurrency=16)
-            low, high = evaluation.wilson_interval(int(results["code_ok"].sum()), len(results))
-            rows.append({"run": name, "epoch": epoch, "code_accuracy": float(results["code_ok"].mean()),
+            accuracy, low, high = evaluation.share_with_interval(results["code_ok"])
+            rows.append({"run": name, "epoch": epoch, "code_accuracy": accuracy,
                          "ci_low": low, "ci_high": high, "format_compliance": float(results["format_ok"].mean()), "model": model})
     return pd.DataFrame(rows)
 

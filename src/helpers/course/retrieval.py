@@ -73,13 +73,18 @@ class Augmented:
     renumbered: int
 
 
+@lru_cache(maxsize=1)
+def _codes_by_number() -> dict[str, CptCode]:
+    return {c.code: c for c in load_codes()}
+
+
 def renumber(example: dict, rng: random.Random) -> dict:
     """The example with its right code rewritten, in the candidates and in the answer, as an entry the model cannot
     know: one of the code's own training phrasings as the description and a number no CPT code uses. Its answer can
     only be copied from the candidates, which is what the model must do for a code it never trained on."""
     system, *rest = example["messages"]
     code = parse_answer(rest[-1]["content"])[0]
-    known = {c.code: c for c in load_codes()}[code]
+    known = _codes_by_number()[code]
     phrase = rng.choice(known.phrases[:TRAIN_PHRASES])  # never a held-out phrasing
     line = format_answer(f"{rng.choice(UNASSIGNED_NUMBERS):05d}", phrase[0].upper() + phrase[1:])
     head, _, table = system["content"].partition(CANDIDATES_HEADING)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from statistics import mean
 
 from helpers.course import billing
+from helpers.course.retrieval import CANDIDATES_HEADING
 from helpers.data.token_counts import count_example_tokens
 from helpers.data.tokens import get_encoding
 from helpers.pricing.costs import Approach, break_even_queries, compare_approaches, training_cost
@@ -65,7 +66,7 @@ def measure_prompt_sizes() -> PromptSizes:
     codes = billing.load_codes()
     long_system = long_system_prompt()
     # RAG adds RETRIEVED_CODES code lines to the prompt; which ones does not change the size much.
-    rag_system = f"{billing.SYSTEM_PROMPT}\n\nCandidate codes:\n{billing.code_reference(codes[:RETRIEVED_CODES])}"
+    rag_system = f"{billing.SYSTEM_PROMPT}{CANDIDATES_HEADING}{billing.code_reference(codes[:RETRIEVED_CODES])}"
     encoding = get_encoding("o200k_base")
     users = [r["messages"][1]["content"] for r in rows]
     answers = [r["messages"][2]["content"] for r in rows]

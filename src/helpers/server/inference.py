@@ -22,9 +22,9 @@ import torch
 
 from helpers.pricing import catalogue
 from helpers.server import localmodels
+from helpers.server.chat_template import render
 from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.structured import Constraint, GrammarLogitsProcessor
-from helpers.server.training import render
 
 BATCH_WINDOW_S = 0.02  # a batch waits this long after its latest request for another one ...
 MAX_BATCH_WAIT_S = 0.1  # ... and no longer than this after its first (see _batch_loop)

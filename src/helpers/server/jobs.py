@@ -20,12 +20,13 @@ import traceback
 from collections import deque
 from enum import StrEnum
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from helpers.data.validate import MIN_EXAMPLES, validate_file
+from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
-from helpers.pricing.costs import auto_epochs
-from helpers.server import localmodels
+from helpers.server import chat_template, localmodels
+from helpers.server.hyperparameters import method_with, resolve_auto
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 
@@ -53,17 +54,7 @@ ORGANIZATION = "org-local"
 OWNER_LABEL = "local"
 
 
-#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
-#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's
-#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
-AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
 REFERENCE_BATCH = 8  # DPO pairs per forward pass when their reference log-probabilities are computed
-
-
-def auto_batch_size(n_examples: int) -> int:
-    """Local rule for ``batch_size="auto"``: 4, fewer for a very small file (at least 8 steps per epoch).
-    LoRA learns best from small batches; the sweep in benchmarks/RESULTS.md chose 4 for the course data."""
-    return max(1, min(4, n_examples // 8))
 
 
 class JobRunner:
@@ -105,8 +96,21 @@ class JobRunner:
     def current(self) -> str | None:
         return self._current
 
+    def _job(self, job_id: str) -> dict[str, Any]:
+        """A job the runner knows exists (it was stored before it was submitted)."""
+        job = self.store.get("job", job_id, None)
+        if job is None:
+            raise KeyError(f"no fine-tuning job {job_id} in the store")
+        return job
+
+    def _owner(self, job_id: str) -> str:
+        owner = self.store.owner("job", job_id)
+        if owner is None:
+            raise KeyError(f"no fine-tuning job {job_id} in the store")
+        return owner
+
     def _enqueue(self, job_id: str) -> None:
-        self._queues.setdefault(self.store.owner("job", job_id), deque()).append(job_id)
+        self._queues.setdefault(self._owner(job_id), deque()).append(job_id)
 
     def _dequeue(self, job_id: str) -> bool:
         for owner, jobs in self._queues.items():
@@ -118,7 +122,7 @@ class JobRunner:
         return False
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get("job", job_id, None)
+        job = self._job(job_id)
         if JobStatus(job["status"]).finished:
             return job
         with self._wake:
@@ -126,10 +130,10 @@ class JobRunner:
                 return self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             self._cancel.add(job_id)
         # the worker stops between steps; report the request now, as OpenAI does
-        return self.store.get("job", job_id, None)
+        return self._job(job_id)
 
     def event(self, job_id: str, message: str, *, level: str = "info", kind: str = "message", data: dict | None = None) -> None:
-        owner = self.store.owner("job", job_id)
+        owner = self._owner(job_id)
         body = {"object": "fine_tuning.job.event", "id": new_id("ftevent"), "created_at": now(), "level": level,
                 "message": message, "data": data or {}, "type": kind}
         self.store.put("event", body, owner, parent=job_id)
@@ -173,8 +177,8 @@ class JobRunner:
         return self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
 
     def _validate(self, job: dict[str, Any]) -> tuple[Any, Any] | None:
-        owner = self.store.owner("job", job["id"])
-        reports = []
+        owner = self._owner(job["id"])
+        reports: list[ValidationReport | None] = []
         for param in ("training_file", "validation_file"):
             file_id = job.get(param)
             if not file_id:
@@ -195,10 +199,10 @@ class JobRunner:
         train_report, valid_report = reports
         method = (job.get("method") or {}).get("type", "supervised")
         expected = "preference" if method == "dpo" else "chat"
-        for param, report in (("training_file", train_report), ("validation_file", valid_report)):
-            if report is not None and report.format != expected:
+        for param, checked in (("training_file", train_report), ("validation_file", valid_report)):
+            if checked is not None and checked.format != expected:
                 self._finish(job["id"], JobStatus.FAILED, error={"code": f"invalid_{param}", "param": param,
-                             "message": f"A {method} job needs {expected} examples, but {job[param]} holds {report.format} examples."})
+                             "message": f"A {method} job needs {expected} examples, but {job[param]} holds {checked.format} examples."})
                 return None
         return train_report, valid_report
 
@@ -206,15 +210,19 @@ class JobRunner:
         job = self.store.get("job", job_id, None)
         if job is None or JobStatus(job["status"]).finished:
             return
-        owner = self.store.owner("job", job_id)
+        owner = self._owner(job_id)
         base = catalogue.base_models()[job["_base"]] if job.get("_base") else catalogue.resolve_base(job["model"])
+        if base is None:  # only a job stored by another version could name no local model
+            self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model",
+                                                          "message": f"No local model serves {job['model']}."})
+            return
         if job["status"] == JobStatus.VALIDATING_FILES:
             reports = self._validate(job)
             if reports is None:
                 return
             train_report, _ = reports
-            hyper = _resolved_hyperparameters(job, train_report.stats["valid_examples"])
-            job = self.store.update("job", job_id, status=JobStatus.QUEUED, method=_method_with(job, hyper),
+            hyper = resolve_auto(job, train_report.stats["valid_examples"])
+            job = self.store.update("job", job_id, status=JobStatus.QUEUED, method=method_with(job, hyper),
                                     hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
                                     _billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")
@@ -244,36 +252,13 @@ class JobRunner:
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]))
         tokenizer = localmodels.load_tokenizer(base)
-
-        def load(file_id: str | None) -> list:
-            if not file_id:
-                return []
-            rows = [json.loads(line) for line in self.store.file_path(owner, file_id).read_bytes().decode("utf-8").splitlines() if line.strip()]
-            if method == "dpo":
-                return [training.encode_preference(tokenizer, row) for row in rows]
-            encoded = [training.encode_chat(tokenizer, row["messages"], training.functions_of(row.get("tools") or row.get("functions")))
-                       for row in rows]
-            kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
-            if len(kept) < len(encoded):
-                self.event(job_id, f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} and were skipped.", level="warn")
-            return kept
-
-        train_examples, valid_examples = load(job["training_file"]), load(job.get("validation_file"))
-        checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
-        start_epoch, resume_from, resume_step = 0, None, 0
-        if checkpoints:
-            last = checkpoints[-1]
-            start_epoch, resume_step = last["_epoch"], last["step_number"]
-            resume_from = self.store.model_dir(owner, last["fine_tuned_model_checkpoint"])
+        train_examples = self._examples(job, owner, tokenizer, base, job["training_file"])
+        valid_examples = self._examples(job, owner, tokenizer, base, job.get("validation_file"))
+        start = self._starting_point(job, owner)
+        if start is None:
+            return
+        start_epoch, resume_from, resume_step = start
         history = self._metrics_history(job_id, keep_through=resume_step)
-        if resume_from is not None:
-            self.event(job_id, f"Resuming from checkpoint at step {resume_step} (epoch {start_epoch}).")
-        elif job.get("_start_from"):
-            resume_from = self.store.model_dir(owner, job["_start_from"])
-            if not (resume_from / ADAPTER_CONFIG).exists():
-                self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model", "message":
-                             f"The model {job['_start_from']} this job starts from was deleted before the job ran."})
-                return
         shared = self.models.get(base)
         adapter = f"train_{job_id.replace('-', '_')}"
         with shared.hold():
@@ -324,10 +309,46 @@ class JobRunner:
                                  "_base": base.name, "_job": job_id}, owner)
         self.event(job_id, f"New fine-tuned model created: {name}")
         results = self._results_file(owner, job_id, history)
-        job = self.store.get("job", job_id, None)
+        job = self._job(job_id)
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
         self._finish(job_id, JobStatus.SUCCEEDED, message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
                      result_files=[results])
+
+    def _examples(self, job: dict[str, Any], owner: str, tokenizer, base: catalogue.LocalBase, file_id: str | None) -> list:
+        """A job's file, tokenized for its method; chat examples longer than the model's training window are skipped
+        (with a warning event)."""
+        from helpers.server import training
+
+        if not file_id:
+            return []
+        rows = [json.loads(line) for line in self.store.file_path(owner, file_id).read_bytes().decode("utf-8").splitlines() if line.strip()]
+        if job["method"]["type"] == "dpo":
+            return [chat_template.encode_preference(tokenizer, row) for row in rows]
+        encoded = [chat_template.encode_chat(tokenizer, row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))
+                   for row in rows]
+        kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
+        if len(kept) < len(encoded):
+            self.event(job["id"], f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} "
+                                  "and were skipped.", level="warn")
+        return kept
+
+    def _starting_point(self, job: dict[str, Any], owner: str) -> tuple[int, Path | None, int] | None:
+        """Where training starts: ``(epoch, adapter folder, step)``: the last checkpoint of a resumed job, the model a job
+        continues from, or nothing (a new adapter). None when the model it continues from is gone (the job fails)."""
+        job_id = job["id"]
+        checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
+        if checkpoints:
+            last = checkpoints[-1]
+            self.event(job_id, f"Resuming from checkpoint at step {last['step_number']} (epoch {last['_epoch']}).")
+            return last["_epoch"], self.store.model_dir(owner, last["fine_tuned_model_checkpoint"]), last["step_number"]
+        if job.get("_start_from"):
+            folder = self.store.model_dir(owner, job["_start_from"])
+            if not (folder / ADAPTER_CONFIG).exists():
+                self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model", "message":
+                             f"The model {job['_start_from']} this job starts from was deleted before the job ran."})
+                return None
+            return 0, folder, 0
+        return 0, None, 0
 
     def _attach_reference(self, job_id: str, pairs: list[dict], shared, adapter: str) -> None:
         """DPO's reference: each pair's log-probabilities under the model the job starts from (the base, or the
@@ -335,7 +356,7 @@ class JobRunner:
         with the job so that a resumed job compares with the same reference."""
         from helpers.server import training
 
-        job = self.store.get("job", job_id, None)
+        job = self._job(job_id)
         reference = job.get("_dpo_reference")
         if reference is None or len(reference) != len(pairs):
             reference = []
@@ -404,21 +425,3 @@ def _model_name(job: dict[str, Any]) -> str:
     suffix = job.get("user_provided_suffix") or ""
     root = job["model"].split(":")[1] if job["model"].startswith("ft:") else job["model"]
     return f"ft:{root}:{OWNER_LABEL}:{suffix}:{job['id'][-8:]}"
-
-
-def _resolved_hyperparameters(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
-    kind = (job.get("method") or {}).get("type", "supervised")
-    requested = {**job["hyperparameters"], **((job.get("method") or {}).get(kind, {}).get("hyperparameters") or {})}
-    resolved = {
-        "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
-        "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
-        "learning_rate_multiplier": AUTO_LR_MULTIPLIER[kind] if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
-    }
-    if kind == "dpo":
-        resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]
-    return resolved
-
-
-def _method_with(job: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
-    kind = (job.get("method") or {}).get("type", "supervised")
-    return {"type": kind, kind: {"hyperparameters": dict(hyper)}}

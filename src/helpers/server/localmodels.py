@@ -73,7 +73,7 @@ def weights_dir(base: LocalBase) -> Path:
         with LOADING:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None  # the weights are dequantized: save them as plain fp32
+        setattr(model, "hf_quantizer", None)  # noqa: B010  the weights are dequantized: save them as plain fp32 (a typed assignment mypy refuses)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging)
@@ -121,7 +121,7 @@ def load_model(base: LocalBase, device: str | None = None):
     folder = bf16_weights_dir(base) if dtype == torch.bfloat16 else weights_dir(base)
     with LOADING:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager")
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]  # transformers types .to() for a model, not a device name
 
 
 PRECISIONS = ("auto", "bf16", "fp32")

@@ -105,7 +105,7 @@ class SharedModel:
         self.tokenizer.padding_side = "left"
         self.model = localmodels.load_model(base)
         self.model.eval()
-        self.peft = None  # a PeftModel around self.model, from the first adapter on
+        self.peft: Any = None  # a PeftModel around self.model, from the first adapter on
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
         # (adapter, trainable) now active; OFF: adapter layers disabled; None: unknown (peft picks an adapter itself

@@ -1,7 +1,7 @@
 """Answers in OpenAI's shapes: tool calls and structured output, by constrained decoding (llguidance).
 
 What a chat request asks of its answer (``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format``)
-becomes an ``Answering``: the functions shown to the model (``training.with_tools``, the same text a fine-tuned
+becomes an ``Answering``: the functions shown to the model (``chat_template.with_tools``, the same text a fine-tuned
 model was trained on), whether tool calls are read out of the answer, and a grammar the answer must follow:
 
 * ``response_format`` ``json_schema`` (strict or not): the answer is JSON valid against the schema;
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from helpers.data.chat_format import NAME_PATTERN
-from helpers.server.training import TOOL_CALLS_PREFIX, functions_of
+from helpers.server.chat_template import TOOL_CALLS_PREFIX, functions_of
 
 # JSON as the local models write it (json.dumps' separators), one line: the same text training renders
 JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -151,7 +151,7 @@ def compile_grammar(schema: dict[str, Any], param: str) -> str:
     """An llguidance grammar for ``schema``; a RequestError naming ``param`` when llguidance cannot follow it."""
     import llguidance
 
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_FORMAT)
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_FORMAT)  # type: ignore[arg-type]  # a JsonCompileOptions dict
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         raise RequestError(f"The local server cannot follow this JSON schema: {'; '.join(messages)}.", param,

@@ -1,0 +1,78 @@
+"""A job's hyperparameters: what a request may ask for (each a number in its range, or "auto"), and what "auto"
+becomes when the job runs and its training file's size is known."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from helpers.pricing.costs import auto_epochs
+from helpers.server.errors import problem
+
+
+def is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def is_whole(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int)
+
+
+#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
+#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's
+#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
+AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """Local rule for ``batch_size="auto"``: 4, fewer for a very small file (at least 8 steps per epoch).
+    LoRA learns best from small batches; the sweep in benchmarks/RESULTS.md chose 4 for the course data."""
+    return max(1, min(4, n_examples // 8))
+
+
+HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float]] = {
+    "n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-4, 10), "beta": (float, 1e-4, 2)}
+
+
+def hyperparameter(value: Any, name: str) -> int | float | Literal["auto"]:
+    """``"auto"`` (or absent), or a number in the hyperparameter's range."""
+    kind, low, high = HYPERPARAMETER_RANGES[name]
+    if value is None or value == "auto":
+        return "auto"
+    if not is_number(value) or (kind is int and not float(value).is_integer()):
+        raise problem(f"'{name}' must be \"auto\" or a {'whole number' if kind is int else 'number'}, got {value!r}.", name)
+    if not low <= value <= high:
+        raise problem(f"'{name}' must be between {low:g} and {high:g}, got {value}.", name)
+    return kind(value)
+
+
+def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
+    """A job's hyperparameters, each resolved to a value or "auto"; ``beta`` for DPO only."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise problem("'hyperparameters' must be an object.", "hyperparameters")
+    known = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if method == "dpo" else set())
+    unknown = set(raw) - known
+    if unknown:
+        raise problem(f"Unknown hyperparameter(s) {sorted(unknown)} for a {method} job; known: {sorted(known)}.", "hyperparameters")
+    return {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
+
+
+
+def resolve_auto(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    """A job's hyperparameters with each "auto" resolved for a training file of ``n_examples``: epochs by OpenAI's
+    rule, batch size and learning rate by the local rules above, DPO's beta 0.1."""
+    kind = (job.get("method") or {}).get("type", "supervised")
+    requested = {**job["hyperparameters"], **((job.get("method") or {}).get(kind, {}).get("hyperparameters") or {})}
+    resolved = {
+        "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
+        "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
+        "learning_rate_multiplier": AUTO_LR_MULTIPLIER[kind] if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
+    }
+    if kind == "dpo":
+        resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]
+    return resolved
+
+
+def method_with(job: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``method`` with its hyperparameters resolved."""
+    kind = (job.get("method") or {}).get("type", "supervised")
+    return {"type": kind, kind: {"hyperparameters": dict(hyper)}}

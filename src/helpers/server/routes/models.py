@@ -1,0 +1,74 @@
+"""``/v1/models``: the base models (each OpenAI name the local base model stands in for) and the caller's fine-tuned
+models and checkpoints; which weights answer for a model name."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from helpers.pricing import catalogue
+from helpers.server.errors import ApiError, bad_request
+from helpers.server.inference import Target
+from helpers.server.jobs import ORGANIZATION
+from helpers.server.protocol import public
+from helpers.server.state import Owner, ServerState, State
+from helpers.server.store import now
+
+router = APIRouter(prefix="/v1/models")
+SERVER_STARTED = now()
+
+
+def base_model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": SERVER_STARTED, "owned_by": "system"}
+
+
+def base_model_cards() -> list[dict[str, Any]]:
+    return [base_model_card(name) for name in sorted({*catalogue.base_models(), *catalogue.aliases()})]
+
+
+def checkpoint_model(state: ServerState, owner: str, name: str) -> dict[str, Any] | None:
+    """A checkpoint of one of the caller's jobs, as a model card (its ``_base`` names the local base model)."""
+    for _, ckpt in state.store.all("checkpoint", owner=owner):
+        if ckpt["fine_tuned_model_checkpoint"] == name:
+            job = state.store.get("job", ckpt["fine_tuning_job_id"], owner)
+            base = catalogue.resolve_base(job["model"]) if job else None
+            if base is not None:
+                return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION, "_base": base.name}
+    return None
+
+
+def find_model(state: ServerState, owner: str, name: str) -> tuple[dict[str, Any], Target]:
+    """The model card and the weights that answer for ``name``, or a 404."""
+    base = catalogue.resolve_base(name)
+    if base is not None and not name.startswith("ft:"):
+        return base_model_card(name), Target(base)
+    card = state.store.get("model", name, owner) or checkpoint_model(state, owner, name)
+    if card is None:
+        raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                       code="model_not_found")
+    return card, Target(catalogue.base_models()[card["_base"]], state.store.model_dir(owner, name))
+
+
+@router.get("")
+def list_models(state: State, owner: Owner) -> dict[str, Any]:
+    tuned = [public(m) for _, m in state.store.all("model", owner=owner)]
+    return {"object": "list", "data": base_model_cards() + tuned}
+
+
+@router.get("/{model:path}")
+def retrieve_model(state: State, owner: Owner, model: str) -> dict[str, Any]:
+    return public(find_model(state, owner, model)[0])
+
+
+@router.delete("/{model:path}")
+def delete_model(state: State, owner: Owner, model: str) -> dict[str, Any]:
+    card, target = find_model(state, owner, model)
+    if card["owned_by"] == "system":
+        raise ApiError(403, f"'{model}' is a base model; only your fine-tuned models can be deleted.", param="model",
+                       kind="permission_error", code="model_not_deletable")
+    if state.store.get("model", model, owner) is None:
+        raise bad_request(f"'{model}' is a checkpoint; delete the fine-tuned model of its job instead.", "model")
+    state.store.delete("model", model)
+    if target.weights is not None:
+        state.engine.forget(target.weights)
+    return {"id": model, "object": "model", "deleted": True}

@@ -1,0 +1,250 @@
+"""The fast tier: the server's routes through FastAPI's TestClient, with a fake engine and no model; the request
+models' rules; the fair queue; the settings. ``make test-fast`` runs this folder in seconds."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers.server.app import create_app
+from helpers.server.hyperparameters import hyperparameters
+from helpers.server.inference import Generation
+from helpers.server.jobs import JobRunner, JobStatus
+from helpers.server.protocol import ChatCompletion, CreateJob
+from helpers.server.state import Limits
+from helpers.settings import DEFAULT_PORT, settings
+
+CHAT = {"messages": [{"role": "user", "content": "Lipid panel?"}, {"role": "assistant", "content": "80061"}]}
+
+
+class FakeEngine:
+    """Answers every request with the last user message reversed; counts words as tokens. No model is loaded."""
+
+    def __init__(self) -> None:
+        self.stats = {"requests": 0}
+        self.forgotten: list[Path] = []
+        self.asked: list[tuple] = []
+
+    def prompt_tokens(self, base, messages) -> int:
+        return sum(len(str(m.get("content") or "").split()) for m in messages)
+
+    def submit(self, target, messages, sampling) -> Future:
+        self.stats["requests"] += 1
+        self.asked.append((target, messages, sampling))
+        future: Future = Future()
+        text = str(messages[-1]["content"])[::-1]
+        future.set_result(Generation([text] * sampling.n, ["stop"] * sampling.n, self.prompt_tokens(None, messages), len(text.split())))
+        return future
+
+    def forget(self, weights: Path) -> None:
+        self.forgotten.append(weights)
+
+
+class NoModels:
+    def loaded(self) -> list:
+        return []
+
+
+@pytest.fixture()
+def api(tmp_path):
+    """The app with a fake engine and a real job runner whose worker never starts (jobs stay queued)."""
+    models = NoModels()
+    engine = FakeEngine()
+    app = create_app(tmp_path, start_worker=False, allowed_hosts=None, models=models, engine=engine,  # type: ignore[arg-type]
+                     limits=Limits(max_active_jobs=2))
+    with TestClient(app, headers={"Authorization": "Bearer key-a"}) as client:
+        client.engine = engine  # type: ignore[attr-defined]
+        yield client
+
+
+def upload(client: TestClient, rows: list[dict] | None = None, key: str = "key-a") -> str:
+    data = "".join(json.dumps(r) + "\n" for r in (rows or [CHAT] * 10)).encode()
+    response = client.post("/v1/files", files={"file": ("train.jsonl", data)}, data={"purpose": "fine-tune"},
+                           headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def error(response) -> dict:
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def test_files_are_uploaded_listed_and_kept_per_key(api):
+    file_id = upload(api)
+    assert [f["id"] for f in api.get("/v1/files").json()["data"]] == [file_id]
+    assert api.get(f"/v1/files/{file_id}/content").content.count(b"\n") == 10
+    other = api.get(f"/v1/files/{file_id}", headers={"Authorization": "Bearer key-b"})
+    assert other.status_code == 404 and error(other)["code"] == "file_not_found"
+    assert api.delete(f"/v1/files/{file_id}").json() == {"id": file_id, "object": "file", "deleted": True}
+
+
+def test_a_file_that_is_not_json_lines_is_refused_at_upload(api):
+    response = api.post("/v1/files", files={"file": ("table.csv", b"question,answer\n")}, data={"purpose": "fine-tune"})
+    assert response.status_code == 400 and error(response)["code"] == "invalid_file_format"
+
+
+def test_no_key_is_a_401_in_openais_shape(api):
+    response = api.get("/v1/models", headers={"Authorization": ""})
+    assert response.status_code == 401 and error(response)["code"] == "missing_api_key"
+
+
+def test_a_job_is_created_queued_in_the_fair_order_and_cancelled(api):
+    file_id = upload(api)
+    job = api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": file_id,
+                                                 "hyperparameters": {"n_epochs": 2}}).json()
+    assert job["status"] == JobStatus.VALIDATING_FILES and job["hyperparameters"] == {
+        "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": "auto"}
+    assert "_base" not in job  # the server's own fields stay off the wire
+    assert api.app.state.workbook.runner.waiting() == [job["id"]]
+    refused = api.get("/queue")  # the TestClient is not on loopback
+    assert refused.status_code == 403 and error(refused)["code"] == "loopback_only"
+    events = api.get(f"/v1/fine_tuning/jobs/{job['id']}/events").json()["data"]
+    assert events[0]["message"] == f"Created fine-tuning job: {job['id']}"
+    cancelled = api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == JobStatus.CANCELLED
+    again = api.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    assert again.status_code == 400 and error(again)["code"] == "job_not_cancellable"
+
+
+def test_the_active_job_limit_is_a_429_with_retry_after(api):
+    file_id = upload(api)
+    for _ in range(2):
+        assert api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": file_id}).status_code == 200
+    refused = api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": file_id})
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "60"
+    assert error(refused)["code"] == "too_many_active_jobs"
+
+
+@pytest.mark.parametrize("body, status, param, needle", [
+    ({"training_file": "file-x"}, 400, "model", "'model' is required"),
+    ({"model": ["gpt-4.1-mini"], "training_file": "file-x"}, 400, "model", "'model'"),
+    ({"model": "gpt-9", "training_file": "file-x"}, 400, "model", "not available for fine-tuning"),
+    ({"model": "gpt-4.1-mini", "training_file": {"$ne": None}}, 400, "training_file", "training_file"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-nope"}, 400, "training_file", "no file with id 'file-nope'"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "hyperparameters": {"n_epochs": 51}}, 400, "n_epochs", "between 1 and 50"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "hyperparameters": {"warmup": 3}}, 400, "hyperparameters", "warmup"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "method": {"type": "rft"}}, 400, "method", "'supervised' or 'dpo'"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "suffix": "a b"}, 400, "suffix", "'suffix'"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "seed": -1}, 400, "seed", "'seed'"),
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "colour": "red"}, 400, "colour", "Unknown field(s) ['colour']"),
+])
+def test_a_bad_job_request_is_a_400_naming_the_parameter(api, body, status, param, needle):
+    response = api.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == status
+    problem = error(response)
+    assert problem["param"] == param and needle in problem["message"], problem
+
+
+def test_a_chat_completion_through_the_fake_engine(api):
+    body = api.post("/v1/chat/completions", json={"model": "gpt-4.1-mini", "messages": [
+        {"role": "developer", "content": "Code it."}, {"role": "user", "content": "lipid panel"}], "n": 2, "max_tokens": 8,
+        "temperature": 0.5, "user": "a label", "store": True, "metadata": {"lesson": "fast"}}).json()
+    assert [c["message"]["content"] for c in body["choices"]] == ["lenap dipil"] * 2
+    assert body["usage"]["prompt_tokens"] == 4 and body["object"] == "chat.completion"
+    target, messages, sampling = api.engine.asked[-1]
+    assert messages[0]["role"] == "system" and (sampling.max_tokens, sampling.temperature, sampling.n) == (8, 0.5, 2)
+    stored = api.get("/v1/chat/completions", params={"metadata[lesson]": "fast"}).json()["data"]
+    assert [c["id"] for c in stored] == [body["id"]]
+    assert [m["role"] for m in api.get(f"/v1/chat/completions/{body['id']}/messages").json()["data"]] == ["system", "user"]
+
+
+@pytest.mark.parametrize("extra, param, needle", [
+    ({"messages": []}, "messages", "'messages'"),
+    ({"temperature": 9}, "temperature", "'temperature'"),
+    ({"n": 1e308}, "n", "'n'"),
+    ({"max_tokens": 10**9}, "max_tokens", "max_tokens is too large"),
+    ({"stop": ["a", ""]}, "stop", "'stop'"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'role'"),
+    ({"stream": "yes"}, "stream", "'stream'"),
+    ({"colour": "red"}, "colour", "Unknown field(s)"),
+])
+def test_a_bad_chat_request_is_a_400_naming_the_parameter(api, extra, param, needle):
+    body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "x"}], **extra}
+    response = api.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    problem = error(response)
+    assert problem["param"] == param and needle in problem["message"], problem
+
+
+def test_an_unknown_fine_tuned_model_is_a_404(api):
+    response = api.post("/v1/chat/completions", json={"model": "ft:gpt-4.1-mini:local::nope", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 404 and error(response)["code"] == "model_not_found"
+
+
+def test_hyperparameters_resolve_to_values_or_auto():
+    assert hyperparameters({"n_epochs": 3.0, "learning_rate_multiplier": 2}, "supervised") == {
+        "n_epochs": 3, "batch_size": "auto", "learning_rate_multiplier": 2.0}
+    assert hyperparameters(None, "dpo")["beta"] == "auto"
+    job = CreateJob.model_validate({"model": "gpt-4.1-mini", "training_file": "file-x",
+                                    "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}})
+    assert job.kind == "dpo" and job.resolved["beta"] == 0.2
+    assert ChatCompletion.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}).not_used == {"top_logprobs": 2}
+
+
+def test_the_queue_is_fair_across_keys(tmp_path):
+    """Key a's three jobs and key b's one: b's job runs second, not fourth."""
+    from helpers.server.store import Store
+
+    store = Store(tmp_path)
+    runner = JobRunner(store, NoModels())  # type: ignore[arg-type]
+    ids = []
+    for key, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            job = store.put("job", {"id": f"ftjob-{key}{i}", "status": "queued", "created_at": i}, key)
+            runner.submit(job["id"])
+            ids.append(job["id"])
+    assert runner.waiting() == ["ftjob-a0", "ftjob-b0", "ftjob-a1", "ftjob-a2"]
+
+
+def test_settings_read_workbook_variables_now(monkeypatch, tmp_path):
+    monkeypatch.delenv("WORKBOOK_PORT", raising=False)
+    assert settings().port == DEFAULT_PORT
+    monkeypatch.setenv("WORKBOOK_PORT", "8400")
+    monkeypatch.setenv("WORKBOOK_SERVER_DIR", str(tmp_path))
+    monkeypatch.setenv("WORKBOOK_MODEL_CACHE", "")  # empty counts as unset
+    monkeypatch.setenv("WORKBOOK_API_KEY", "wb-secret")
+    now = settings()
+    assert (now.port, now.server_dir, now.model_cache) == (8400, tmp_path, None)
+    assert "wb-secret" not in repr(now) and now.api_key.get_secret_value() == "wb-secret"
+
+
+def test_importing_helpers_has_no_side_effects(tmp_path):
+    import subprocess
+    import sys
+
+    code = "import os, helpers, helpers.course, helpers.server.app; print(os.environ.get('TIKTOKEN_CACHE_DIR'))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TIKTOKEN_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "None" and not any(tmp_path.iterdir())
+
+
+def test_answers_are_the_openai_packages_own_types(api):
+    """Every answer parses as the type the official client gives the user, with no field left over but
+    ``user_provided_suffix``, which OpenAI's service sends on a job and the package's type does not list."""
+    from openai.types import FileObject, Model
+    from openai.types.chat import ChatCompletion as ChatCompletionType
+    from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
+
+    def exactly(kind, body: dict):
+        parsed = kind.model_validate(body)
+        extra = set(parsed.model_extra or {}) - {"user_provided_suffix"}
+        assert not extra, f"{kind.__name__} has no field(s) {sorted(extra)}"
+        return parsed
+
+    file_id = upload(api)
+    exactly(FileObject, api.get(f"/v1/files/{file_id}").json())
+    job = exactly(FineTuningJob, api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": file_id}).json())
+    assert job.status == JobStatus.VALIDATING_FILES
+    for event in api.get(f"/v1/fine_tuning/jobs/{job.id}/events").json()["data"]:
+        exactly(FineTuningJobEvent, event)
+    for model in api.get("/v1/models").json()["data"]:
+        exactly(Model, model)
+    exactly(ChatCompletionType, api.post("/v1/chat/completions", json={"model": "gpt-4.1-mini", "messages": [
+        {"role": "user", "content": "hi"}]}).json())
