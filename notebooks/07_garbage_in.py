@@ -66,7 +66,7 @@ work = REPO_ROOT / ".workbook" / "data" / "garbage_in"
 # %%
 codes = experiments.pick_codes(N_CODES, SEED)
 clean = experiments.for_codes(REPO_ROOT / "data/billing/train.jsonl", codes)
-test = experiments.for_codes(REPO_ROOT / "data/billing/test.jsonl", codes) + experiments.for_codes(REPO_ROOT / "data/billing/validation.jsonl", codes)
+test = experiments.held_out(codes)
 variants = label_audit.make_variants(clean, CORRUPTED_SHARES, PADDED_SHARE, SEED, SYSTEMATIC)
 files = experiments.write_variants(variants.rows, work, "train")
 label_audit.corrupted_examples(clean, variants)

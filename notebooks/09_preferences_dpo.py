@@ -68,7 +68,7 @@ work = REPO_ROOT / ".workbook" / "data" / "preferences"
 # %%
 codes = experiments.pick_codes(N_CODES, SEED)
 clean = experiments.for_codes(REPO_ROOT / "data/billing/train.jsonl", codes)
-test = experiments.for_codes(REPO_ROOT / "data/billing/test.jsonl", codes) + experiments.for_codes(REPO_ROOT / "data/billing/validation.jsonl", codes)
+test = experiments.held_out(codes)
 pairs = preferences.preference_pairs(clean, SEED, tuple(REJECTED_STYLES))
 mixed, rewritten = preferences.mixed_styles(clean, pairs, MIXED_SHARE, SEED)
 sft_path, pairs_path = write_jsonl(mixed, work / "mixed.jsonl"), write_jsonl(pairs, work / "pairs.jsonl")

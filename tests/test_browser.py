@@ -18,8 +18,10 @@ import pytest
 from conftest import REPO
 from server_harness import free_port
 
+from helpers.settings import settings
+
 pytestmark = pytest.mark.browser
-CHROMIUM = os.environ.get("WORKBOOK_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = settings().chromium
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 RUN_TIMEOUT_MS = 300_000
 

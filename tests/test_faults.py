@@ -21,11 +21,12 @@ from conftest import DATA, REPO, head_lines
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
 from helpers.course.backend import stop_local_server
+from helpers.settings import settings
 
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
 #: How long the load test runs; the issue asks for 60 s (override with WORKBOOK_LOAD_SECONDS).
-LOAD_SECONDS = float(os.environ.get("WORKBOOK_LOAD_SECONDS", "60"))
+LOAD_SECONDS = settings().load_seconds
 LOAD_CLIENTS = 20
 
 

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     model_cache: Path | None = None
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
+    #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds.
+    load_seconds: float = 60.0
 
 
 def settings() -> Settings:

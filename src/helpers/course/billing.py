@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from helpers.data.dataprep import write_jsonl
 from helpers.data.validate import duplicate_key
 from helpers.paths import DATA_DIR
 
@@ -243,8 +244,7 @@ def write_datasets(out_dir: Path = BILLING_DIR, seed: int = SEED) -> dict[str, i
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, rows in build_datasets(seed).items():
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (out_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
+        write_jsonl(rows, out_dir / f"{name}.jsonl")
         counts[name] = len(rows)
     lines = flawed_lines()
     (out_dir / "flawed.jsonl").write_bytes(b"\n".join(lines) + b"\n")

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from helpers.course import evaluation, finetune
-from helpers.course.billing import load_codes, parse_answer
+from helpers.course.billing import BILLING_DIR, load_codes, parse_answer
 from helpers.data.dataprep import DataError, read_jsonl, write_jsonl
 
 
@@ -43,6 +43,12 @@ def for_codes(path: Path, codes: list[str], per_code: int = 0) -> list[dict]:
             taken[code] = taken.get(code, 0) + 1
             out.append(row)
     return out
+
+
+def held_out(codes: list[str]) -> list[dict]:
+    """The course's held-out requests for ``codes``: the test file's, then the validation file's (phrasings no
+    training file holds)."""
+    return for_codes(BILLING_DIR / "test.jsonl", codes) + for_codes(BILLING_DIR / "validation.jsonl", codes)
 
 
 def start_jobs(client, files: dict[str, Path], *, validation_file: Path | None, model: str, hyperparameters: dict[str, dict],

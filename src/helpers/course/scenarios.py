@@ -12,12 +12,12 @@ from ``data/prices.json``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from statistics import mean
 
 from helpers.course import billing
 from helpers.course.retrieval import CANDIDATES_HEADING
+from helpers.data.dataprep import read_jsonl
 from helpers.data.token_counts import count_example_tokens
 from helpers.data.tokens import get_encoding
 from helpers.pricing.costs import Approach, break_even_queries, compare_approaches, training_cost
@@ -45,7 +45,7 @@ def openai_input_tokens(messages: list[dict]) -> int:
 
 
 def _train_rows() -> list[dict]:
-    return [json.loads(line) for line in (billing.BILLING_DIR / "train.jsonl").read_text().splitlines()]
+    return read_jsonl(billing.BILLING_DIR / "train.jsonl")
 
 
 def long_system_prompt() -> str:
@@ -61,7 +61,7 @@ def with_long_prompt(messages: list[dict]) -> list[dict]:
 
 def measure_prompt_sizes() -> PromptSizes:
     """Build each approach's prompt for the course's test requests and count their tokens."""
-    rows = [json.loads(line) for line in (billing.BILLING_DIR / "test.jsonl").read_text().splitlines()]
+    rows = read_jsonl(billing.BILLING_DIR / "test.jsonl")
     train = _train_rows()
     codes = billing.load_codes()
     long_system = long_system_prompt()

@@ -11,7 +11,6 @@ last checkpoint (or from the start) when the server starts again.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import shutil
 import threading
@@ -23,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from helpers.data.dataprep import read_jsonl
 from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
@@ -321,7 +321,7 @@ class JobRunner:
 
         if not file_id:
             return []
-        rows = [json.loads(line) for line in self.store.file_path(owner, file_id).read_bytes().decode("utf-8").splitlines() if line.strip()]
+        rows = read_jsonl(self.store.file_path(owner, file_id))
         if job["method"]["type"] == "dpo":
             return [chat_template.encode_preference(tokenizer, row) for row in rows]
         encoded = [chat_template.encode_chat(tokenizer, row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))

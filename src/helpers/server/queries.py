@@ -21,6 +21,13 @@ def limit_param(value: str | None, default: int = 20, maximum: int = 100) -> int
     return limit
 
 
+def newest_first(order: str) -> bool:
+    """``order``: "desc" (newest first) or "asc"."""
+    if order not in ("asc", "desc"):
+        raise bad_request("'order' must be 'asc' or 'desc'.", "order")
+    return order == "desc"
+
+
 def metadata_filter(request: Request) -> dict[str, str]:
     """``metadata[key]=value`` query parameters."""
     out = {}

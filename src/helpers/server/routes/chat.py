@@ -14,9 +14,9 @@ from helpers.server import structured
 from helpers.server.chat_template import with_tools
 from helpers.server.errors import bad_request
 from helpers.server.protocol import ChatCompletion, page, public
-from helpers.server.queries import limit_param, metadata_filter, metadata_matches
+from helpers.server.queries import limit_param, metadata_filter, metadata_matches, newest_first
 from helpers.server.routes.models import find_model
-from helpers.server.state import Owner, State, json_body, owned, parsed
+from helpers.server.state import Owner, ServerState, State, json_body, owned, parsed
 from helpers.server.store import new_id, now
 
 router = APIRouter(prefix="/v1/chat/completions")
@@ -138,18 +138,17 @@ async def stream_events(state, target, messages, sampling, answering: structured
 @router.get("")
 def list_completions(request: Request, state: State, owner: Owner, model: str | None = None, after: str | None = None,
                      limit: str | None = None, order: str = "asc") -> dict[str, Any]:
-    if order not in ("asc", "desc"):
-        raise bad_request("'order' must be 'asc' or 'desc'.", "order")
+    newest = newest_first(order)
     wanted = metadata_filter(request)
 
     def match(c: dict[str, Any]) -> bool:
         return (model is None or c["model"] == model) and metadata_matches(c, wanted)
 
-    items, more = state.store.page("completion", owner, after=after, limit=limit_param(limit), newest_first=order == "desc", where=match)
+    items, more = state.store.page("completion", owner, after=after, limit=limit_param(limit), newest_first=newest, where=match)
     return page(items, more, first_last=True)
 
 
-def owned_completion(state: State, owner: str, completion_id: str) -> dict[str, Any]:
+def owned_completion(state: ServerState, owner: str, completion_id: str) -> dict[str, Any]:
     return owned(state, owner, "completion", completion_id, "chat completion", "completion_id")
 
 

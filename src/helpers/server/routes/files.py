@@ -13,8 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from helpers.data.chat_format import text_problem
 from helpers.server.errors import ApiError, bad_request, too_large
 from helpers.server.protocol import page, public
-from helpers.server.queries import limit_param
-from helpers.server.state import Owner, State, owned
+from helpers.server.queries import limit_param, newest_first
+from helpers.server.state import Owner, ServerState, State, owned
 from helpers.server.store import new_id, now
 
 router = APIRouter(prefix="/v1/files")
@@ -49,7 +49,7 @@ def first_line_problem(data: bytes) -> str | None:
     return None if isinstance(value, dict) else f"line {number} is a JSON {type(value).__name__}, not an object"
 
 
-def _check_storage(state: State, owner: str, size: int) -> None:
+def _check_storage(state: ServerState, owner: str, size: int) -> None:
     """413 when the key's files would take more than ``max_storage_bytes`` together."""
     limit = state.limits.max_storage_bytes
     if limit is None:
@@ -101,14 +101,12 @@ async def create_file(request: Request, state: State, owner: Owner) -> dict[str,
 @router.get("")
 def list_files(state: State, owner: Owner, purpose: str | None = None, limit: str | None = None, order: str = "desc",
                after: str | None = None) -> dict[str, Any]:
-    if order not in ("asc", "desc"):
-        raise bad_request("'order' must be 'asc' or 'desc'.", "order")
     items, more = state.store.page("file", owner, after=after, limit=limit_param(limit, 10_000, 10_000),
-                                   newest_first=order == "desc", where=(lambda f: f["purpose"] == purpose) if purpose else None)
+                                   newest_first=newest_first(order), where=(lambda f: f["purpose"] == purpose) if purpose else None)
     return page(items, more, first_last=True)
 
 
-def owned_file(state: State, owner: str, file_id: str) -> dict[str, Any]:
+def owned_file(state: ServerState, owner: str, file_id: str) -> dict[str, Any]:
     return owned(state, owner, "file", file_id, "file", "file_id")
 
 
