@@ -686,3 +686,20 @@ def test_requests_that_arrive_together_are_batched(server):
     assert after["requests"] - before["requests"] == 6
     assert after["batches"] - before["batches"] < 6 and after["largest_batch"] >= 2
     assert together == solo  # greedy: batching (left padding) does not change the answers
+
+
+def test_workbook_export_takes_a_tuned_model_home_and_refuses_an_unknown_one(server, trained, tmp_path, monkeypatch):
+    """``wind_down.export_model`` (notebook 10) asks the server's own tool, ``workbook export``, for the adapter: the
+    course never reads the server's store itself."""
+    from helpers.course import wind_down
+
+    monkeypatch.setenv("WORKBOOK_SERVER_DIR", str(server.data_dir))
+    monkeypatch.setenv("WORKBOOK_LOCAL_KEY", "key-alice")
+    model = trained["job"].fine_tuned_model
+    folder = wind_down.export_model(model, tmp_path / "home")
+    assert {"adapter_config.json", "adapter_model.safetensors", "take_home.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "take_home.json").read_text())["model"] == model
+    monkeypatch.setenv("WORKBOOK_LOCAL_KEY", "key-bob")  # another key's model does not exist for you
+    with pytest.raises(LookupError, match=r"^No fine-tuned model 'ft:.*' on the local server"):
+        wind_down.export_model(model, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()

@@ -166,6 +166,48 @@ def _check_tool_calls(calls: Any, where: str, errors: list[Issue], call_ids: set
         _check_arguments(function.get("arguments"), here, errors)
 
 
+def _check_content(message: dict[str, Any], role: str, where: str, errors: list[Issue], warnings: list[Issue]) -> None:
+    """A message's content: text, a list of text parts, or null on an assistant message that calls tools."""
+    content = message.get("content")
+    calls = message.get("tool_calls")
+    function_call = message.get("function_call")
+    if content is None:
+        if role == "assistant" and (calls is not None or function_call is not None):
+            pass  # content may be null when the assistant calls tools
+        elif "content" in message:
+            errors.append(Issue("missing_content", f"{where}: 'content' is null. Give the message text (null is only allowed on an assistant message with tool_calls)."))
+        else:
+            errors.append(Issue("missing_content", f"{where}: no 'content'. Add the message text."))
+    elif type(content) is str:
+        if (not content or content.isspace()) and role in ("user", "assistant") and calls is None:
+            warnings.append(Issue("empty_content", f"{where}: 'content' is empty or only white space."))
+    elif isinstance(content, list):
+        _check_content_parts(content, where, role, errors)
+    else:
+        errors.append(Issue("invalid_content", f"{where}: 'content' must be a string or a list of text parts, not {type(content).__name__}."))
+
+
+def _check_assistant(message: dict[str, Any], where: str, errors: list[Issue], counts: dict[str, int], call_ids: set[str]) -> None:
+    """An assistant message's tool calls, legacy function call and weight (counted in ``weighted_assistant``)."""
+    calls = message.get("tool_calls")
+    function_call = message.get("function_call")
+    if calls is not None:
+        _check_tool_calls(calls, where, errors, call_ids)
+    if function_call is not None:
+        if not isinstance(function_call, dict) or not isinstance(function_call.get("name"), str):
+            errors.append(Issue("invalid_function_call", f"{where}: 'function_call' must be an object with 'name' and 'arguments'."))
+        else:
+            _check_arguments(function_call.get("arguments"), f"{where}, function_call", errors)
+    if "weight" in message:
+        weight = message["weight"]
+        if isinstance(weight, bool) or weight not in (0, 1):
+            errors.append(Issue("invalid_weight", f"{where}: 'weight' must be 0 (do not train on this message) or 1 (train on it), got {weight!r}."))
+        elif weight == 1:
+            counts["weighted_assistant"] += 1
+    else:
+        counts["weighted_assistant"] += 1
+
+
 def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *, context: str = "") -> dict[str, int]:
     """Check a list of messages; return counts by role (``weighted_assistant`` counts weight 1)."""
     counts = {"system": 0, "user": 0, "assistant": 0, "tool": 0, "function": 0, "weighted_assistant": 0}
@@ -197,43 +239,13 @@ def check_messages(messages: Any, errors: list[Issue], warnings: list[Issue], *,
                     else:
                         keys = ", ".join(sorted(allowed))
                         errors.append(Issue("unexpected_message_key", f"{where}: unknown key {key!r}. Allowed keys on a {role} message: {keys}."))
-        content = message.get("content")
-        calls = message.get("tool_calls")
-        function_call = message.get("function_call")
         if "name" in message and not (isinstance(message["name"], str) and NAME_PATTERN.match(message["name"])):
             errors.append(Issue("invalid_name", f"{where}: 'name' must match [a-zA-Z0-9_-]{{1,64}} (no spaces), got {message['name']!r}."))
         if role == "function" and "name" not in message:
             errors.append(Issue("invalid_name", f"{where}: a function message needs the 'name' of the function it answers."))
-        if content is None:
-            if role == "assistant" and (calls is not None or function_call is not None):
-                pass  # content may be null when the assistant calls tools
-            elif "content" in message:
-                errors.append(Issue("missing_content", f"{where}: 'content' is null. Give the message text (null is only allowed on an assistant message with tool_calls)."))
-            else:
-                errors.append(Issue("missing_content", f"{where}: no 'content'. Add the message text."))
-        elif type(content) is str:
-            if (not content or content.isspace()) and role in ("user", "assistant") and calls is None:
-                warnings.append(Issue("empty_content", f"{where}: 'content' is empty or only white space."))
-        elif isinstance(content, list):
-            _check_content_parts(content, where, role, errors)
-        else:
-            errors.append(Issue("invalid_content", f"{where}: 'content' must be a string or a list of text parts, not {type(content).__name__}."))
+        _check_content(message, role, where, errors, warnings)
         if role == "assistant":
-            if calls is not None:
-                _check_tool_calls(calls, where, errors, call_ids)
-            if function_call is not None:
-                if not isinstance(function_call, dict) or not isinstance(function_call.get("name"), str):
-                    errors.append(Issue("invalid_function_call", f"{where}: 'function_call' must be an object with 'name' and 'arguments'."))
-                else:
-                    _check_arguments(function_call.get("arguments"), f"{where}, function_call", errors)
-            if "weight" in message:
-                weight = message["weight"]
-                if isinstance(weight, bool) or weight not in (0, 1):
-                    errors.append(Issue("invalid_weight", f"{where}: 'weight' must be 0 (do not train on this message) or 1 (train on it), got {weight!r}."))
-                elif weight == 1:
-                    counts["weighted_assistant"] += 1
-            else:
-                counts["weighted_assistant"] += 1
+            _check_assistant(message, where, errors, counts, call_ids)
         elif role == "tool":
             tool_call_id = message.get("tool_call_id")
             if not isinstance(tool_call_id, str) or not tool_call_id:

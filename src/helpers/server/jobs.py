@@ -247,7 +247,7 @@ class JobRunner:
 
         job_id = job["id"]
         method = job["method"]["type"]
-        hyper = job["method"][method]["hyperparameters"]
+        hyper = job["method"][method]["hyperparameters"]  # resolved when the files were validated
         settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]))
@@ -283,21 +283,9 @@ class JobRunner:
             self.store.update("job", job_id, estimated_finish=finish)
             self.event(job_id, text, kind="metrics", data=m.as_dict())
 
-        def on_epoch_end(epoch: int, step: int, m: training.StepMetrics) -> None:
-            name = f"{_model_name(job)}:ckpt-step-{step}"
-            shared.save_adapter(adapter, self.store.model_dir(owner, name))  # train() holds the model here
-            metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
-            self.store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt"), "created_at": now(),
-                                          "fine_tuned_model_checkpoint": name, "step_number": step, "metrics": metrics,
-                                          "fine_tuning_job_id": job_id, "_epoch": epoch}, owner, parent=job_id)
-            self.event(job_id, f"Checkpoint created at step {step}")
-            for _, old in list(self.store.all("checkpoint", parent=job_id))[:-KEEP_CHECKPOINTS]:
-                self.store.delete("checkpoint", old["id"])
-                shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
-
         try:
             training.train(model, tokenizer, train_examples, valid_examples, settings, on_step=on_step,
-                           on_epoch_end=on_epoch_end, should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch,
+                           on_epoch_end=partial(self._checkpoint, job, owner, shared, adapter), should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch,
                            hold=lambda: shared.training_turn(adapter))
             name = _model_name(job)
             with shared.hold():
@@ -313,6 +301,21 @@ class JobRunner:
         trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
         self._finish(job_id, JobStatus.SUCCEEDED, message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
                      result_files=[results])
+
+    def _checkpoint(self, job: dict[str, Any], owner: str, shared, adapter: str, epoch: int, step: int, m) -> None:
+        """At an epoch's end: the adapter saved as a checkpoint model (train() holds the model here); the last
+        ``KEEP_CHECKPOINTS`` kept."""
+        job_id = job["id"]
+        name = f"{_model_name(job)}:ckpt-step-{step}"
+        shared.save_adapter(adapter, self.store.model_dir(owner, name))
+        metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
+        self.store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt"), "created_at": now(),
+                                      "fine_tuned_model_checkpoint": name, "step_number": step, "metrics": metrics,
+                                      "fine_tuning_job_id": job_id, "_epoch": epoch}, owner, parent=job_id)
+        self.event(job_id, f"Checkpoint created at step {step}")
+        for _, old in list(self.store.all("checkpoint", parent=job_id))[:-KEEP_CHECKPOINTS]:
+            self.store.delete("checkpoint", old["id"])
+            shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
 
     def _examples(self, job: dict[str, Any], owner: str, tokenizer, base: catalogue.LocalBase, file_id: str | None) -> list:
         """A job's file, tokenized for its method; chat examples longer than the model's training window are skipped
