@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from helpers.settings import DEFAULT_PORT
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
     serve = commands.add_parser("serve", help="run the local OpenAI-compatible fine-tuning server")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8321)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--allowed-hosts", default=None, metavar="NAMES",
                        help="comma-separated host names clients address this server by (a workshop server's name or address); "
                        "requests addressed to any other name are refused (default: loopback names on a loopback server, "
@@ -213,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "a server that the notebooks start stops after WORKBOOK_IDLE_MINUTES, default 30)")
     serve.set_defaults(handler=_serve)
     stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
-    stop.add_argument("--port", type=int, default=None, help="default: WORKBOOK_PORT or 8321")
+    stop.add_argument("--port", type=int, default=None, help=f"default: WORKBOOK_PORT or {DEFAULT_PORT}")
     stop.set_defaults(handler=_stop)
     export = commands.add_parser("export", help="copy a model the local server fine-tuned (yours: the notebooks' key) into a "
                                  "folder that transformers + peft, vLLM and llama.cpp load")
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--prefix", default="participant", help="name stem: participant-01, participant-02, ...")
     keys.set_defaults(handler=_keys)
     queue = commands.add_parser("queue", help="show the local server's fine-tuning queue (run on the server's machine)")
-    queue.add_argument("--port", type=int, default=8321)
+    queue.add_argument("--port", type=int, default=DEFAULT_PORT)
     queue.set_defaults(handler=_queue)
     report = commands.add_parser("report", help="execute a notebook with parameters into an HTML report in reports/")
     report.add_argument("notebook", nargs="?", help="for example 02_data_prep")

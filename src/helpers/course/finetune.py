@@ -63,8 +63,8 @@ class _Busy(Exception):
 
 def _notice_without_prices() -> str:
     """The price table's wind-down notice, without its pointer to "the inference prices below" (a refusal shows none)."""
-    notice = price_table()["notice"]
-    return notice.removesuffix(" at the inference prices below.") + ("." if notice.endswith(" below.") else "")
+    notice, pointer = price_table()["notice"], " at the inference prices below."
+    return notice[:-len(pointer)] + "." if notice.endswith(pointer) else notice
 
 
 def _create_job(client, create: dict[str, Any]) -> Any:

@@ -56,7 +56,6 @@ def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
     return {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
 
 
-
 def resolve_auto(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
     """A job's hyperparameters with each "auto" resolved for a training file of ``n_examples``: epochs by OpenAI's
     rule, batch size and learning rate by the local rules above, DPO's beta 0.1."""

@@ -33,7 +33,6 @@ from helpers.server.store import Store, new_id, now
 log = logging.getLogger("workbook.jobs")
 
 
-
 class JobStatus(StrEnum):
     """A fine-tuning job's status, as OpenAI's API names it (``openai.types.fine_tuning.FineTuningJob.status``)."""
 

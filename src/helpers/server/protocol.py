@@ -18,6 +18,7 @@ from helpers.server.hyperparameters import hyperparameters, is_number, is_whole
 from helpers.server.inference import Sampling
 
 MAX_SEED = 2_147_483_647
+MODEL_REQUIRED = "'model' is required."
 SUFFIX_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 #: Fields of OpenAI's chat-completion request that the local server accepts and does not use (as OpenAI ignores some
@@ -199,7 +200,7 @@ class ChatCompletion(RequestBody):
     :func:`helpers.server.structured.answering`, which turns them into a grammar; the fields in
     ``CHAT_FIELDS_NOT_USED`` are accepted and set aside in ``not_used``."""
 
-    model: Annotated[str, required_text("'model' is required.")]
+    model: Annotated[str, required_text(MODEL_REQUIRED)]
     messages: Annotated[list[dict[str, Any]], BeforeValidator(_messages)]
     max_completion_tokens: Annotated[int | None, BeforeValidator(_max_tokens)] = None
     max_tokens: Annotated[int | None, BeforeValidator(_max_tokens)] = None

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from helpers.server import structured
 from helpers.server.chat_template import with_tools
 from helpers.server.errors import bad_request
-from helpers.server.protocol import ChatCompletion, page, public
+from helpers.server.protocol import MODEL_REQUIRED, ChatCompletion, page, public
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches, newest_first
 from helpers.server.routes.models import find_model
 from helpers.server.state import Owner, ServerState, State, json_body, owned, parsed
@@ -70,8 +70,8 @@ def chunk(ident: str, created: int, model: str, delta: dict, reason: str | None,
 async def chat_completions(request: Request, state: State, owner: Owner):
     body = await json_body(request)
     if not isinstance(body.get("model"), str) or not body["model"]:
-        raise bad_request("'model' is required.", "model")
-    card, target = find_model(state, owner, body["model"])
+        raise bad_request(MODEL_REQUIRED, "model")  # before the model is looked up, as the body's other fields are checked after
+    _, target = find_model(state, owner, body["model"])
     asked = parsed(body, ChatCompletion)
     try:
         answering = structured.answering(body)
