@@ -258,7 +258,7 @@ def same_length_latency(client, models: dict[str, str]) -> dict:
 
 def ours(rows: list[dict], work: Path) -> dict:
     """A real job through the HTTP API; the server's peak memory across base chat -> job -> tuned chat."""
-    from helpers.server.jobs import TERMINAL
+    from helpers.server.records import JobStatus
 
     server, client = start_server(work / "server")
     try:
@@ -273,7 +273,7 @@ def ours(rows: list[dict], work: Path) -> dict:
         started = time.perf_counter()
         job = client.fine_tuning.jobs.create(training_file=file.id, validation_file=valid.id, model=MODEL, seed=SEED,
                                              hyperparameters={"n_epochs": EPOCHS})
-        while job.status not in TERMINAL:
+        while not JobStatus(job.status).finished:
             time.sleep(0.25)
             job = client.fine_tuning.jobs.retrieve(job.id)
         seconds = time.perf_counter() - started

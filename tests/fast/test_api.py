@@ -201,6 +201,39 @@ def test_the_queue_is_fair_across_keys(tmp_path):
     assert runner.waiting() == ["ftjob-a0", "ftjob-b0", "ftjob-a1", "ftjob-a2"]
 
 
+def test_a_job_record_reads_the_stores_old_layout_and_keeps_its_own_fields_off_the_wire(tmp_path):
+    """Jobs stored before records were typed read unchanged (the server's fields under ``_`` names, a field no longer
+    used ignored); changes by field name land under the stored names; the wire is OpenAI's job, nothing more."""
+    from openai.types.fine_tuning import FineTuningJob
+
+    from helpers.server.records import Jobs
+    from helpers.server.store import Store
+
+    store = Store(tmp_path)
+    jobs = Jobs(store)
+    stored = {"object": "fine_tuning.job", "id": "ftjob-old", "model": "gpt-4.1-mini", "created_at": 1, "finished_at": None,
+              "fine_tuned_model": None, "organization_id": "org-local", "result_files": [], "status": "queued",
+              "validation_file": None, "training_file": "file-a", "hyperparameters": {"n_epochs": 2},
+              "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}, "trained_tokens": None,
+              "error": None, "seed": 7, "estimated_finish": None, "integrations": [], "metadata": None,
+              "user_provided_suffix": None, "_base": "smollm2-135m-instruct", "_start_from": None, "_billing_tokens": 120,
+              "_adapter": "from an older version"}
+    store.put("job", stored, "key")
+    job = jobs.get("ftjob-old", "key")
+    assert job is not None and (job.base, job.billing_tokens, job.kind, job.resolved) == (
+        "smollm2-135m-instruct", 120, "supervised", {"n_epochs": 2})
+    assert jobs.get("ftjob-old", "another key") is None
+    done = jobs.update("ftjob-old", status=JobStatus.SUCCEEDED, dpo_reference=[(-1.5, -2.5)])
+    body = store.get("job", "ftjob-old", "key")
+    assert body is not None and body["status"] == "succeeded" and body["_dpo_reference"] == [[-1.5, -2.5]]
+    assert done.status.finished and done.dpo_reference == [(-1.5, -2.5)]
+    wire = done.wire()
+    assert not [k for k in wire if k.startswith("_")] and set(wire) - set(FineTuningJob.model_fields) == {"user_provided_suffix"}
+    assert FineTuningJob.model_validate(wire).status == "succeeded"
+    with pytest.raises(KeyError):
+        jobs.update("ftjob-old", adapter="x")
+
+
 def test_settings_read_workbook_variables_now(monkeypatch, tmp_path):
     monkeypatch.delenv("WORKBOOK_PORT", raising=False)
     assert settings().port == DEFAULT_PORT

@@ -56,11 +56,9 @@ def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
     return {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
 
 
-def resolve_auto(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
-    """A job's hyperparameters with each "auto" resolved for a training file of ``n_examples``: epochs by OpenAI's
-    rule, batch size and learning rate by the local rules above, DPO's beta 0.1."""
-    kind = (job.get("method") or {}).get("type", "supervised")
-    requested = {**job["hyperparameters"], **((job.get("method") or {}).get(kind, {}).get("hyperparameters") or {})}
+def resolve_auto(kind: str, requested: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    """A ``kind`` job's ``requested`` hyperparameters with each "auto" resolved for a training file of ``n_examples``:
+    epochs by OpenAI's rule, batch size and learning rate by the local rules above, DPO's beta 0.1."""
     resolved = {
         "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
         "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
@@ -69,9 +67,3 @@ def resolve_auto(job: dict[str, Any], n_examples: int) -> dict[str, Any]:
     if kind == "dpo":
         resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]
     return resolved
-
-
-def method_with(job: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
-    """The job's ``method`` with its hyperparameters resolved."""
-    kind = (job.get("method") or {}).get("type", "supervised")
-    return {"type": kind, kind: {"hyperparameters": dict(hyper)}}

@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,26 +25,12 @@ from helpers.data.dataprep import read_jsonl
 from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
-from helpers.server.hyperparameters import method_with, resolve_auto
+from helpers.server.hyperparameters import resolve_auto
+from helpers.server.records import JobRecord, Jobs, JobStatus
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 
 log = logging.getLogger("workbook.jobs")
-
-
-class JobStatus(StrEnum):
-    """A fine-tuning job's status, as OpenAI's API names it (``openai.types.fine_tuning.FineTuningJob.status``)."""
-
-    VALIDATING_FILES = "validating_files"
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 KEEP_CHECKPOINTS = 3
@@ -61,6 +46,7 @@ class JobRunner:
 
     def __init__(self, store: Store, models: SharedModels) -> None:
         self.store = store
+        self.jobs = Jobs(store)
         self.models = models
         self._queues: dict[str, deque[str]] = {}  # owner -> its waiting job ids, oldest first (owners in arrival order)
         self._served: dict[str, int] = {}  # owner -> the turn in which one of its jobs last started
@@ -95,9 +81,9 @@ class JobRunner:
     def current(self) -> str | None:
         return self._current
 
-    def _job(self, job_id: str) -> dict[str, Any]:
+    def _job(self, job_id: str) -> JobRecord:
         """A job the runner knows exists (it was stored before it was submitted)."""
-        job = self.store.get("job", job_id, None)
+        job = self.jobs.get(job_id, None)
         if job is None:
             raise KeyError(f"no fine-tuning job {job_id} in the store")
         return job
@@ -120,9 +106,9 @@ class JobRunner:
                 return True
         return False
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobRecord:
         job = self._job(job_id)
-        if JobStatus(job["status"]).finished:
+        if job.status.finished:
             return job
         with self._wake:
             if job_id != self._current and self._dequeue(job_id):
@@ -140,12 +126,12 @@ class JobRunner:
     # -- worker ---------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Jobs left unfinished by a stopped server go back in the queue, oldest first."""
-        for _, job in self.store.all("job"):
-            if not JobStatus(job["status"]).finished:
-                if job["status"] == JobStatus.RUNNING:
-                    self.event(job["id"], "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
-                self.store.update("job", job["id"], status=JobStatus.QUEUED if job["status"] == JobStatus.RUNNING else job["status"], estimated_finish=None)
-                self._enqueue(job["id"])
+        for _, job in self.jobs.all():
+            if not job.status.finished:
+                if job.status == JobStatus.RUNNING:
+                    self.event(job.id, "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
+                self.jobs.update(job.id, status=JobStatus.QUEUED if job.status == JobStatus.RUNNING else job.status, estimated_finish=None)
+                self._enqueue(job.id)
 
     def _loop(self) -> None:
         while True:
@@ -166,74 +152,74 @@ class JobRunner:
                     self._current = None
                     self._cancel.discard(job_id)
 
-    def _finish(self, job_id: str, status: str, *, error: dict | None = None, message: str | None = None, **fields: Any) -> dict[str, Any]:
+    def _finish(self, job_id: str, status: JobStatus, *, error: dict | None = None, message: str | None = None, **fields: Any) -> JobRecord:
         """End a job: its last event first, then its status, so that events listed when the status reads final tell
         the whole story."""
         if message:
             self.event(job_id, message, level="error" if status == JobStatus.FAILED else "info")
         elif error:
             self.event(job_id, f"Fine-tuning job failed: {error['message']}", level="error")
-        return self.store.update("job", job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
+        return self.jobs.update(job_id, status=status, finished_at=now(), estimated_finish=None, error=error, **fields)
 
-    def _validate(self, job: dict[str, Any]) -> tuple[Any, Any] | None:
-        owner = self._owner(job["id"])
+    def _validate(self, job: JobRecord) -> tuple[Any, Any] | None:
+        owner = self._owner(job.id)
         reports: list[ValidationReport | None] = []
         for param in ("training_file", "validation_file"):
-            file_id = job.get(param)
+            file_id = getattr(job, param)
             if not file_id:
                 reports.append(None)
                 continue
-            self.event(job["id"], f"Validating {param.replace('_file', '')} file: {file_id}")
-            report = validate_file(self.store.file_path(owner, file_id), model=_catalogue_model(job["model"]),
+            self.event(job.id, f"Validating {param.replace('_file', '')} file: {file_id}")
+            report = validate_file(self.store.file_path(owner, file_id), model=_catalogue_model(job.model),
                                    min_examples=MIN_EXAMPLES if param == "training_file" else 1)
             if not report.ok:
                 first = report.errors[0]
                 where = f"line {first.line}" if first.line is not None else "the file"
                 more = f" ({report.stats['error_count'] - 1} more problems; run `workbook validate` on the file to see them all)" if report.stats["error_count"] > 1 else ""
-                self._finish(job["id"], JobStatus.FAILED, error={
+                self._finish(job.id, JobStatus.FAILED, error={
                     "code": f"invalid_{param}", "param": param,
                     "message": f"The {param.replace('_', ' ')} {file_id} has an error at {where}: [{first.code}] {first.message}{more}"})
                 return None
             reports.append(report)
         train_report, valid_report = reports
-        method = (job.get("method") or {}).get("type", "supervised")
+        method = job.kind
         expected = "preference" if method == "dpo" else "chat"
         for param, checked in (("training_file", train_report), ("validation_file", valid_report)):
             if checked is not None and checked.format != expected:
-                self._finish(job["id"], JobStatus.FAILED, error={"code": f"invalid_{param}", "param": param,
-                             "message": f"A {method} job needs {expected} examples, but {job[param]} holds {checked.format} examples."})
+                self._finish(job.id, JobStatus.FAILED, error={"code": f"invalid_{param}", "param": param,
+                             "message": f"A {method} job needs {expected} examples, but {getattr(job, param)} holds {checked.format} examples."})
                 return None
         return train_report, valid_report
 
     def _run(self, job_id: str) -> None:
-        job = self.store.get("job", job_id, None)
-        if job is None or JobStatus(job["status"]).finished:
+        job = self.jobs.get(job_id, None)
+        if job is None or job.status.finished:
             return
         owner = self._owner(job_id)
-        base = catalogue.base_models()[job["_base"]] if job.get("_base") else catalogue.resolve_base(job["model"])
+        base = catalogue.base_models()[job.base] if job.base else catalogue.resolve_base(job.model)
         if base is None:  # only a job stored by another version could name no local model
             self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model",
-                                                          "message": f"No local model serves {job['model']}."})
+                                                          "message": f"No local model serves {job.model}."})
             return
-        if job["status"] == JobStatus.VALIDATING_FILES:
+        if job.status == JobStatus.VALIDATING_FILES:
             reports = self._validate(job)
             if reports is None:
                 return
             train_report, _ = reports
-            hyper = resolve_auto(job, train_report.stats["valid_examples"])
-            job = self.store.update("job", job_id, status=JobStatus.QUEUED, method=method_with(job, hyper),
-                                    hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-                                    _billing_tokens=train_report.stats["billing_tokens_per_epoch"])
+            hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.resolved}, train_report.stats["valid_examples"])
+            job = self.jobs.update(job_id, status=JobStatus.QUEUED, method={"type": job.kind, job.kind: {"hyperparameters": hyper}},
+                                   hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+                                   billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")
         if job_id in self._cancel:
             self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             return
-        job = self.store.update("job", job_id, status=JobStatus.RUNNING, estimated_finish=None)
+        job = self.jobs.update(job_id, status=JobStatus.RUNNING, estimated_finish=None)
         self.event(job_id, "Fine-tuning job started")
-        if job.get("_start_from"):
-            self.event(job_id, f"Starting from the fine-tuned model {job['_start_from']}: its adapter is the starting weights.")
-        elif base.name != job["model"]:
-            self.event(job_id, f"Local backend: {job['model']} is served by the local model {base.name} ({base.source}).")
+        if job.start_from:
+            self.event(job_id, f"Starting from the fine-tuned model {job.start_from}: its adapter is the starting weights.")
+        elif base.name != job.model:
+            self.event(job_id, f"Local backend: {job.model} is served by the local model {base.name} ({base.source}).")
         from helpers.server.training import Cancelled
 
         try:
@@ -241,18 +227,17 @@ class JobRunner:
         except Cancelled:
             self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
 
-    def _train(self, job: dict[str, Any], owner: str, base: catalogue.LocalBase) -> None:
+    def _train(self, job: JobRecord, owner: str, base: catalogue.LocalBase) -> None:
         from helpers.server import training
 
-        job_id = job["id"]
-        method = job["method"]["type"]
-        hyper = job["method"][method]["hyperparameters"]  # resolved when the files were validated
+        job_id, method = job.id, job.kind
+        hyper = job.resolved  # numbers since the files were validated
         settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
-                                          beta=float(hyper.get("beta") or 0.1), seed=int(job["seed"]))
+                                          beta=float(hyper.get("beta") or 0.1), seed=job.seed)
         tokenizer = localmodels.load_tokenizer(base)
-        train_examples = self._examples(job, owner, tokenizer, base, job["training_file"])
-        valid_examples = self._examples(job, owner, tokenizer, base, job.get("validation_file"))
+        train_examples = self._examples(job, owner, tokenizer, base, job.training_file)
+        valid_examples = self._examples(job, owner, tokenizer, base, job.validation_file)
         start = self._starting_point(job, owner)
         if start is None:
             return
@@ -279,7 +264,7 @@ class JobRunner:
             elapsed = time.monotonic() - started
             done = m.step - resume_step
             finish = now() + int(elapsed / done * (m.total_steps - m.step)) if done else None
-            self.store.update("job", job_id, estimated_finish=finish)
+            self.jobs.update(job_id, estimated_finish=finish)
             self.event(job_id, text, kind="metrics", data=m.as_dict())
 
         try:
@@ -297,14 +282,14 @@ class JobRunner:
         self.event(job_id, f"New fine-tuned model created: {name}")
         results = self._results_file(owner, job_id, history)
         job = self._job(job_id)
-        trained = int(job.get("_billing_tokens") or 0) * settings.n_epochs
+        trained = (job.billing_tokens or 0) * settings.n_epochs
         self._finish(job_id, JobStatus.SUCCEEDED, message="The job has successfully completed", fine_tuned_model=name, trained_tokens=trained,
                      result_files=[results])
 
-    def _checkpoint(self, job: dict[str, Any], owner: str, shared, adapter: str, epoch: int, step: int, m) -> None:
+    def _checkpoint(self, job: JobRecord, owner: str, shared, adapter: str, epoch: int, step: int, m) -> None:
         """At an epoch's end: the adapter saved as a checkpoint model (train() holds the model here); the last
         ``KEEP_CHECKPOINTS`` kept."""
-        job_id = job["id"]
+        job_id = job.id
         name = f"{_model_name(job)}:ckpt-step-{step}"
         shared.save_adapter(adapter, self.store.model_dir(owner, name))
         metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
@@ -316,7 +301,7 @@ class JobRunner:
             self.store.delete("checkpoint", old["id"])
             shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
 
-    def _examples(self, job: dict[str, Any], owner: str, tokenizer, base: catalogue.LocalBase, file_id: str | None) -> list:
+    def _examples(self, job: JobRecord, owner: str, tokenizer, base: catalogue.LocalBase, file_id: str | None) -> list:
         """A job's file, tokenized for its method; chat examples longer than the model's training window are skipped
         (with a warning event)."""
         from helpers.server import training
@@ -324,30 +309,30 @@ class JobRunner:
         if not file_id:
             return []
         rows = read_jsonl(self.store.file_path(owner, file_id))
-        if job["method"]["type"] == "dpo":
+        if job.kind == "dpo":
             return [chat_template.encode_preference(tokenizer, row) for row in rows]
         encoded = [chat_template.encode_chat(tokenizer, row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))
                    for row in rows]
         kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
         if len(kept) < len(encoded):
-            self.event(job["id"], f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} "
+            self.event(job.id, f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} "
                                   "and were skipped.", level="warn")
         return kept
 
-    def _starting_point(self, job: dict[str, Any], owner: str) -> tuple[int, Path | None, int] | None:
+    def _starting_point(self, job: JobRecord, owner: str) -> tuple[int, Path | None, int] | None:
         """Where training starts: ``(epoch, adapter folder, step)``: the last checkpoint of a resumed job, the model a job
         continues from, or nothing (a new adapter). None when the model it continues from is gone (the job fails)."""
-        job_id = job["id"]
+        job_id = job.id
         checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
         if checkpoints:
             last = checkpoints[-1]
             self.event(job_id, f"Resuming from checkpoint at step {last['step_number']} (epoch {last['_epoch']}).")
             return last["_epoch"], self.store.model_dir(owner, last["fine_tuned_model_checkpoint"]), last["step_number"]
-        if job.get("_start_from"):
-            folder = self.store.model_dir(owner, job["_start_from"])
+        if job.start_from:
+            folder = self.store.model_dir(owner, job.start_from)
             if not (folder / ADAPTER_CONFIG).exists():
                 self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model", "message":
-                             f"The model {job['_start_from']} this job starts from was deleted before the job ran."})
+                             f"The model {job.start_from} this job starts from was deleted before the job ran."})
                 return None
             return 0, folder, 0
         return 0, None, 0
@@ -359,7 +344,7 @@ class JobRunner:
         from helpers.server import training
 
         job = self._job(job_id)
-        reference = job.get("_dpo_reference")
+        reference = job.dpo_reference
         if reference is None or len(reference) != len(pairs):
             reference = []
             pad_id = training.padding_id(shared.tokenizer)
@@ -368,7 +353,7 @@ class JobRunner:
                     raise training.Cancelled()
                 with shared.training_turn(adapter):
                     reference += training.reference_logprobs(shared.peft, pairs[first : first + REFERENCE_BATCH], pad_id)
-            self.store.update("job", job_id, _dpo_reference=reference)
+            self.jobs.update(job_id, dpo_reference=reference)
             self.event(job_id, f"Reference log-probabilities computed for {len(pairs)} preference pairs (the starting model's).")
         for pair, (chosen, rejected) in zip(pairs, reference):
             pair["ref_chosen"], pair["ref_rejected"] = chosen, rejected
@@ -422,8 +407,8 @@ def _catalogue_model(model: str) -> str:
         return default_model()
 
 
-def _model_name(job: dict[str, Any]) -> str:
+def _model_name(job: JobRecord) -> str:
     """As OpenAI names it: ``ft:{base}:{org}:{suffix}:{id}``, the base being the first base model of a chain of jobs."""
-    suffix = job.get("user_provided_suffix") or ""
-    root = job["model"].split(":")[1] if job["model"].startswith("ft:") else job["model"]
-    return f"ft:{root}:{OWNER_LABEL}:{suffix}:{job['id'][-8:]}"
+    suffix = job.user_provided_suffix or ""
+    root = job.model.split(":")[1] if job.model.startswith("ft:") else job.model
+    return f"ft:{root}:{OWNER_LABEL}:{suffix}:{job.id[-8:]}"

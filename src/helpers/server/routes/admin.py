@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from helpers.server.errors import ApiError
+from helpers.server.records import Jobs
 from helpers.server.routes.models import SERVER_STARTED
 from helpers.server.state import State
 
@@ -29,9 +30,9 @@ def queue(request: Request, state: State) -> dict[str, Any]:
                        kind="permission_error", code="loopback_only")
 
     def row(job_id: str, position: int | None) -> dict[str, Any]:
-        job, owner = state.store.get("job", job_id, None) or {}, state.store.owner("job", job_id) or ""
-        return {"position": position, "id": job_id, "key": state.labels.get(owner, owner[:8]), "status": job.get("status"),
-                "model": job.get("model"), "created_at": job.get("created_at"), "estimated_finish": job.get("estimated_finish")}
+        job, owner = Jobs(state.store).get(job_id, None), state.store.owner("job", job_id) or ""
+        return {"position": position, "id": job_id, "key": state.labels.get(owner, owner[:8]),
+                **{name: getattr(job, name, None) for name in ("status", "model", "created_at", "estimated_finish")}}
 
     current = state.runner.current
     return {"running": row(current, 0) if current else None,

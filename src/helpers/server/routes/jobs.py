@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from helpers.pricing import catalogue
-from helpers.server.errors import ApiError, bad_request
-from helpers.server.jobs import ORGANIZATION, JobStatus
-from helpers.server.protocol import MAX_SEED, CreateJob, page, public
+from helpers.server.errors import ApiError, bad_request, not_found
+from helpers.server.jobs import ORGANIZATION
+from helpers.server.protocol import MAX_SEED, CreateJob, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches
+from helpers.server.records import JobRecord, Jobs, JobStatus
 from helpers.server.routes.models import checkpoint_model
-from helpers.server.state import Owner, ServerState, State, json_body, owned, parsed
+from helpers.server.state import Owner, ServerState, State, json_body, parsed
 from helpers.server.store import new_id, now
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
@@ -37,10 +38,10 @@ def check_job_limit(state: ServerState, owner: str) -> None:
     limits = state.limits
     if limits.max_active_jobs is None:
         return
-    active = [j for _, j in state.store.all("job", owner=owner) if not JobStatus(j["status"]).finished]
+    active = [j for _, j in Jobs(state.store).all(owner) if not j.status.finished]
     if len(active) < limits.max_active_jobs:
         return
-    finishes = [j["estimated_finish"] for j in active if j.get("estimated_finish")]
+    finishes = [j.estimated_finish for j in active if j.estimated_finish]
     wait = max(1, min(finishes) - now()) if finishes else limits.retry_after_s
     raise ApiError(429, f"You already have {len(active)} unfinished fine-tuning job(s); this server runs at most "
                         f"{limits.max_active_jobs} per key at a time so that everyone's jobs get their turn. Wait for one "
@@ -75,24 +76,25 @@ async def create_job(request: Request, state: State, owner: Owner) -> dict[str, 
         raise ApiError(403, TRAINING_CLOSED, code="training_not_available")
     check_job_limit(state, owner)
     kind, hyper = asked.kind, asked.resolved
-    job = {
-        "object": "fine_tuning.job", "id": new_id("ftjob"), "model": asked.model, "created_at": now(),
-        "finished_at": None, "fine_tuned_model": None, "organization_id": ORGANIZATION, "result_files": [],
-        "status": JobStatus.VALIDATING_FILES.value, "validation_file": validation_file, "training_file": training_file,
-        "hyperparameters": {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-        "method": {"type": kind, kind: {"hyperparameters": hyper}}, "trained_tokens": None, "error": None,
-        "seed": asked.seed if asked.seed is not None else secrets.randbelow(MAX_SEED), "estimated_finish": None, "integrations": [],
-        "metadata": asked.metadata, "user_provided_suffix": asked.suffix,
-        "_base": base.name, "_start_from": asked.model if start else None,
-    }
-    state.store.put("job", job, owner)
-    state.runner.event(job["id"], f"Created fine-tuning job: {job['id']}")
-    state.runner.submit(job["id"])
-    return public(job)
+    job = Jobs(state.store).put(JobRecord(
+        id=new_id("ftjob"), model=asked.model, created_at=now(), organization_id=ORGANIZATION,
+        status=JobStatus.VALIDATING_FILES, validation_file=validation_file, training_file=training_file,
+        hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+        method={"type": kind, kind: {"hyperparameters": hyper}},
+        seed=asked.seed if asked.seed is not None else secrets.randbelow(MAX_SEED),
+        metadata=asked.metadata, user_provided_suffix=asked.suffix,
+        base=base.name, start_from=asked.model if start else None), owner)
+    state.runner.event(job.id, f"Created fine-tuning job: {job.id}")
+    state.runner.submit(job.id)
+    return job.wire()
 
 
-def owned_job(state: ServerState, owner: str, job_id: str) -> dict[str, Any]:
-    return owned(state, owner, "job", job_id, "fine-tuning job", "fine_tuning_job_id")
+def owned_job(state: ServerState, owner: str, job_id: str) -> JobRecord:
+    """The caller's job, or a 404 (also for another key's job: its existence is not revealed)."""
+    job = Jobs(state.store).get(job_id, owner)
+    if job is None:
+        raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+    return job
 
 
 @router.get("")
@@ -100,21 +102,21 @@ def list_jobs(request: Request, state: State, owner: Owner, after: str | None = 
     wanted = metadata_filter(request)
     where = (lambda j: metadata_matches(j, wanted)) if wanted else None
     items, more = state.store.page("job", owner, after=after, limit=limit_param(limit), where=where)
-    return page(items, more)
+    return page([JobRecord.model_validate(i).wire() for i in items], more)
 
 
 @router.get("/{job_id}")
 def retrieve_job(state: State, owner: Owner, job_id: str) -> dict[str, Any]:
-    return public(owned_job(state, owner, job_id))
+    return owned_job(state, owner, job_id).wire()
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(state: State, owner: Owner, job_id: str) -> dict[str, Any]:
     job = owned_job(state, owner, job_id)
-    if JobStatus(job["status"]).finished:
-        raise bad_request(f"Job {job_id} has already {job['status']}; only a job that has not finished can be cancelled.",
+    if job.status.finished:
+        raise bad_request(f"Job {job_id} has already {job.status}; only a job that has not finished can be cancelled.",
                           "fine_tuning_job_id", code="job_not_cancellable")
-    return public(state.runner.cancel(job_id))
+    return state.runner.cancel(job_id).wire()
 
 
 @router.post("/{job_id}/pause")

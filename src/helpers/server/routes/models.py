@@ -11,6 +11,7 @@ from helpers.server.errors import ApiError, bad_request
 from helpers.server.inference import Target
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import public
+from helpers.server.records import Jobs
 from helpers.server.state import Owner, ServerState, State
 from helpers.server.store import now
 
@@ -30,8 +31,8 @@ def checkpoint_model(state: ServerState, owner: str, name: str) -> dict[str, Any
     """A checkpoint of one of the caller's jobs, as a model card (its ``_base`` names the local base model)."""
     for _, ckpt in state.store.all("checkpoint", owner=owner):
         if ckpt["fine_tuned_model_checkpoint"] == name:
-            job = state.store.get("job", ckpt["fine_tuning_job_id"], owner)
-            base = catalogue.resolve_base(job["model"]) if job else None
+            job = Jobs(state.store).get(ckpt["fine_tuning_job_id"], owner)
+            base = catalogue.resolve_base(job.model) if job else None
             if base is not None:
                 return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION, "_base": base.name}
     return None

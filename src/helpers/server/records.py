@@ -1,0 +1,123 @@
+"""The server's own record of a fine-tuning job, typed, apart from what the API shows of it.
+
+A :class:`JobRecord` holds the fields OpenAI's API returns for a job (:meth:`JobRecord.wire`, checked against
+``openai.types.fine_tuning.FineTuningJob`` by the fast tests) and the server's own: which local base model trains,
+which fine-tuned model the job continues, the tokens billed per epoch, DPO's reference log-probabilities. In the
+store both live in one JSON document, the server's own under a leading underscore (``_base``, ...), the layout
+earlier versions wrote, so an existing ``.workbook/server`` folder reads unchanged and needs no migration.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from helpers.server.store import Store
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status, as OpenAI's API names it (``openai.types.fine_tuning.FineTuningJob.status``)."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobRecord(BaseModel):
+    """A fine-tuning job as the server keeps it. Fields are set by name (``base=...``); the store's document names
+    the server's own fields by their ``_`` names. Fields an older version stored and this one no longer has are
+    ignored when a record is read."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    # -- what the API returns (``FineTuningJob``) ----------------------------------------------------------------
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    id: str
+    model: str
+    created_at: int
+    finished_at: int | None = None
+    fine_tuned_model: str | None = None
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    status: JobStatus
+    validation_file: str | None = None
+    training_file: str
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    trained_tokens: int | None = None
+    error: dict[str, Any] | None = None
+    seed: int
+    estimated_finish: int | None = None
+    integrations: list[Any] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+
+    # -- the server's own (stored under a leading underscore, never on the wire) ----------------------------------
+    #: the local base model that trains (a name in catalogue.base_models())
+    base: str | None = Field(default=None, validation_alias="_base", serialization_alias="_base")
+    #: the fine-tuned model or checkpoint the job continues from
+    start_from: str | None = Field(default=None, validation_alias="_start_from", serialization_alias="_start_from")
+    #: tokens billed per epoch, known once the files are validated
+    billing_tokens: int | None = Field(default=None, validation_alias="_billing_tokens", serialization_alias="_billing_tokens")
+    #: DPO's reference log-probabilities, per pair (chosen, rejected), kept so that a resumed job compares with the same
+    dpo_reference: list[tuple[float, float]] | None = Field(default=None, validation_alias="_dpo_reference",
+                                                            serialization_alias="_dpo_reference")
+
+    SERVER_FIELDS: ClassVar[set[str]] = {"base", "start_from", "billing_tokens", "dpo_reference"}
+
+    @property
+    def kind(self) -> str:
+        """The training method: ``supervised`` or ``dpo``."""
+        return str(self.method.get("type", "supervised"))
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        """The method's hyperparameters (numbers once the files are validated, "auto" before)."""
+        return dict(self.method.get(self.kind, {}).get("hyperparameters") or {})
+
+    def wire(self) -> dict[str, Any]:
+        """The job as OpenAI's API shows it."""
+        return self.model_dump(mode="json", exclude=self.SERVER_FIELDS)
+
+    def stored(self) -> dict[str, Any]:
+        """The job as the store keeps it (the server's own fields under their ``_`` names)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def stored_names(**changes: Any) -> dict[str, Any]:
+    """Changes to a job by field name, under the names the store's document uses (a KeyError for a name that is
+    not a field). Values are JSON as they are: numbers, strings (a JobStatus is one), lists and dicts."""
+    fields = JobRecord.model_fields
+    return {fields[name].serialization_alias or name: value for name, value in changes.items()}
+
+
+class Jobs:
+    """Typed access to the job records in a :class:`~helpers.server.store.Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def put(self, job: JobRecord, owner: str) -> JobRecord:
+        self.store.put("job", job.stored(), owner)
+        return job
+
+    def get(self, job_id: str, owner: str | None) -> JobRecord | None:
+        """A job by id (``owner`` None: any key's), or None when there is none or it is another key's."""
+        body = self.store.get("job", job_id, owner)
+        return None if body is None else JobRecord.model_validate(body)
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Change fields of a job (by field name) in one step of the store; returns the job as it now is."""
+        return JobRecord.model_validate(self.store.update("job", job_id, **stored_names(**changes)))
+
+    def all(self, owner: str | None = None) -> list[tuple[str, JobRecord]]:
+        """Every job (of ``owner``, or of every key), oldest first, with its owner."""
+        return [(who, JobRecord.model_validate(body)) for who, body in self.store.all("job", owner=owner)]
