@@ -111,7 +111,9 @@ def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
     env = {**os.environ, "WORKBOOK_PORT": port, "WORKBOOK_SERVER_DIR": str(tmp_path / "server"),
            "WORKBOOK_METRICS_DIR": str(tmp_path / "metrics"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "WORKBOOK_LOCAL_KEY": "key-restart"}
-    setup = "from helpers.course import finetune, setup\nfrom helpers.paths import DATA_DIR\ncourse = setup('03_training')\n"
+    part = tmp_path / "train.jsonl"  # 20 steps: the job still runs when the restarted kernel asks
+    part.write_bytes(head_lines(TRAIN, 80))
+    setup = "from helpers.course import finetune, setup\ncourse = setup('03_training')\n"
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(env=env, cwd=str(REPO / "notebooks"))
     try:
@@ -120,9 +122,9 @@ def test_a_restarted_kernel_finds_the_same_server_and_job(tmp_path):
         kernel.wait_for_ready(timeout=120)
         printed = run_cell(kernel, setup + f"""
 import httpx, json
-train = finetune.upload(course.client, DATA_DIR / "billing" / "train.jsonl")
+train = finetune.upload(course.client, {str(part)!r})
 job = finetune.start_job(course.client, training_file=train.id, model="gpt-4.1-mini", metadata={{"course": "restart-test"}},
-                         hyperparameters={{"n_epochs": 1, "batch_size": 8}})
+                         hyperparameters={{"n_epochs": 1, "batch_size": 4}})
 print(json.dumps({{"job": job.id, "pid": httpx.get("http://127.0.0.1:{port}/health").json()["pid"]}}))
 """)
         before = json.loads(printed.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ class Limits:
     max_upload_bytes: int = MAX_UPLOAD_BYTES  # one file
     max_storage_bytes: int | None = None  # all of a key's uploaded files together
     max_active_jobs: int | None = None  # a key's jobs that have not finished (validating, queued or running)
-    retry_after_s: int = 60  # what a 429 suggests when no job has an estimated finish yet
+    retry_after_s: int = 15  # what a 429 suggests before any job has an estimated finish (its first step gives one)
     training_closed: bool = False  # refuse new jobs as OpenAI refuses a blocked account (403 training_not_available)
 
 

@@ -298,6 +298,23 @@ def neftune(model, alpha: float):
         handle.remove()
 
 
+def optimizer_and_schedule(model, settings: TrainSettings, total_steps: int, offset: int) -> tuple[list, Any, Any]:
+    """The trainable parameters, AdamW over them (LoRA's B at ``lora_b_lr_ratio`` times the rate), and the learning-rate
+    schedule: linear warm-up over the first 5% of the steps, then linear decay to 0; ``offset``: the steps already
+    taken (a resumed job's schedule continues where it was)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if "lora_B" not in n], "lr": settings.learning_rate},
+              {"params": [p for n, p in named if "lora_B" in n], "lr": settings.learning_rate * settings.lora_b_lr_ratio}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, fused=True)
+    warmup = max(1, total_steps // 20)
+
+    def schedule(step: int) -> float:
+        step += offset
+        return min(1.0, (step + 1) / warmup) * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return [p for _, p in named], optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def train(model, tokenizer, train_examples: list, valid_examples: list, settings: TrainSettings, *,
           on_step: Callable[[StepMetrics], None], on_epoch_end: Callable[[int, int, StepMetrics], None],
           should_stop: Callable[[], bool], start_epoch: int = 0,
@@ -312,19 +329,7 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
     steps_per_epoch = math.ceil(len(train_examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.n_epochs
     with hold():  # which parameters train is the model's state while the adapter is active
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable = [p for _, p in named]
-    groups = [{"params": [p for n, p in named if "lora_B" not in n], "lr": settings.learning_rate},
-              {"params": [p for n, p in named if "lora_B" in n], "lr": settings.learning_rate * settings.lora_b_lr_ratio}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, fused=True)
-    warmup = max(1, total_steps // 20)
-    offset = start_epoch * steps_per_epoch  # on resume, the schedule continues where it was
-
-    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
-        step += offset
-        return min(1.0, (step + 1) / warmup) * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        trainable, optimizer, scheduler = optimizer_and_schedule(model, settings, total_steps, start_epoch * steps_per_epoch)
     lengths = [example_length(e) for e in train_examples]
     step = start_epoch * steps_per_epoch
     metrics = StepMetrics(step, total_steps, float("nan"), float("nan"))
