@@ -145,8 +145,11 @@ class JobRunner:
                 in_own_thread(partial(self._run, job_id), f"fine-tuning {job_id}")
             except Exception as exc:  # a bug or resource problem: the job fails, the server lives on
                 log.error("job %s crashed: %s", job_id, traceback.format_exc())
-                self._finish(job_id, JobStatus.FAILED, error={"code": "server_error", "param": None,
-                                                      "message": f"The local trainer failed: {type(exc).__name__}: {exc}"})
+                try:
+                    self._finish(job_id, JobStatus.FAILED, error={"code": "server_error", "param": None,
+                                                          "message": f"The local trainer failed: {type(exc).__name__}: {exc}"})
+                except Exception:  # a record that cannot be written: the queue still goes on to the next job
+                    log.error("job %s could not be marked failed: %s", job_id, traceback.format_exc())
             finally:
                 with self._wake:
                     self._current = None
