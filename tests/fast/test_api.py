@@ -234,6 +234,33 @@ def test_a_job_record_reads_the_stores_old_layout_and_keeps_its_own_fields_off_t
         jobs.update("ftjob-old", adapter="x")
 
 
+def test_the_worker_goes_on_to_the_next_job_when_a_failed_job_cannot_be_recorded(tmp_path, caplog):
+    """A job whose run fails, and whose failure cannot be written either, is logged; the queue does not stop."""
+    import threading
+
+    from helpers.server.store import Store
+
+    store = Store(tmp_path)
+    runner = JobRunner(store, NoModels())  # type: ignore[arg-type]
+    ran = threading.Event()
+
+    def run(job_id: str) -> None:
+        if job_id == "ftjob-broken":
+            raise RuntimeError("the trainer broke")
+        ran.set()
+
+    def finish(job_id: str, *args, **kwargs):
+        raise OSError("disk full")
+
+    runner._run, runner._finish = run, finish  # type: ignore[method-assign]
+    for job_id in ("ftjob-broken", "ftjob-next"):
+        store.put("job", {"id": job_id, "status": "queued", "created_at": 1}, "key")
+        runner.submit(job_id)
+    runner._thread.start()
+    assert ran.wait(30), "the worker stopped after a job it could not mark failed"
+    assert "ftjob-broken could not be marked failed" in caplog.text
+
+
 def test_settings_read_workbook_variables_now(monkeypatch, tmp_path):
     monkeypatch.delenv("WORKBOOK_PORT", raising=False)
     assert settings().port == DEFAULT_PORT
