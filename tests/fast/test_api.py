@@ -220,7 +220,7 @@ def test_a_job_record_reads_the_stores_old_layout_and_keeps_its_own_fields_off_t
               "_adapter": "from an older version"}
     store.put("job", stored, "key")
     job = jobs.get("ftjob-old", "key")
-    assert job is not None and (job.base, job.billing_tokens, job.kind, job.resolved) == (
+    assert job is not None and (job.base, job.billing_tokens, job.kind, job.method_hyperparameters) == (
         "smollm2-135m-instruct", 120, "supervised", {"n_epochs": 2})
     assert jobs.get("ftjob-old", "another key") is None
     done = jobs.update("ftjob-old", status=JobStatus.SUCCEEDED, dpo_reference=[(-1.5, -2.5)])

@@ -26,7 +26,7 @@ from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
 from helpers.server.hyperparameters import resolve_auto
-from helpers.server.records import JobRecord, Jobs, JobStatus
+from helpers.server.records import JobRecord, Jobs, JobStatus, hyperparameter_fields
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 
@@ -209,9 +209,8 @@ class JobRunner:
             if reports is None:
                 return
             train_report, _ = reports
-            hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.resolved}, train_report.stats["valid_examples"])
-            job = self.jobs.update(job_id, status=JobStatus.QUEUED, method={"type": job.kind, job.kind: {"hyperparameters": hyper}},
-                                   hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+            hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.method_hyperparameters}, train_report.stats["valid_examples"])
+            job = self.jobs.update(job_id, status=JobStatus.QUEUED, **hyperparameter_fields(job.kind, hyper),
                                    billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")
         if job_id in self._cancel:
@@ -234,7 +233,7 @@ class JobRunner:
         from helpers.server import training
 
         job_id, method = job.id, job.kind
-        hyper = job.resolved  # numbers since the files were validated
+        hyper = job.method_hyperparameters  # numbers since the files were validated
         settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=job.seed)

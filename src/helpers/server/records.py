@@ -9,7 +9,7 @@ earlier versions wrote, so an existing ``.workbook/server`` folder reads unchang
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,25 +71,34 @@ class JobRecord(BaseModel):
     dpo_reference: list[tuple[float, float]] | None = Field(default=None, validation_alias="_dpo_reference",
                                                             serialization_alias="_dpo_reference")
 
-    SERVER_FIELDS: ClassVar[set[str]] = {"base", "start_from", "billing_tokens", "dpo_reference"}
-
     @property
     def kind(self) -> str:
         """The training method: ``supervised`` or ``dpo``."""
         return str(self.method.get("type", "supervised"))
 
     @property
-    def resolved(self) -> dict[str, Any]:
+    def method_hyperparameters(self) -> dict[str, Any]:
         """The method's hyperparameters (numbers once the files are validated, "auto" before)."""
         return dict(self.method.get(self.kind, {}).get("hyperparameters") or {})
 
     def wire(self) -> dict[str, Any]:
         """The job as OpenAI's API shows it."""
-        return self.model_dump(mode="json", exclude=self.SERVER_FIELDS)
+        return self.model_dump(mode="json", exclude=SERVER_FIELDS)
 
     def stored(self) -> dict[str, Any]:
         """The job as the store keeps it (the server's own fields under their ``_`` names)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+#: the server's own fields: those stored under another name
+SERVER_FIELDS = {name for name, field in JobRecord.model_fields.items() if field.serialization_alias}
+
+
+def hyperparameter_fields(kind: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """A job's ``hyperparameters`` and ``method`` fields for a ``kind`` job with hyperparameters ``hyper`` (each a value
+    or "auto"), as OpenAI's job shows them: the top-level three, and the method's own (with DPO's ``beta``)."""
+    return {"hyperparameters": {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
+            "method": {"type": kind, kind: {"hyperparameters": dict(hyper)}}}
 
 
 def stored_names(**changes: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from helpers.server.errors import ApiError, bad_request, not_found
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import MAX_SEED, CreateJob, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches
-from helpers.server.records import JobRecord, Jobs, JobStatus
+from helpers.server.records import JobRecord, Jobs, JobStatus, hyperparameter_fields
 from helpers.server.routes.models import checkpoint_model
 from helpers.server.state import Owner, ServerState, State, json_body, parsed
 from helpers.server.store import new_id, now
@@ -75,12 +75,10 @@ async def create_job(request: Request, state: State, owner: Owner) -> dict[str, 
     if state.limits.training_closed:
         raise ApiError(403, TRAINING_CLOSED, code="training_not_available")
     check_job_limit(state, owner)
-    kind, hyper = asked.kind, asked.resolved
     job = Jobs(state.store).put(JobRecord(
         id=new_id("ftjob"), model=asked.model, created_at=now(), organization_id=ORGANIZATION,
         status=JobStatus.VALIDATING_FILES, validation_file=validation_file, training_file=training_file,
-        hyperparameters={k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-        method={"type": kind, kind: {"hyperparameters": hyper}},
+        **hyperparameter_fields(asked.kind, asked.resolved),
         seed=asked.seed if asked.seed is not None else secrets.randbelow(MAX_SEED),
         metadata=asked.metadata, user_provided_suffix=asked.suffix,
         base=base.name, start_from=asked.model if start else None), owner)
