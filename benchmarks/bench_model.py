@@ -120,9 +120,13 @@ def settings(n_examples: int):
 
 
 def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
-    from helpers.server.chat_template import encode_chat
+    """The rows as the server encodes them: labels from the model's chat template (``helpers.server.chat_template``)."""
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.chat_template import ChatTemplate
+    from helpers.server.localmodels import stop_token_ids, weights_dir
 
-    return [encode_chat(tokenizer, row["messages"]) for row in rows]
+    chat = ChatTemplate.of(tokenizer, stop_token_ids(weights_dir(resolve_base(MODEL)), tokenizer))
+    return [chat.encode_chat(row["messages"]) for row in rows]
 
 
 def validation_examples(tokenizer) -> list[tuple[list[int], list[int]]]:
@@ -156,7 +160,7 @@ def fp32_loop(rows: list[dict]) -> dict:
     examples = encoded(tokenizer, rows)  # labels: the assistant reply and its <|im_end|>; everything else is -100
     config = settings(len(examples))
     torch.manual_seed(SEED)
-    model = get_peft_model(model, config.lora_config())
+    model = get_peft_model(model, config.lora_config(model))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     total = math.ceil(len(examples) / config.batch_size) * EPOCHS

@@ -52,14 +52,17 @@ def answers(model, tokenizer, requests: list[list[dict]], batch: int = 16) -> li
     """Greedy answers, batched (left padding), as the server gives them."""
     import torch
 
-    from helpers.server.chat_template import render
+    from helpers.pricing import catalogue
+    from helpers.server import localmodels
     from helpers.server.training import autocast
+
+    chat = localmodels.load_chat(catalogue.resolve_base("gpt-4.1-mini"))
 
     tokenizer.padding_side = "left"
     out = []
     model.eval()
     for first in range(0, len(requests), batch):
-        prompts = [render(tokenizer, m, add_generation_prompt=True) for m in requests[first : first + batch]]
+        prompts = [chat.render(m, add_generation_prompt=True) for m in requests[first : first + batch]]
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad(), autocast(model):
             generated = model.generate(**encoded, max_new_tokens=32, do_sample=False, temperature=None, top_p=None,
@@ -88,17 +91,18 @@ def run_one(run: dict) -> dict:
     from helpers.course import billing, retrieval
     from helpers.data import dataprep
     from helpers.pricing import catalogue
-    from helpers.server import chat_template, localmodels, training
+    from helpers.server import localmodels, training
 
     base = catalogue.resolve_base("gpt-4.1-mini")
-    tokenizer = localmodels.load_tokenizer(base)
+    chat = localmodels.load_chat(base)
+    tokenizer = chat.tokenizer
     with tempfile.TemporaryDirectory() as work:
         subset = dataprep.take(BILLING / "train.jsonl", run["n"], Path(work))
         path = Path(work) / "train_rag.jsonl"
         retrieval.augment_file(subset, path, run["rag"], run["k"], run["seed"], renumbered_share=run["copy"])
         rows = dataprep.read_jsonl(path)
     rows += [billing.chat_example(c.description, c.answer) for c in billing.load_codes() if c.in_training] * run["table"]
-    examples = [chat_template.encode_chat(tokenizer, r["messages"]) for r in rows]
+    examples = [chat.encode_chat(r["messages"]) for r in rows]
     settings = training.TrainSettings(n_epochs=run["epochs"], batch_size=run["batch"], learning_rate_multiplier=run["lr"] * 1e-3 / training.BASE_LEARNING_RATE,
                                       seed=run["seed"], lora_b_lr_ratio=run["plus"], neftune_alpha=run["neft"], lora_r=run["r"], lora_alpha=run["alpha"], lora_targets=TARGETS[run["targets"]], lora_top_layers=run["layers"])
     model = training.prepare_model(localmodels.load_model(base), settings)

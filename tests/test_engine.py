@@ -120,7 +120,7 @@ def test_lora_plus_gives_the_b_matrices_a_larger_learning_rate():
         base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=4, num_key_value_heads=2)).float()
         settings = TrainSettings(n_epochs=1, batch_size=2, lora_r=4, lora_alpha=8, lora_b_lr_ratio=ratio)
-        model = get_peft_model(base, settings.lora_config())
+        model = get_peft_model(base, settings.lora_config(base))
         before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         examples = [(list(range(1, 11)), [IGNORE] * 5 + list(range(6, 11))), (list(range(3, 13)), [IGNORE] * 5 + list(range(8, 13)))]
         train(model, SimpleNamespace(pad_token_id=0, eos_token_id=0), examples, [], settings, on_step=lambda m: None,

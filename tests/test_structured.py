@@ -31,12 +31,13 @@ def test_anything_else_stays_text(text):
 
 
 def test_training_shows_tools_as_answering_does_and_learns_only_the_call():
-    tokenizer = localmodels.load_tokenizer(catalogue.resolve_base("gpt-4.1-mini"))
+    chat = localmodels.load_chat(catalogue.resolve_base("gpt-4.1-mini"))
+    tokenizer = chat.tokenizer
     messages = [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
     tools = [{"type": "function", "function": LOOKUP}]  # keys not in sorted order: both sides must keep the file's order
-    ids, labels = chat_template.encode_chat(tokenizer, messages, chat_template.functions_of(tools))
+    ids, labels = chat.encode_chat(messages, chat_template.functions_of(tools))
     answering = structured.answering({"tools": tools, "messages": messages[:1]})  # what the server does with a request
-    prompt = chat_template.render(tokenizer, chat_template.with_tools(messages[:1], answering.function_list), add_generation_prompt=True)
+    prompt = chat.render(chat_template.with_tools(messages[:1], answering.function_list), add_generation_prompt=True)
     assert tokenizer.decode(ids).startswith(prompt)  # the prompt a tuned model is trained on is the one it answers
     learned = tokenizer.decode([t for t in labels if t != training.IGNORE])
     assert learned == chat_template.tool_calls_text([CALL]) + tokenizer.eos_token

@@ -28,7 +28,18 @@ def _validate(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from helpers.data.tokens import check_offline
 
-    return check_offline()
+    status = check_offline()
+    try:
+        from helpers.server import localmodels
+    except ImportError:  # the core install alone: no server
+        return status
+    try:
+        for line in localmodels.describe_device():
+            print(f"local server: {line}")
+    except (RuntimeError, ValueError) as exc:  # a WORKBOOK_DEVICE or WORKBOOK_PRECISION this machine cannot honour
+        print(f"local server: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return status
 
 
 def read_api_keys(path: str) -> dict[str, str]:
@@ -56,9 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     from helpers.course.backend import default_data_dir
     from helpers.server.app import create_app, host_name
+    from helpers.server.bases import ModelSourceError, brought_bases
     from helpers.server.state import LOOPBACK_NAMES, MIB, Limits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        bases = brought_bases(args.model, args.models)
+    except ModelSourceError as exc:
+        print(f"workbook serve: cannot bring a model: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     api_keys = None
     if args.api_keys:
         try:
@@ -92,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
                   "and read what others uploaded under the same key.", file=sys.stderr)
         allowed = LOOPBACK_NAMES | named if named else None
     app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle,
-                     allowed_hosts=allowed)
+                     allowed_hosts=allowed, bases=bases)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return EXIT_OK
 
@@ -201,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-open", action="store_true",
                        help="let a non-loopback --host run without --api-keys (anyone on the network may use it)")
     serve.add_argument("--data-dir", default=None, help="where files, jobs and models are kept (default: .workbook/server)")
+    serve.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
+                       help="also train and serve your own model as NAME (repeatable); SOURCE is a folder in Hugging Face's "
+                       "format (config, safetensors, a tokenizer with a chat template), a .gguf file, or a hub id (only "
+                       "where the machine may download)")
+    serve.add_argument("--models", default=None, metavar="FILE",
+                       help="a file of NAME=SOURCE lines, as --model (the WORKBOOK_MODELS setting names one too)")
     serve.add_argument("--api-keys", default=None, help="a file with one accepted key per line, optionally followed by a "
                        "name shown in `workbook queue` (default: any key)")
     serve.add_argument("--max-upload-mb", type=float, default=512, help="largest file one upload may be (default: 512)")
@@ -237,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--all", action="store_true", help="every notebook, with the course-sized parameters")
     report.add_argument("--no-input", action="store_true", help="hide the code cells in the HTML")
     report.set_defaults(handler=_report)
-    doctor = commands.add_parser("doctor", help="check the offline tokenizer set-up")
+    doctor = commands.add_parser("doctor", help="check the offline tokenizer set-up; print the device, dtype and kernels the "
+                                 "local server will use")
     doctor.set_defaults(handler=_doctor)
     return parser
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     precision: str = "auto"
     #: Where the local base model's safetensors copy is kept (default: the user's cache).
     model_cache: Path | None = None
+    #: ``auto`` (a CUDA GPU, else Apple's MPS, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: where the local
+    #: server's models run (checked where the model loads).
+    device: str = "auto"
+    #: A file of models the local server brings besides the shipped one, ``NAME=SOURCE`` per line (as ``workbook serve
+    #: --models FILE``).
+    models: Path | None = None
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
     #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds.

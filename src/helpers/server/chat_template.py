@@ -1,15 +1,29 @@
-"""How a local model sees a conversation: messages (and tool calls) as text in its chat template, and which tokens
-a training example teaches. Training and answering both use these, so a fine-tuned model sees at answer time
-what it was trained on. No torch here: the routes use it too."""
+"""How a local model sees a conversation: messages (and tool calls) as text in the model's own chat template, and
+which tokens a training example teaches. Training and answering both use these, so a fine-tuned model sees at answer
+time what it was trained on. No torch here: the routes use it too.
+
+Nothing here knows any model's markers. Which characters are an assistant's turn comes from the template itself:
+where the template marks them (``{% generation %}`` ... ``{% endgeneration %}``, as TRL's assistant-only loss reads
+them), those; elsewhere, what rendering the turn adds to the conversation before it with the generation prompt. The
+turn is learned up to and including its first end-of-turn token (the model's eos ids, all of them: generation_config
+may list several), so the model learns to stop; what a template writes after it (a newline) is not learned.
+"""
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from collections.abc import Iterable
+from typing import Any, cast
 
 #: The label of a token that is not learned (the prompt, padding).
 IGNORE = -100
 
 TOOL_CALLS_PREFIX = '{"tool_calls": '  # how a local model writes tool calls: one JSON line, after any text
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class TemplateProblem(ValueError):
+    """A chat template the server cannot train with (no template, no end-of-turn token, turns it cannot locate)."""
 
 
 def tool_calls_text(calls: list[dict[str, Any]]) -> str:
@@ -55,46 +69,141 @@ def with_tools(messages: list[dict[str, Any]], functions: list[dict[str, Any]]) 
     return [{"role": "system", "content": block}, *messages]
 
 
-def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": message_text(m)} for m in messages]
+def plain_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Role, text and (on assistant messages) training weight; ``developer`` is the system role of newer OpenAI models."""
+    plain = []
+    for m in messages:
+        message: dict[str, Any] = {"role": "system" if m["role"] == "developer" else m["role"], "content": message_text(m)}
+        if m["role"] == "assistant":
+            message["weight"] = m.get("weight", 1)
+        plain.append(message)
+    return plain
 
 
-def render(tokenizer, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(plain_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+class ChatTemplate:
+    """One model's chat template: how it renders a conversation, and which tokens of it a training example teaches.
+
+    ``stop_ids``: the model's end-of-turn / end-of-text token ids (``localmodels.stop_token_ids``). Made with
+    :meth:`of`, which checks the template once (a TemplateProblem says what is wrong)."""
+
+    def __init__(self, tokenizer, stop_ids: Iterable[int], *, folds_system: bool, marked: bool) -> None:
+        self.tokenizer = tokenizer
+        self.stop_ids = frozenset(stop_ids)
+        #: the template refuses (or drops) a system message: it is put before the first user message's text, as
+        #: Gemma's own later templates do with it
+        self.folds_system = folds_system
+        #: the template marks assistant turns with {% generation %}
+        self.marked = marked
+
+    @classmethod
+    def of(cls, tokenizer, stop_ids: Iterable[int], model: str = "the model") -> ChatTemplate:
+        template = getattr(tokenizer, "chat_template", None)
+        if not isinstance(template, str) or not template.strip():
+            raise TemplateProblem(f"{model} has no chat template: its tokenizer (tokenizer_config.json 'chat_template', or "
+                                  "chat_template.jinja) must say how a conversation is written, or the server cannot tell "
+                                  "what to train. Add the template of the model's instruct version.")
+        stop_ids = frozenset(i for i in stop_ids if i is not None)
+        if not stop_ids:
+            raise TemplateProblem(f"{model} names no end-of-turn token (eos_token_id in generation_config.json or the "
+                                  "tokenizer's eos_token): a model must know when its answer ends.")
+        probe = [{"role": "system", "content": "Sys-probe."}, {"role": "user", "content": "User-probe."}]
+        try:
+            folds = "Sys-probe." not in _apply(tokenizer, probe, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001  a template's raise_exception ("System role not supported") or its own error
+            folds = True
+        chat = cls(tokenizer, stop_ids, folds_system=folds, marked=bool(GENERATION_MARKER.search(template)))
+        try:
+            ids, labels = chat.encode_chat([*probe, {"role": "assistant", "content": "Answer-probe."},
+                                            {"role": "user", "content": "Again."}, {"role": "assistant", "content": "Two."}])
+        except TemplateProblem as exc:
+            raise TemplateProblem(f"{model}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001  the template's own error
+            raise TemplateProblem(f"{model}'s chat template cannot render a plain conversation: {exc}") from None
+        learned = [i for i, label in zip(ids, labels) if label != IGNORE]
+        if sum(1 for i in learned if i in chat.stop_ids) != 2:
+            names = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(chat.stop_ids))
+            raise TemplateProblem(f"{model}'s chat template does not close an assistant turn with an end-of-turn token "
+                                  f"({names}): a model trained on it could not learn to stop.")
+        return chat
+
+    # -- rendering ------------------------------------------------------------------------------
+    def conversation(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` as the template takes them: plain text, and a system message folded into the first user
+        message when the template has no system role."""
+        plain = plain_messages(messages)
+        if not self.folds_system or not plain or plain[0]["role"] != "system":
+            return plain
+        system, rest = plain[0], plain[1:]
+        if rest and rest[0]["role"] == "user":
+            return [{**rest[0], "content": f"{system['content']}\n\n{rest[0]['content']}"}, *rest[1:]]
+        return [{"role": "user", "content": system["content"]}, *rest]
+
+    def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
+        return _apply(self.tokenizer, self.conversation(messages), add_generation_prompt=add_generation_prompt)
+
+    def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The token ids of a prompt that asks for the next assistant turn."""
+        return self.tokenizer(self.render(messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+    # -- what a training example teaches ------------------------------------------------------
+    def assistant_spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, bool]]]:
+        """The rendered conversation and, per assistant message, the characters of its turn and whether it is learned
+        (weight 1). From the template's {% generation %} marks where it has them, else from what each turn adds."""
+        conversation = self.conversation(messages)
+        assistant = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
+        learned = [conversation[i]["weight"] == 1 for i in assistant]
+        if self.marked:
+            from transformers.utils.chat_template_utils import render_jinja_template
+
+            # typed as returning the text, it returns the texts and each one's generation blocks (start, end)
+            rendered, indices = cast(tuple[list[str], list[list[tuple[int, int]]]], render_jinja_template(
+                conversations=[conversation], chat_template=self.tokenizer.chat_template, return_assistant_tokens_mask=True,
+                **self.tokenizer.special_tokens_map))
+            if len(indices[0]) != len(assistant):
+                raise TemplateProblem(f"the chat template marks {len(indices[0])} generation blocks for {len(assistant)} "
+                                      "assistant messages.")
+            return rendered[0], [(start, end, keep) for (start, end), keep in zip(indices[0], learned)]
+        text = _apply(self.tokenizer, conversation)
+        spans = []
+        for i, keep in zip(assistant, learned):
+            before = _apply(self.tokenizer, conversation[:i], add_generation_prompt=True)
+            through = _apply(self.tokenizer, conversation[: i + 1])
+            if not through.startswith(before) or not text.startswith(through):
+                raise TemplateProblem("the chat template writes an assistant turn differently once more messages follow, "
+                                      "so its turns cannot be located in a conversation; add {% generation %} marks to it.")
+            spans.append((len(before), len(through), keep))
+        return text, spans
+
+    def encode_chat(self, messages: list[dict[str, Any]], functions: list[dict[str, Any]] | None = None) -> tuple[list[int], list[int]]:
+        """Token ids and labels: each learned assistant turn's tokens through its end-of-turn token; nothing else.
+        With ``functions`` (an example's tools), the prompt shows them as an answer's prompt does (``with_tools``)."""
+        text, spans = self.assistant_spans(with_tools(messages, functions or []))
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        labels = [IGNORE] * len(ids)
+        token = 0
+        for start, end, keep in spans:
+            while token < len(ids) and offsets[token][1] <= start:
+                token += 1
+            while token < len(ids) and offsets[token][0] < end:
+                if keep:
+                    labels[token] = ids[token]
+                token += 1
+                if ids[token - 1] in self.stop_ids and not self.marked:
+                    break  # what the template writes after the turn's end is not the model's to say
+        return ids, labels
+
+    def encode_preference(self, example: dict[str, Any]) -> dict[str, list[int]]:
+        """Prompt ids, and completion ids for the preferred and the other output (each the turn's learned tokens, so
+        each ends with the end-of-turn token)."""
+        source = example["input"]
+        messages = with_tools(source["messages"], functions_of(source.get("tools") or source.get("functions")))
+        out = {"prompt": self.prompt_ids(messages)}
+        for key, name in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
+            ids, labels = self.encode_chat([*messages, {"role": "assistant", "content": message_text(example[key][0])}])
+            out[name] = [i for i, label in zip(ids, labels) if label != IGNORE]
+        return out
 
 
-def encode_chat(tokenizer, messages: list[dict[str, Any]], functions: list[dict[str, Any]] | None = None) -> tuple[list[int], list[int]]:
-    """Token ids and labels: assistant content (weight 1) and its closing ``<|im_end|>`` are learned. With
-    ``functions`` (an example's tools), the prompt shows them as an answer's prompt does (``with_tools``)."""
-    messages = with_tools(messages, functions or [])
-    text = render(tokenizer, messages)
-    end_token = tokenizer.eos_token  # "<|im_end|>" for ChatML models
-    spans: list[tuple[int, int]] = []
-    cursor = 0
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        block = f"<|im_start|>assistant\n{message_text(message)}{end_token}"
-        start = text.find(block, len(render(tokenizer, messages[:i])) if i else 0)
-        if start < cursor:
-            raise ValueError("could not locate an assistant message in the rendered chat template")
-        cursor = start + len(block)
-        if message.get("weight", 1) == 1:
-            spans.append((start + len("<|im_start|>assistant\n"), cursor))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"]
-    labels = [tok if any(s <= a < e for s, e in spans) else IGNORE for tok, (a, _) in zip(ids, encoded["offset_mapping"])]
-    return ids, labels
-
-
-def encode_preference(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
-    """Prompt ids, and completion ids for the preferred and the other output (each ends with eos)."""
-    source = example["input"]
-    messages = with_tools(source["messages"], functions_of(source.get("tools") or source.get("functions")))
-    prompt = render(tokenizer, messages, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    out = {"prompt": prompt_ids}
-    for key, name in (("preferred_output", "chosen"), ("non_preferred_output", "rejected")):
-        text = message_text(example[key][0]) + tokenizer.eos_token
-        out[name] = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return out
+def _apply(tokenizer, conversation: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)

@@ -25,7 +25,7 @@ def export_model(data_dir: Path, key: str, model: str, target: Path) -> Path:
         raise LookupError(f"No fine-tuned model {model!r} on the local server (data in {store.data_dir}). "
                           "client.models.list() lists yours; a checkpoint's model is exported through its job's final model.")
     source = store.model_dir(owner, model)
-    base = catalogue.base_models()[card["_base"]]
+    base = _base_of(card)
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
@@ -35,6 +35,17 @@ def export_model(data_dir: Path, key: str, model: str, target: Path) -> Path:
                                                        "base_folder": str(base_dir)}, indent=2) + "\n", encoding="utf-8")
     (target / "README.md").write_text(_readme(model, base.source), encoding="utf-8")
     return target
+
+
+def _base_of(card: dict) -> catalogue.LocalBase:
+    """The base a fine-tuned model was trained on: the shipped one by name, or a brought one where it was brought from."""
+    if card.get("_base_location"):
+        name, location = card["_base"], card["_base_location"]
+        if not Path(location).exists():
+            raise LookupError(f"The base model {name} of {card['id']} was brought from {location}, which is gone; put it back "
+                              "there to export the model.")
+        return catalogue.LocalBase(name, "", Path(location).name, 0, 0, f"{name} (brought from {location})", location)
+    return catalogue.base_models()[card["_base"]]
 
 
 def _readme(model: str, base_source: str) -> str:

@@ -22,9 +22,10 @@ import torch
 
 from helpers.pricing import catalogue
 from helpers.server import localmodels
-from helpers.server.chat_template import render
+from helpers.server.chat_template import ChatTemplate
 from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.structured import Constraint, GrammarLogitsProcessor
+from helpers.server.training import padding_id
 
 BATCH_WINDOW_S = 0.02  # a batch waits this long after its latest request for another one ...
 MAX_BATCH_WAIT_S = 0.1  # ... and no longer than this after its first (see _batch_loop)
@@ -73,7 +74,7 @@ class Engine:
 
     def __init__(self, models: SharedModels) -> None:
         self.models = models
-        self._counting: dict[str, Any] = {}  # base name -> a tokenizer only for counting prompt tokens
+        self._counting: dict[str, ChatTemplate] = {}  # base name -> a tokenizer (and template) only for counting and decoding
         self._counting_lock = threading.Lock()
         self._requests: queue.Queue[_Request] = queue.Queue()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "streams_active": 0, "streams_closed_early": 0}
@@ -90,16 +91,15 @@ class Engine:
     def prompt_tokens(self, base: catalogue.LocalBase, messages: list[dict[str, Any]]) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
         threads at once), so counting never waits for a generation in progress."""
-        return self._with_counting_tokenizer(
-            base, lambda tokenizer: len(tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]))
+        return self._with_counting_tokenizer(base, lambda chat: len(chat.prompt_ids(messages)))
 
-    def _with_counting_tokenizer(self, base: catalogue.LocalBase, work: Callable[[Any], T]) -> T:
-        """``work(tokenizer)`` with this engine's own tokenizer for ``base``, one thread at a time."""
+    def _with_counting_tokenizer(self, base: catalogue.LocalBase, work: Callable[[ChatTemplate], T]) -> T:
+        """``work(chat)`` with this engine's own tokenizer and template for ``base``, one thread at a time."""
         with self._counting_lock:
-            tokenizer = self._counting.get(base.name)
-            if tokenizer is None:
-                tokenizer = self._counting[base.name] = localmodels.load_tokenizer(base)
-            return work(tokenizer)
+            chat = self._counting.get(base.name)
+            if chat is None:
+                chat = self._counting[base.name] = localmodels.load_chat(base)
+            return work(chat)
 
     # -- generation -----------------------------------------------------------------------------
     def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Future:
@@ -145,9 +145,10 @@ class Engine:
                 for request in batch:
                     request.future.set_exception(exc)
 
-    def _kwargs(self, tokenizer, sampling: Sampling) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": tokenizer.eos_token_id,
-                                  "num_return_sequences": sampling.n}
+    def _kwargs(self, chat: ChatTemplate, sampling: Sampling) -> dict[str, Any]:
+        tokenizer = chat.tokenizer
+        kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "pad_token_id": padding_id(tokenizer),
+                                  "eos_token_id": sorted(chat.stop_ids), "num_return_sequences": sampling.n}
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
@@ -158,14 +159,14 @@ class Engine:
 
     def _run_batch(self, target: Target, conversations: list[list[dict[str, Any]]], sampling: Sampling) -> list[Generation]:
         shared = self.models.get(target.base)
-        tokenizer = shared.tokenizer
+        chat, tokenizer = shared.chat, shared.tokenizer
         with shared.hold():
             model = shared.for_inference(target.weights)
-            prompts = [render(tokenizer, messages, add_generation_prompt=True) for messages in conversations]
+            prompts = [chat.render(messages, add_generation_prompt=True) for messages in conversations]
             encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            kwargs = self._kwargs(tokenizer, sampling)
+            kwargs = self._kwargs(chat, sampling)
             if sampling.grammar is not None:
                 kwargs["logits_processor"] = [GrammarLogitsProcessor(tokenizer, sampling.grammar, encoded["input_ids"].shape[1])]
             with torch.no_grad():
@@ -177,7 +178,7 @@ class Engine:
             texts, reasons, completion_tokens = [], [], 0
             for j in range(sampling.n):
                 new = output[i * sampling.n + j, width:].tolist()
-                text, reason, used = self._finish(tokenizer, new, sampling)
+                text, reason, used = self._finish(chat, new, sampling)
                 texts.append(text)
                 reasons.append(reason)
                 completion_tokens += used
@@ -185,14 +186,15 @@ class Engine:
         return results
 
     @staticmethod
-    def _finish(tokenizer, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
-        """Text, finish reason and tokens used of one generated sequence."""
-        eos = tokenizer.eos_token_id
-        if eos in new:
-            new = new[: new.index(eos) + 1]
-            text, reason = tokenizer.decode(new[:-1], skip_special_tokens=True), "stop"
+    def _finish(chat: ChatTemplate, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
+        """Text, finish reason and tokens used of one generated sequence: it ends at the first of the model's stop
+        tokens (not counted in the text, counted as used)."""
+        end = next((i for i, token in enumerate(new) if token in chat.stop_ids), None)
+        if end is not None:
+            new = new[: end + 1]
+            text, reason = chat.tokenizer.decode(new[:-1], skip_special_tokens=True), "stop"
         else:
-            text, reason = tokenizer.decode(new, skip_special_tokens=True), "length"
+            text, reason = chat.tokenizer.decode(new, skip_special_tokens=True), "length"
         for stop in sampling.stop:
             if stop in text:
                 text, reason = text[: text.index(stop)], "stop"
@@ -257,7 +259,7 @@ class Engine:
     def _finish_stream(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
         """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
         # the engine's own tokenizer: the shared one may be decoding a batch right now
-        text, reason, used = self._with_counting_tokenizer(base, lambda tokenizer: self._finish(tokenizer, new, sampling))
+        text, reason, used = self._with_counting_tokenizer(base, lambda chat: self._finish(chat, new, sampling))
         done = reason == "stop" or len(new) >= sampling.max_tokens
         return text, reason if done else None, used
 
@@ -277,11 +279,9 @@ class Engine:
             shared = self.models.get(target.base)
             generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
             with shared.hold():
-                tokenizer = shared.tokenizer
-                prompt = render(tokenizer, messages, add_generation_prompt=True)
-                step_input = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)["input_ids"]
-                eos = tokenizer.eos_token_id
-                constraint = Constraint(tokenizer, sampling.grammar) if sampling.grammar is not None else None
+                chat = shared.chat
+                step_input = torch.tensor([chat.prompt_ids(messages)])
+                constraint = Constraint(chat.tokenizer, sampling.grammar) if sampling.grammar is not None else None
             if not put(("prompt", int(step_input.shape[1]))):
                 return
             cache, new = None, []
@@ -291,7 +291,7 @@ class Engine:
                 with shared.hold():
                     model = shared.for_inference(target.weights)
                     with torch.no_grad():
-                        output = model(input_ids=step_input, past_key_values=cache, use_cache=True)
+                        output = model(input_ids=step_input.to(model.device), past_key_values=cache, use_cache=True)
                 cache = output.past_key_values
                 logits = output.logits[0, -1].float()
                 token = _next_token(constraint.mask(logits) if constraint else logits, sampling, generator)
@@ -300,7 +300,7 @@ class Engine:
                 new.append(token)
                 if not put(("token", token)):
                     return
-                if token == eos or (sampling.stop and self._finish_stream(target.base, new, sampling)[1] == "stop"):
+                if token in chat.stop_ids or (sampling.stop and self._finish_stream(target.base, new, sampling)[1] == "stop"):
                     break
                 step_input = torch.tensor([[token]])
             put(("end", None))

@@ -25,6 +25,7 @@ from helpers.data.dataprep import read_jsonl
 from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
+from helpers.server.bases import Bases
 from helpers.server.hyperparameters import resolve_auto
 from helpers.server.records import JobRecord, Jobs, JobStatus, hyperparameter_fields
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
@@ -44,10 +45,11 @@ REFERENCE_BATCH = 8  # DPO pairs per forward pass when their reference log-proba
 class JobRunner:
     """Runs queued jobs in a background thread: keys take turns, each key's jobs oldest first."""
 
-    def __init__(self, store: Store, models: SharedModels) -> None:
+    def __init__(self, store: Store, models: SharedModels, bases: Bases | None = None) -> None:
         self.store = store
         self.jobs = Jobs(store)
         self.models = models
+        self.bases = bases or Bases()
         self._queues: dict[str, deque[str]] = {}  # owner -> its waiting job ids, oldest first (owners in arrival order)
         self._served: dict[str, int] = {}  # owner -> the turn in which one of its jobs last started
         self._turn = 0
@@ -199,10 +201,10 @@ class JobRunner:
         if job is None or job.status.finished:
             return
         owner = self._owner(job_id)
-        base = catalogue.base_models()[job.base] if job.base else catalogue.resolve_base(job.model)
-        if base is None:  # only a job stored by another version could name no local model
-            self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model",
-                                                          "message": f"No local model serves {job.model}."})
+        base = self.bases.by_name(job.base) if job.base else self.bases.resolve(job.model)
+        if base is None:  # a brought base the server was restarted without (or a job stored by another version)
+            self._finish(job_id, JobStatus.FAILED, error={"code": "model_not_available", "param": "model", "message":
+                         f"This job cannot run: {self.bases.missing(job.base) if job.base else f'no local model serves {job.model}.'}"})
             return
         if job.status == JobStatus.VALIDATING_FILES:
             reports = self._validate(job)
@@ -237,9 +239,9 @@ class JobRunner:
         settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=job.seed)
-        tokenizer = localmodels.load_tokenizer(base)
-        train_examples = self._examples(job, owner, tokenizer, base, job.training_file)
-        valid_examples = self._examples(job, owner, tokenizer, base, job.validation_file)
+        chat = localmodels.load_chat(base)
+        train_examples = self._examples(job, owner, chat, base, job.training_file)
+        valid_examples = self._examples(job, owner, chat, base, job.validation_file)
         start = self._starting_point(job, owner)
         if start is None:
             return
@@ -270,7 +272,7 @@ class JobRunner:
             self.event(job_id, text, kind="metrics", data=m.as_dict())
 
         try:
-            training.train(model, tokenizer, train_examples, valid_examples, settings, on_step=on_step,
+            training.train(model, chat.tokenizer, train_examples, valid_examples, settings, on_step=on_step,
                            on_epoch_end=partial(self._checkpoint, job, owner, shared, adapter), should_stop=lambda: job_id in self._cancel, start_epoch=start_epoch,
                            hold=lambda: shared.training_turn(adapter))
             name = _model_name(job)
@@ -280,7 +282,7 @@ class JobRunner:
             with shared.hold():
                 shared.remove_training_adapter(adapter)
         self.store.put("model", {"id": name, "object": "model", "created": now(), "owned_by": ORGANIZATION,
-                                 "_base": base.name, "_job": job_id}, owner)
+                                 "_base": base.name, "_base_location": base.location, "_job": job_id}, owner)
         self.event(job_id, f"New fine-tuned model created: {name}")
         results = self._results_file(owner, job_id, history)
         job = self._job(job_id)
@@ -303,7 +305,8 @@ class JobRunner:
             self.store.delete("checkpoint", old["id"])
             shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
 
-    def _examples(self, job: JobRecord, owner: str, tokenizer, base: catalogue.LocalBase, file_id: str | None) -> list:
+    def _examples(self, job: JobRecord, owner: str, chat: chat_template.ChatTemplate, base: catalogue.LocalBase,
+                  file_id: str | None) -> list:
         """A job's file, tokenized for its method; chat examples longer than the model's training window are skipped
         (with a warning event)."""
         from helpers.server import training
@@ -312,8 +315,8 @@ class JobRunner:
             return []
         rows = read_jsonl(self.store.file_path(owner, file_id))
         if job.kind == "dpo":
-            return [chat_template.encode_preference(tokenizer, row) for row in rows]
-        encoded = [chat_template.encode_chat(tokenizer, row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))
+            return [chat.encode_preference(row) for row in rows]
+        encoded = [chat.encode_chat(row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))
                    for row in rows]
         kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
         if len(kept) < len(encoded):

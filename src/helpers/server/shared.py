@@ -94,14 +94,16 @@ INFERENCE_ATTENTION, TRAINING_ATTENTION = "sdpa", "eager"
 
 
 class SharedModel:
-    """A base model, its tokenizer (left padding, for batched generation) and the adapters attached to it.
+    """A base model, its chat template and tokenizer (left padding, for batched generation) and the adapters attached
+    to it.
 
     Every method that touches the model is called inside ``hold()``."""
 
     def __init__(self, base: catalogue.LocalBase) -> None:
         self.base = base
         self.hold = FairLock()
-        self.tokenizer = localmodels.load_tokenizer(base)
+        self.chat = localmodels.load_chat(base)
+        self.tokenizer = self.chat.tokenizer
         self.tokenizer.padding_side = "left"
         self.model = localmodels.load_model(base)
         self.model.eval()
@@ -158,9 +160,9 @@ class SharedModel:
             elif self.peft is None:
                 from peft import get_peft_model
 
-                self.peft = get_peft_model(self.model, settings.lora_config(), adapter_name=name)
+                self.peft = get_peft_model(self.model, settings.lora_config(self.model), adapter_name=name)
             else:
-                self.peft.add_adapter(name, settings.lora_config())
+                self.peft.add_adapter(name, settings.lora_config(self.model))
 
         self._attach(name, create)
         self._training.add(name)

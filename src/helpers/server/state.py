@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from helpers.data.chat_format import text_problem
+from helpers.server.bases import Bases
 from helpers.server.errors import bad_request, from_validation, not_found
 from helpers.server.inference import Engine
 from helpers.server.jobs import JobRunner
@@ -36,13 +37,15 @@ class Limits:
 
 @dataclass
 class ServerState:
-    """One server's parts: the store, the shared base models, the inference engine, the job runner, the limits."""
+    """One server's parts: the store, the base models it knows and those loaded (shared), the inference engine, the job
+    runner, the limits."""
 
     store: Store
     models: SharedModels
     engine: Engine
     runner: JobRunner
     limits: Limits
+    bases: Bases = field(default_factory=Bases)
     #: owner (hashed key) -> the name the facilitator gave the key, for ``/queue``
     labels: dict[str, str] = field(default_factory=dict)
     #: when the last request was answered (``time.monotonic()``), for the idle timeout

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 
 from helpers.server.chat_template import IGNORE
 
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: LoRA's targets unless a sweep names some: every linear layer of the decoder (peft finds them in the model: attention
+#: and MLP projections, whatever a family calls them), never the output layer.
+ALL_LINEAR = "all-linear"
 BASE_LEARNING_RATE = 2e-3  # times learning_rate_multiplier (LoRA); "auto" multipliers: helpers.server.jobs
 MAX_SEQ_LEN = 1024
-N_LAYERS = 30  # SmolLM2-135M's decoder layers
 MEGABATCH = 16  # length grouping: examples are sorted by length within runs of MEGABATCH batches
 
 
@@ -45,7 +46,7 @@ class TrainSettings:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ALL_PROJECTIONS
+    lora_targets: tuple[str, ...] | None = None  # None: ALL_LINEAR
     eval_every: int = 10                # steps between validation-batch losses
     lora_b_lr_ratio: float = 1.0        # LoRA+ (Hayou et al., 2024): B learns this many times faster (sweep only)
     neftune_alpha: float = 5.0          # NEFTune (Jain et al., 2023): noise on the input embeddings while training (supervised)
@@ -55,12 +56,14 @@ class TrainSettings:
     def learning_rate(self) -> float:
         return BASE_LEARNING_RATE * self.learning_rate_multiplier
 
-    def lora_config(self):
+    def lora_config(self, model):
+        """The adapter for ``model``: its targets and layer count read from the model itself."""
         from peft import LoraConfig
 
-        top = {"layers_to_transform": list(range(N_LAYERS - self.lora_top_layers, N_LAYERS)), "layers_pattern": "layers"} if self.lora_top_layers else {}
+        layers = _causal_lm(model).config.get_text_config().num_hidden_layers
+        top = {"layers_to_transform": list(range(layers - self.lora_top_layers, layers)), "layers_pattern": "layers"} if self.lora_top_layers else {}
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=list(self.lora_targets), task_type="CAUSAL_LM", **top)
+                          target_modules=list(self.lora_targets) if self.lora_targets else ALL_LINEAR, task_type="CAUSAL_LM", **top)
 
 
 @dataclass
@@ -106,7 +109,8 @@ def micro_batches(batch: list[tuple[list[int], list[int]]], max_tokens: int) -> 
 
 
 def padding_id(tokenizer) -> int:
-    """The id batches are padded with (SmolLM2's pad is its eos; labels never come from it)."""
+    """The id batches are padded with: the pad token, else the eos (SmolLM2's pad is its eos; labels never come
+    from it, and the attention mask hides it)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -140,10 +144,13 @@ def labelled_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     they should predict, and the mask of those positions (batch x width - 1)."""
     lm = _causal_lm(model)
     with autocast(model):
-        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
+        hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, :-1]
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
-        logits = lm.lm_head(hidden[mask]).float()
+        logits = lm.get_output_embeddings()(hidden[mask]).float()
+    cap = getattr(lm.config.get_text_config(), "final_logit_softcapping", None)  # Gemma 2's, as its forward applies it
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
     return logits, targets[mask], mask
 
 
@@ -180,7 +187,7 @@ def accumulate_gradients(model, batch: list[tuple[list[int], list[int]]], pad_id
     """Backward through ``batch`` in passes of at most ``max_tokens`` padded tokens; the gradients are those of the
     batch's mean token loss. Returns that loss (detached) and the token accuracy."""
     labelled = sum(sum(1 for t in labels[1:] if t != IGNORE) for _, labels in batch)
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     correct = 0.0
     for part in micro_batches(batch, max_tokens):
         loss, accuracy, count = loss_and_accuracy(model, collate(part, pad_id, device))
@@ -264,7 +271,7 @@ def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None 
         if resume_from is not None:
             model = PeftModel.from_pretrained(base_model, resume_from, is_trainable=True)
         else:
-            model = get_peft_model(base_model, settings.lora_config())
+            model = get_peft_model(base_model, settings.lora_config(base_model))
     keep_input_dtype(model)
     return model
 

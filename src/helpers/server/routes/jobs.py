@@ -58,11 +58,14 @@ def starting_point(state: ServerState, owner: str, model: str) -> tuple[catalogu
             raise bad_request(f"'{model}' is not one of your fine-tuned models or checkpoints, so a job cannot start from it. "
                               "Check the name with client.models.list(), or start from a base model such as 'gpt-4.1-mini'.",
                               "model", code="model_not_available")
-    base = catalogue.base_models()[start["_base"]] if start else catalogue.resolve_base(model)
-    if base is None:
-        names = ", ".join(sorted({*catalogue.aliases(), *catalogue.base_models()}))
-        raise bad_request(f"Model '{model}' is not available for fine-tuning on the local backend. Available: {names}.", "model",
+    base = state.bases.by_name(start["_base"]) if start else state.bases.resolve(model)
+    if base is None and start is not None:
+        raise bad_request(f"A job cannot start from '{model}' now: {state.bases.missing(start['_base'])}", "model",
                           code="model_not_available")
+    if base is None:
+        raise bad_request(f"Model '{model}' is not available for fine-tuning on the local backend. Available: "
+                          f"{', '.join(state.bases.names())} (bring your own with `workbook serve --model NAME=SOURCE`).",
+                          "model", code="model_not_available")
     return base, start
 
 

@@ -1,12 +1,12 @@
-"""``/v1/models``: the base models (each OpenAI name the local base model stands in for) and the caller's fine-tuned
-models and checkpoints; which weights answer for a model name."""
+"""``/v1/models``: the base models (the shipped one under each OpenAI name it stands in for, and the models the server
+was started with: :mod:`helpers.server.bases`) and the caller's fine-tuned models and checkpoints; which weights answer
+for a model name."""
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
 
-from helpers.pricing import catalogue
 from helpers.server.errors import ApiError, bad_request
 from helpers.server.inference import Target
 from helpers.server.jobs import ORGANIZATION
@@ -23,8 +23,8 @@ def base_model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": SERVER_STARTED, "owned_by": "system"}
 
 
-def base_model_cards() -> list[dict[str, Any]]:
-    return [base_model_card(name) for name in sorted({*catalogue.base_models(), *catalogue.aliases()})]
+def base_model_cards(state: ServerState) -> list[dict[str, Any]]:
+    return [base_model_card(name) for name in state.bases.names()]
 
 
 def checkpoint_model(state: ServerState, owner: str, name: str) -> dict[str, Any] | None:
@@ -32,28 +32,32 @@ def checkpoint_model(state: ServerState, owner: str, name: str) -> dict[str, Any
     for _, ckpt in state.store.all("checkpoint", owner=owner):
         if ckpt["fine_tuned_model_checkpoint"] == name:
             job = Jobs(state.store).get(ckpt["fine_tuning_job_id"], owner)
-            base = catalogue.resolve_base(job.model) if job else None
+            base = (job.base or getattr(state.bases.resolve(job.model), "name", None)) if job else None
             if base is not None:
-                return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION, "_base": base.name}
+                return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION, "_base": base}
     return None
 
 
 def find_model(state: ServerState, owner: str, name: str) -> tuple[dict[str, Any], Target]:
     """The model card and the weights that answer for ``name``, or a 404."""
-    base = catalogue.resolve_base(name)
+    base = state.bases.resolve(name)
     if base is not None and not name.startswith("ft:"):
         return base_model_card(name), Target(base)
     card = state.store.get("model", name, owner) or checkpoint_model(state, owner, name)
     if card is None:
         raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
                        code="model_not_found")
-    return card, Target(catalogue.base_models()[card["_base"]], state.store.model_dir(owner, name))
+    base = state.bases.by_name(card["_base"])
+    if base is None:
+        raise ApiError(404, f"The model '{name}' cannot answer now: {state.bases.missing(card['_base'])}", param="model",
+                       code="model_not_available")
+    return card, Target(base, state.store.model_dir(owner, name))
 
 
 @router.get("")
 def list_models(state: State, owner: Owner) -> dict[str, Any]:
     tuned = [public(m) for _, m in state.store.all("model", owner=owner)]
-    return {"object": "list", "data": base_model_cards() + tuned}
+    return {"object": "list", "data": base_model_cards(state) + tuned}
 
 
 @router.get("/{model:path}")
