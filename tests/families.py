@@ -149,15 +149,19 @@ def build(name: str, folder: Path, seed: int = 0) -> Path:
     family = FAMILIES[name]
     tokenizer = family_tokenizer(family)
     config = getattr(transformers, family.architecture)(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=2048, tie_word_embeddings=True,
+        # wide enough initial weights that LoRA alone can make one token likely: with the usual 0.02, the normed last
+        # hidden state times a tied embedding row stays near 1 logit, and the loss cannot fall far below ln(vocab)
+        initializer_range=0.3,
+        # no pad id in the config, as Llama 3's and Qwen 2.5's have none: transformers zeroes a pad id's embedding row at
+        # initialisation, and tied to the output layer that row would make the end-of-turn token (the pad) unlearnable
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
-                     eos_token_id=tokenizer.convert_tokens_to_ids(list(family.stops))).save_pretrained(folder)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.convert_tokens_to_ids(list(family.stops))).save_pretrained(folder)
     return Path(folder)
 
 

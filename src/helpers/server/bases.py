@@ -94,13 +94,11 @@ def brought_bases(models: list[str] = (), models_file: str | None = None) -> Bas
     if setting is not None:
         specs += read_models_file(setting, "WORKBOOK_MODELS")
     taken = {name: "the shipped model or an OpenAI name it stands in for" for name in Bases().names()}
-    brought: dict[str, catalogue.LocalBase] = {}
-    for name, source, where in specs:
+    for name, _, where in specs:  # every name first: a clash is found before any model is read
         if name in taken:
             raise ModelSourceError(f"{where}: two models under the name {name!r} (the other: {taken[name]}). Give each its own name.")
         taken[name] = where
-        brought[name] = bring(name, source, where)
-    return Bases(brought)
+    return Bases({name: bring(name, source, where) for name, source, where in specs})
 
 
 def offline() -> str | None:

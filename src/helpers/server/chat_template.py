@@ -142,8 +142,13 @@ class ChatTemplate:
         return _apply(self.tokenizer, self.conversation(messages), add_generation_prompt=add_generation_prompt)
 
     def prompt_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        """The token ids of a prompt that asks for the next assistant turn."""
-        return self.tokenizer(self.render(messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+        """The token ids of a prompt that asks for the next assistant turn, cut into pieces where earlier assistant turns
+        start and end, as a training example with these turns is (:meth:`encode_chat`)."""
+        prompt = self.render(messages, add_generation_prompt=True)
+        if not any(m["role"] == "assistant" for m in messages):
+            return self._tokens(prompt)
+        text, spans = self.assistant_spans(messages)
+        return self._pieces(prompt, spans)[0] if prompt.startswith(text) else self._tokens(prompt)
 
     # -- what a training example teaches ------------------------------------------------------
     def assistant_spans(self, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, bool]]]:
@@ -176,22 +181,32 @@ class ChatTemplate:
 
     def encode_chat(self, messages: list[dict[str, Any]], functions: list[dict[str, Any]] | None = None) -> tuple[list[int], list[int]]:
         """Token ids and labels: each learned assistant turn's tokens through its end-of-turn token; nothing else.
-        With ``functions`` (an example's tools), the prompt shows them as an answer's prompt does (``with_tools``)."""
-        text, spans = self.assistant_spans(with_tools(messages, functions or []))
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
-        labels = [IGNORE] * len(ids)
-        token = 0
+        With ``functions`` (an example's tools), the prompt shows them as an answer's prompt does (``with_tools``).
+
+        The text is tokenized in pieces cut where each assistant turn starts and ends, as a prompt is (``prompt_ids``), so
+        the tokens before a turn are those the model gets when it answers (tokenized together, a tokenizer may join a
+        prompt's closing newlines with the answer's first letters: Llama 3's template ends its prompt with two)."""
+        return self._pieces(*self.assistant_spans(with_tools(messages, functions or [])))
+
+    def _pieces(self, text: str, spans: list[tuple[int, int, bool]]) -> tuple[list[int], list[int]]:
+        """``text`` tokenized piece by piece, cut where each assistant turn (``spans``) starts and ends, and the labels."""
+        ids: list[int] = []
+        labels: list[int] = []
+        cursor = 0
         for start, end, keep in spans:
-            while token < len(ids) and offsets[token][1] <= start:
-                token += 1
-            while token < len(ids) and offsets[token][0] < end:
-                if keep:
-                    labels[token] = ids[token]
-                token += 1
-                if ids[token - 1] in self.stop_ids and not self.marked:
-                    break  # what the template writes after the turn's end is not the model's to say
-        return ids, labels
+            if not self.marked:  # the turn ends with its first end-of-turn token; what follows belongs to the next prompt
+                block = self.tokenizer(text[start:end], add_special_tokens=False, return_offsets_mapping=True)
+                stop = next((i for i, t in enumerate(block["input_ids"]) if t in self.stop_ids), None)
+                end = start + block["offset_mapping"][stop][1] if stop is not None else end
+            before, turn = self._tokens(text[cursor:start]), self._tokens(text[start:end])
+            ids += before + turn
+            labels += [IGNORE] * len(before) + (turn if keep else [IGNORE] * len(turn))
+            cursor = end
+        tail = self._tokens(text[cursor:])
+        return ids + tail, labels + [IGNORE] * len(tail)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def encode_preference(self, example: dict[str, Any]) -> dict[str, list[int]]:
         """Prompt ids, and completion ids for the preferred and the other output (each the turn's learned tokens, so

@@ -162,8 +162,8 @@ class Engine:
         chat, tokenizer = shared.chat, shared.tokenizer
         with shared.hold():
             model = shared.for_inference(target.weights)
-            prompts = [chat.render(messages, add_generation_prompt=True) for messages in conversations]
-            encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            prompts = [chat.prompt_ids(messages) for messages in conversations]
+            encoded = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)  # on the left
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             kwargs = self._kwargs(chat, sampling)

@@ -105,6 +105,8 @@ class SharedModel:
         self.chat = localmodels.load_chat(base)
         self.tokenizer = self.chat.tokenizer
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # Llama 3 has none: batches are padded with the eos, which the mask hides
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = localmodels.load_model(base)
         self.model.eval()
         self.peft: Any = None  # a PeftModel around self.model, from the first adapter on
@@ -214,6 +216,8 @@ class SharedModel:
         self._active = None  # adding an adapter may change which one peft has active
 
     def _attention(self, implementation: str) -> None:
+        if implementation == "sdpa" and not getattr(self.model, "_supports_sdpa", False):
+            implementation = "eager"  # a family transformers has no SDPA for (Gemma 2: its attention softcap)
         if self.model.config._attn_implementation != implementation:
             self.model.set_attn_implementation(implementation)
 

@@ -1,0 +1,123 @@
+"""The fast tier: models a user brings (``workbook serve --model NAME=SOURCE``, ``--models FILE``, ``WORKBOOK_MODELS``):
+every bad source is a clear error that names it and stops the server before it touches anything; a brought base is
+listed, trained and answered under its name through the routes (fake engine, no model)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from helpers.cli import EXIT_USAGE, main
+from helpers.pricing.catalogue import LocalBase
+from helpers.server.app import create_app
+from helpers.server.bases import Bases, ModelSourceError, brought_bases
+
+from test_api import CHAT, FakeEngine, NoModels
+
+
+def test_a_missing_source_is_named(tmp_path):
+    with pytest.raises(ModelSourceError, match=r"--model mine=.*nowhere: .*nowhere does not exist\. Give a folder"):
+        brought_bases([f"mine={tmp_path / 'nowhere'}"])
+
+
+def test_a_hub_id_while_offline_names_the_setting(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelSourceError, match=r"Qwen/Qwen2.5-0.5B-Instruct is a hub id, and this machine may not download "
+                                               r"\(HF_HUB_OFFLINE=1\).*unset HF_HUB_OFFLINE"):
+        brought_bases(["qwen=Qwen/Qwen2.5-0.5B-Instruct"])
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["mine=/a", "mine=/b"], r"--model mine=/b: two models under the name 'mine' \(the other: --model mine=/a\)"),
+    (["gpt-4.1-mini=/a"], r"two models under the name 'gpt-4.1-mini' \(the other: the shipped model"),
+    (["no-equals-sign"], r"'no-equals-sign' is not NAME=SOURCE"),
+    (["ft:mine=/a"], r"the name 'ft:mine' must be .* \(no ':'"),
+])
+def test_names_are_checked_before_any_model_is_read(specs, message):
+    with pytest.raises(ModelSourceError, match=message):
+        brought_bases(specs)  # the sources do not exist: the names fail first
+
+
+def test_a_models_file_error_names_its_file_and_line(tmp_path, monkeypatch):
+    listing = tmp_path / "models.txt"
+    listing.write_text("# my models\n\nok=/somewhere\nbroken line\n", encoding="utf-8")
+    monkeypatch.setenv("WORKBOOK_MODELS", str(listing))
+    with pytest.raises(ModelSourceError, match=rf"{listing}, line 4: 'broken line' is not NAME=SOURCE"):
+        brought_bases()
+
+
+def test_an_unknown_architecture_or_a_folder_without_weights_is_refused(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "nonesuch-lm"}), encoding="utf-8")
+    with pytest.raises(ModelSourceError, match=r"has no weights \(\*\.safetensors"):
+        brought_bases([f"odd={folder}"])
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelSourceError, match=r"the architecture in .*config.json is unknown to transformers"):
+        brought_bases([f"odd={folder}"])
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelSourceError, match=r"has no config.json"):
+        brought_bases([f"odd={folder}"])
+
+
+def test_serve_stops_with_the_message_and_writes_nothing(tmp_path, capsys):
+    data = tmp_path / "server"
+    assert main(["serve", "--data-dir", str(data), "--model", f"mine={tmp_path / 'missing'}"]) == EXIT_USAGE
+    assert "workbook serve: cannot bring a model: --model mine=" in capsys.readouterr().err
+    assert not data.exists()
+
+
+@pytest.fixture()
+def api_with_mine(tmp_path):
+    mine = LocalBase("mine", "", "", 4096, 1024, "mine, brought from a folder", str(tmp_path))
+    engine = FakeEngine()
+    app = create_app(tmp_path / "data", start_worker=False, allowed_hosts=None, models=NoModels(), engine=engine,  # type: ignore[arg-type]
+                     bases=Bases({"mine": mine}))
+    with TestClient(app, headers={"Authorization": "Bearer key-a"}) as client:
+        client.engine = engine  # type: ignore[attr-defined]
+        client.app_state = app.state.workbook  # type: ignore[attr-defined]
+        yield client
+
+
+def test_a_brought_model_is_listed_trained_and_answered_under_its_name(api_with_mine):
+    api = api_with_mine
+    assert "mine" in [m["id"] for m in api.get("/v1/models").json()["data"]]
+    assert api.get("/v1/models/mine").json()["owned_by"] == "system"
+    file_id = api.post("/v1/files", files={"file": ("t.jsonl", (json.dumps(CHAT) + "\n") * 10)}, data={"purpose": "fine-tune"}).json()["id"]
+    job = api.post("/v1/fine_tuning/jobs", json={"model": "mine", "training_file": file_id}).json()
+    assert job["model"] == "mine"
+    assert api.app_state.store.get("job", job["id"], None)["_base"] == "mine"
+    answer = api.post("/v1/chat/completions", json={"model": "mine", "messages": [{"role": "user", "content": "abc"}]})
+    assert answer.status_code == 200, answer.text
+    target = api.engine.asked[-1][0]
+    assert (target.base.name, target.weights) == ("mine", None)
+    unknown = api.post("/v1/fine_tuning/jobs", json={"model": "theirs", "training_file": file_id}).json()["error"]
+    assert "Available: " in unknown["message"] and "mine" in unknown["message"] and "--model NAME=SOURCE" in unknown["message"]
+
+
+def test_a_tuned_model_whose_base_is_not_served_now_says_how_to_bring_it_back(api_with_mine):
+    from helpers.server.store import owner_of
+
+    api = api_with_mine
+    api.app_state.store.put("model", {"id": "ft:gone:local::abcd1234", "object": "model", "created": 0, "owned_by": "org-local",
+                                      "_base": "gone", "_job": "ftjob-x"}, owner_of("key-a"))
+    answer = api.post("/v1/chat/completions", json={"model": "ft:gone:local::abcd1234", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 404
+    error = answer.json()["error"]
+    assert error["code"] == "model_not_available"
+    assert "its base model 'gone' is not served by this server now: start it with --model gone=SOURCE" in error["message"]
+
+
+def test_device_and_models_settings_are_read(monkeypatch, tmp_path):
+    from helpers.server import localmodels
+    from helpers.settings import settings
+
+    monkeypatch.setenv("WORKBOOK_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="WORKBOOK_DEVICE must be one of auto, cpu, cuda, cuda:N, mps, got 'tpu'"):
+        localmodels.default_device()
+    monkeypatch.setenv("WORKBOOK_DEVICE", "cpu")
+    assert localmodels.default_device() == "cpu"
+    monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path / "m.txt"))
+    assert settings().models == Path(tmp_path / "m.txt")

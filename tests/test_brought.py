@@ -1,0 +1,115 @@
+"""Models a user brings, through the real server over HTTP with the official client: ``workbook serve --model
+NAME=FOLDER`` for tiny random-weight models of three other families (Llama 3, Qwen 2.5, Gemma 2: their real chat
+templates), SmolLM2 under a template that is not ChatML, and SmolLM2's own folder under another name."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from families import FAMILIES, build, retemplated_smollm2, smollm2_folder
+from server_harness import ServerProcess, wait_for_job
+
+from helpers.data.dataprep import read_jsonl
+from helpers.paths import DATA_DIR
+
+FORM = re.compile(r"^\S.* - CPT Code: \d{5}$")
+LOOKUP = {"name": "lookup_cpt_code", "description": "Find a procedure's CPT code.",
+          "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+REFUND = {"name": "issue_refund", "description": "Refund a payment.",
+          "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}}
+TOOLS = [{"type": "function", "function": LOOKUP}, {"type": "function", "function": REFUND}]
+TINY = {f"tiny-{name}": name for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brought")
+    flags = []
+    for name, family in TINY.items():
+        flags += ["--model", f"{name}={build(family, root / name)}"]
+    flags += ["--model", f"smol-plain={retemplated_smollm2(root / 'smol-plain')}", "--model", f"smol={smollm2_folder()}"]
+    process = ServerProcess(root / "data", *flags).start()
+    yield process
+    process.stop()
+
+
+def billing(rows: list[dict], system: bool) -> list[dict]:
+    """The course's examples; without the system message that states the form, the form can only be learned."""
+    return [{"messages": [m for m in r["messages"] if system or m["role"] != "system"]} for r in rows]
+
+
+def train(client, tmp_path, model: str, rows: list[dict], **hyperparameters):
+    path = tmp_path / f"{model}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    file = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=file.id, model=model, seed=7, hyperparameters=hyperparameters)
+    job = wait_for_job(client, job.id)
+    assert job.status == "succeeded", (job.error, [e.message for e in client.fine_tuning.jobs.list_events(job.id)])
+    return job
+
+
+def losses(client, job_id: str) -> list[float]:
+    events = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics"]
+    return [e.data["train_loss"] for e in sorted(events, key=lambda e: e.data["step"])]
+
+
+def test_brought_models_are_listed_under_their_names(server):
+    names = {m.id for m in server.client().models.list()}
+    assert {*TINY, "smol-plain", "smol", "gpt-4.1-mini"} <= names
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_a_tiny_model_of_another_family_trains_stops_by_itself_and_calls_tools(server, tmp_path, name):
+    client = server.client()
+    plain = [{"messages": [{"role": "user", "content": f"Say OK to request {i}."}, {"role": "assistant", "content": "OK"}]}
+             for i in range(12)]
+    calls = [{"messages": [{"role": "system", "content": "You look codes up."}, {"role": "user", "content": f"Find the code of procedure {i}."},
+                           {"role": "assistant", "content": None, "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
+                               "name": "lookup_cpt_code", "arguments": json.dumps({"query": f"procedure {i}"})}}]}],
+              "tools": TOOLS} for i in range(12)]
+    job = train(client, tmp_path, name, plain + calls, n_epochs=20, learning_rate_multiplier=3)
+    assert job.fine_tuned_model.startswith(f"ft:{name}:")
+    curve = losses(client, job.id)
+    assert sum(curve[-4:]) / 4 < 0.5 * sum(curve[:4]) / 4, curve  # it learned
+    # a tiny random model memorises rather than generalises: it is asked what it was trained on
+    answer = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=20,
+                                            messages=[{"role": "user", "content": "Say OK to request 5."}])
+    assert (answer.choices[0].message.content, answer.choices[0].finish_reason) == ("OK", "stop")  # ended by its end-of-turn token
+    called = client.chat.completions.create(model=job.fine_tuned_model, tools=TOOLS, tool_choice="required", max_tokens=60,
+                                            messages=[{"role": "system", "content": "You look codes up."},
+                                                      {"role": "user", "content": "Find the code of procedure 5."}])
+    call = called.choices[0].message.tool_calls[0]
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "lookup_cpt_code"  # the tool it was trained to call, of two
+    assert isinstance(json.loads(call.function.arguments)["query"], str)
+
+
+def test_smollm2_under_a_plain_text_template_learns_the_answer_form_and_stops(server, tmp_path):
+    client = server.client()
+    rows = billing(read_jsonl(DATA_DIR / "billing" / "train.jsonl")[:48], system=False)
+    held_out = billing(read_jsonl(DATA_DIR / "billing" / "test.jsonl")[:8], system=False)
+
+    def answers(model: str):
+        return [client.chat.completions.create(model=model, max_tokens=40, messages=r["messages"][:-1]).choices[0] for r in held_out]
+
+    before = answers("smol-plain")
+    job = train(client, tmp_path, "smol-plain", rows, n_epochs=2)
+    after = answers(job.fine_tuned_model)
+    print("smol-plain, held out:", [(c.message.content, c.finish_reason) for c in after])
+    assert all(c.finish_reason == "stop" for c in after)  # it stops by itself, at <|endoftext|>
+    assert sum(bool(FORM.match(c.message.content)) for c in after) >= 7
+    assert sum(bool(FORM.match(c.message.content)) for c in before) <= 2
+
+
+def test_smollm2_brought_from_its_folder_trains_and_answers_like_the_default(server, tmp_path):
+    client = server.client()
+    rows = billing(read_jsonl(DATA_DIR / "billing" / "train.jsonl")[:24], system=True)
+    held_out = billing(read_jsonl(DATA_DIR / "billing" / "test.jsonl")[:6], system=True)
+    jobs = {model: train(client, tmp_path, model, rows, n_epochs=2) for model in ("smol", "gpt-4.1-mini")}
+    curves = {model: losses(client, job.id) for model, job in jobs.items()}
+    assert curves["smol"] == pytest.approx(curves["gpt-4.1-mini"], rel=0.02)
+    answers = {model: [client.chat.completions.create(model=job.fine_tuned_model, max_tokens=40, messages=r["messages"][:-1])
+                       .choices[0].message.content for r in held_out] for model, job in jobs.items()}
+    print("smol vs gpt-4.1-mini, held out:", answers)
+    assert answers["smol"] == answers["gpt-4.1-mini"]
