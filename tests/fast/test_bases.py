@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from test_api import CHAT, FakeEngine, NoModels
 
 from helpers.cli import EXIT_USAGE, main
 from helpers.pricing.catalogue import LocalBase
 from helpers.server.app import create_app
 from helpers.server.bases import Bases, ModelSourceError, brought_bases
-
-from test_api import CHAT, FakeEngine, NoModels
 
 
 def test_a_missing_source_is_named(tmp_path):
