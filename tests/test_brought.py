@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from families import FAMILIES, build, retemplated_smollm2, smollm2_folder
@@ -113,3 +115,19 @@ def test_smollm2_brought_from_its_folder_trains_and_answers_like_the_default(ser
                        .choices[0].message.content for r in held_out] for model, job in jobs.items()}
     print("smol vs gpt-4.1-mini, held out:", answers)
     assert answers["smol"] == answers["gpt-4.1-mini"]
+
+
+def test_check_device_proves_a_machine_end_to_end_and_says_what_failed(tmp_path):
+    folder = build("llama3", tmp_path / "tiny")
+    command = [sys.executable, "-m", "helpers.cli", "check-device", "--model", f"tiny={folder}", "--examples", "16", "--requests", "4"]
+    done = subprocess.run([*command, "--base", "tiny"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+    assert re.search(r"training: 16 examples x 1 epoch\(s\) on tiny: [\d.]+ s, [\d,]+ trained tokens", done.stdout)
+    assert re.search(r"answers: 4 held-out requests at once in [\d.]+ s, \d+ tokens, [\d.]+ tokens/s", done.stdout)
+    assert re.search(r"device: cpu, dtype (float32|bfloat16); peak memory: \d+ MiB resident", done.stdout)
+    assert done.stdout.rstrip().endswith("workbook check-device: ok")
+    refused = subprocess.run([*command, "--base", "nonesuch"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert "workbook check-device: FAILED: the server answered 400 Model 'nonesuch' is not available" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -1,4 +1,4 @@
-"""The ``workbook`` command line: validate, serve, stop, export, keys, queue, report, doctor (``workbook --help``)."""
+"""The ``workbook`` command line: validate, serve, check-device, stop, export, keys, queue, report, doctor (``workbook --help``)."""
 from __future__ import annotations
 
 import argparse
@@ -111,6 +111,18 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle,
                      allowed_hosts=allowed, bases=bases)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return EXIT_OK
+
+
+def _check_device(args: argparse.Namespace) -> int:
+    from helpers.course.device_check import CheckFailed, run
+
+    try:
+        run(args.base, args.model, examples=args.examples, epochs=args.epochs, requests=args.requests)
+    except CheckFailed as exc:
+        print(f"workbook check-device: FAILED: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print("workbook check-device: ok")
     return EXIT_OK
 
 
@@ -237,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many minutes with no request and no running or waiting job (default: never; "
                        "a server that the notebooks start stops after WORKBOOK_IDLE_MINUTES, default 30)")
     serve.set_defaults(handler=_serve)
+    check = commands.add_parser("check-device", help="prove this machine (a GPU above all) end to end: a server of its own "
+                                "trains a small job, the tuned model answers held-out requests; prints the device, dtype, "
+                                "job time, tokens/s and peak memory")
+    check.add_argument("--base", default="gpt-4.1-mini", help="the model to train (default: the shipped one; or a NAME "
+                       "given with --model)")
+    check.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE", help="bring a model, as workbook serve does")
+    check.add_argument("--examples", type=int, default=32, help="course examples to train on (default: 32)")
+    check.add_argument("--epochs", type=int, default=1)
+    check.add_argument("--requests", type=int, default=16, help="held-out requests answered at once (default: 16)")
+    check.set_defaults(handler=_check_device)
     stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
     stop.add_argument("--port", type=int, default=None, help=f"default: WORKBOOK_PORT or {DEFAULT_PORT}")
     stop.set_defaults(handler=_stop)

@@ -47,6 +47,9 @@ class NoModels:
     def loaded(self) -> list:
         return []
 
+    def memory(self) -> dict:
+        return {}
+
 
 @pytest.fixture()
 def api(tmp_path):

@@ -120,13 +120,19 @@ def local_server(port: int | None = None, data_dir: Path | None = None, *, start
         raise BackendUnavailable(f"No local server at {url}. Start one with `workbook serve`.")
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(server.log_file, "ab") as log:
-        subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                          "--idle-timeout", str(idle_minutes()), *(["--training-closed"] if training_closed else [])],
-                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        started = log.tell()
+        process = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+                                    "--idle-timeout", str(idle_minutes()), *(["--training-closed"] if training_closed else [])],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _healthy(url) is not None:
             return server
+        if process.poll() is not None:  # it refused to start (a bad WORKBOOK_MODELS line, a device it cannot use): say why
+            with open(server.log_file, "rb") as log:
+                log.seek(started)
+                said = log.read().decode("utf-8", "replace").strip().splitlines()
+            raise BackendUnavailable(f"The local server did not start: {said[-1] if said else 'no message'} (log: {server.log_file}).")
         time.sleep(0.3)
     raise BackendUnavailable(f"The local server did not start within {timeout_s:.0f} s; see {server.log_file}.")
 

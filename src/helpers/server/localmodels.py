@@ -263,3 +263,25 @@ def describe_device() -> list[str]:
                  "optimizer state fp32" + ("; training under bf16 autocast" if dtype == "bfloat16" else ""))
     lines.append("attention: sdpa to answer, eager to train (transformers' implementations)")
     return lines
+
+
+def memory() -> dict[str, float | None]:
+    """This process's memory in MiB: resident now and at its peak (the CPU's RAM), and the peak the GPU's allocator
+    has held (None on the CPU)."""
+    import resource
+    import sys
+
+    import torch
+
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    try:
+        resident = int(Path("/proc/self/statm").read_text().split()[1]) * page / 2**20
+    except OSError:  # not Linux
+        resident = None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    device_peak = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device_peak = torch.cuda.max_memory_allocated() / 2**20
+    elif torch.backends.mps.is_available():
+        device_peak = torch.mps.driver_allocated_memory() / 2**20
+    return {"resident_mb": resident, "peak_resident_mb": peak, "device_peak_mb": device_peak}

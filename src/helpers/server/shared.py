@@ -118,7 +118,7 @@ class SharedModel:
 
     def describe(self) -> dict:
         """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
-        return {"base": self.base.name, "dtype": str(self.model.dtype).removeprefix("torch."),
+        return {"base": self.base.name, "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
                 "inference_adapters": len(self._inference), "training_adapters": len(self._training)}
 
     # -- inference ------------------------------------------------------------------------------
@@ -246,3 +246,7 @@ class SharedModels:
     def loaded(self) -> list[SharedModel]:
         with self._lock:
             return list(self._models.values())
+
+    def memory(self) -> dict[str, float | None]:
+        """The process's memory (``localmodels.memory``), for /health."""
+        return localmodels.memory()

@@ -19,7 +19,8 @@ router = APIRouter()
 def health(state: State) -> dict[str, Any]:
     return {"status": "ok", "started_at": SERVER_STARTED, "data_dir": str(state.store.data_dir), "pid": os.getpid(),
             "training_closed": state.limits.training_closed,
-            "inference": dict(state.engine.stats), "models": [m.describe() for m in state.models.loaded()]}
+            "inference": dict(state.engine.stats), "models": [m.describe() for m in state.models.loaded()],
+            "memory": state.models.memory()}
 
 
 @router.get("/queue")
