@@ -120,3 +120,13 @@ def test_device_and_models_settings_are_read(monkeypatch, tmp_path):
     assert localmodels.default_device() == "cpu"
     monkeypatch.setenv("WORKBOOK_MODELS", str(tmp_path / "m.txt"))
     assert settings().models == Path(tmp_path / "m.txt")
+
+
+def test_the_auto_learning_rate_falls_with_the_models_width():
+    from helpers.server.hyperparameters import auto_lr_multiplier, resolve_auto
+
+    assert auto_lr_multiplier("supervised") == 2.0  # SmolLM2-135M (576 wide): the measured 4e-3
+    assert auto_lr_multiplier("supervised", 2048) == 0.562  # SmolLM2-1.7B: 1.1e-3
+    assert auto_lr_multiplier("dpo", 1152) == 0.025
+    assert resolve_auto("supervised", {}, 100, 2048)["learning_rate_multiplier"] == 0.562
+    assert resolve_auto("supervised", {"learning_rate_multiplier": 3}, 100, 2048)["learning_rate_multiplier"] == 3  # asked for

@@ -16,10 +16,15 @@ def is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int)
 
 
-#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this.
-#: Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's
-#: answers into degenerate text (format 0.525 -> 0.000) where 1e-4 took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
+#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this, for a
+#: model of REFERENCE_WIDTH (SmolLM2-135M's hidden size). Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md
+#: (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's answers into degenerate text (format 0.525 -> 0.000) where 1e-4
+#: took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
 AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
+#: A wider model takes a proportionally smaller step: "auto" is scaled by REFERENCE_WIDTH / hidden size (1/width, as
+#: muP prescribes for hidden weights). Measured (benchmarks/RESULTS.md, "LoRA learning rate and width"): the best rate
+#: was 4e-3 at width 576 and 1.6e-2 at width 128 (1/width predicts 1.8e-2); a 2,048-wide model gets 1.1e-3.
+REFERENCE_WIDTH = 576
 
 
 def auto_batch_size(n_examples: int) -> int:
@@ -56,13 +61,19 @@ def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
     return {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
 
 
-def resolve_auto(kind: str, requested: dict[str, Any], n_examples: int) -> dict[str, Any]:
-    """A ``kind`` job's ``requested`` hyperparameters with each "auto" resolved for a training file of ``n_examples``:
-    epochs by OpenAI's rule, batch size and learning rate by the local rules above, DPO's beta 0.1."""
+def auto_lr_multiplier(kind: str, width: int = REFERENCE_WIDTH) -> float:
+    """``learning_rate_multiplier="auto"`` for a ``kind`` job on a model whose hidden size is ``width``."""
+    return float(f"{AUTO_LR_MULTIPLIER[kind] * REFERENCE_WIDTH / width:.3g}")
+
+
+def resolve_auto(kind: str, requested: dict[str, Any], n_examples: int, width: int = REFERENCE_WIDTH) -> dict[str, Any]:
+    """A ``kind`` job's ``requested`` hyperparameters with each "auto" resolved for a training file of ``n_examples``
+    and a model of hidden size ``width``: epochs by OpenAI's rule, batch size and learning rate by the local rules
+    above, DPO's beta 0.1."""
     resolved = {
         "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
         "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
-        "learning_rate_multiplier": AUTO_LR_MULTIPLIER[kind] if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
+        "learning_rate_multiplier": auto_lr_multiplier(kind, width) if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
     }
     if kind == "dpo":
         resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]

@@ -211,7 +211,8 @@ class JobRunner:
             if reports is None:
                 return
             train_report, _ = reports
-            hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.method_hyperparameters}, train_report.stats["valid_examples"])
+            hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.method_hyperparameters}, train_report.stats["valid_examples"],
+                                 localmodels.hidden_size(base))
             job = self.jobs.update(job_id, status=JobStatus.QUEUED, **hyperparameter_fields(job.kind, hyper),
                                    billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")

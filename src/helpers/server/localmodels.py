@@ -122,6 +122,12 @@ def stop_token_ids(folder: Path, tokenizer) -> set[int]:
     return ids
 
 
+def hidden_size(base: LocalBase) -> int:
+    """The model's width (its config's hidden size), which the "auto" learning rate scales with."""
+    config = json.loads((weights_dir(base) / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("text_config", config)["hidden_size"])
+
+
 def load_chat(base: LocalBase):
     """The base model's tokenizer and chat template (:class:`~helpers.server.chat_template.ChatTemplate`), checked."""
     from helpers.server.chat_template import ChatTemplate
