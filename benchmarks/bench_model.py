@@ -289,7 +289,9 @@ def ours(rows: list[dict], work: Path) -> dict:
         latency = same_length_latency(client, {"base": MODEL, "tuned": job.fine_tuned_model})
         steps = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
         last = max(steps, key=lambda e: e.data["step"]).data
+        resident = httpx.get(f"{server.url}/health", timeout=5).json()["memory"]["resident_mb"]
         return {"seconds": seconds, "steps": last["step"], "valid_loss": last["full_valid_loss"], "peak_rss_mb": peak_rss_mb(pid),
+                "resident_mb": resident,
                 "fine_tuned_model": job.fine_tuned_model, "hyperparameters": job.hyperparameters.model_dump(), "latency": latency}
     finally:
         stop_server(server)
@@ -316,6 +318,7 @@ def bench_train() -> dict:
         "ours_mfu": flops / mine["seconds"] / (peak * 1e9), "fp32_mfu": flops / fp32["seconds"] / (peak * 1e9),
         "valid_loss": {"ours": mine["valid_loss"], "own_loop": own["valid_loss"], "fp32_loop": fp32["valid_loss"]},
         "valid_loss_ratio": mine["valid_loss"] / fp32["valid_loss"], "server_peak_rss_mb": mine["peak_rss_mb"],
+        "server_resident_after_job_mb": mine["resident_mb"],
         "latency": mine["latency"], "tuned_over_base_latency": mine["latency"]["tuned"]["mean_s"] / mine["latency"]["base"]["mean_s"],
     }
     print(f"""
@@ -326,6 +329,7 @@ training ({result['machine']}; {result['examples']} examples, {result['tokens']:
   validation loss: ours {mine['valid_loss']:.4f}, own loop {own['valid_loss']:.4f}, fp32 loop {fp32['valid_loss']:.4f} (ratio {result['valid_loss_ratio']:.3f}; target within 5%)
   ours / own loop                          {result['ours_over_own_loop']:7.2f}   (target <= 1.10)
   server peak memory (VmHWM), start -> base chat -> job -> tuned chat: {mine['peak_rss_mb']:,.0f} MB   (target <= 1,536 MB)
+  server resident memory after the course-size job and the latency runs: {mine['resident_mb']:,.0f} MB
   tuned / base latency, {mine['latency']['base']['requests']} requests one at a time, {LATENCY_TOKENS} tokens each: {result['tuned_over_base_latency']:.2f}  (mean {mine['latency']['tuned']['mean_s']:.3f} s vs {mine['latency']['base']['mean_s']:.3f} s; target <= 1.15)
   CPU fp32 matmul throughput               {peak:7.1f} GFLOP/s
 training speed-up vs fp32 bare loop: {result['speedup_vs_fp32']:.2f}x   (target >= 2.0)""")

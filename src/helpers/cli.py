@@ -108,8 +108,11 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"workbook serve: WARNING: --allow-open: anyone who can reach {args.host}:{args.port} can use this server "
                   "and read what others uploaded under the same key.", file=sys.stderr)
         allowed = LOOPBACK_NAMES | named if named else None
+    if args.max_resident_models < 1:
+        print(f"workbook serve: --max-resident-models must be at least 1, got {args.max_resident_models}.", file=sys.stderr)
+        return EXIT_USAGE
     app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle,
-                     allowed_hosts=allowed, bases=bases)
+                     allowed_hosts=allowed, bases=bases, max_resident_models=args.max_resident_models)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return EXIT_OK
 
@@ -236,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "where the machine may download)")
     serve.add_argument("--models", default=None, metavar="FILE",
                        help="a file of NAME=SOURCE lines, as --model (the WORKBOOK_MODELS setting names one too)")
+    serve.add_argument("--max-resident-models", type=int, default=2, metavar="N",
+                       help="base models kept loaded at once; the least recently used idle one is unloaded to load "
+                       "another (default: 2)")
     serve.add_argument("--api-keys", default=None, help="a file with one accepted key per line, optionally followed by a "
                        "name shown in `workbook queue` (default: any key)")
     serve.add_argument("--max-upload-mb", type=float, default=512, help="largest file one upload may be (default: 512)")

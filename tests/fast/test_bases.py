@@ -130,3 +130,26 @@ def test_the_auto_learning_rate_falls_with_the_models_width():
     assert auto_lr_multiplier("dpo", 1152) == 0.025
     assert resolve_auto("supervised", {}, 100, 2048)["learning_rate_multiplier"] == 0.562
     assert resolve_auto("supervised", {"learning_rate_multiplier": 3}, 100, 2048)["learning_rate_multiplier"] == 3  # asked for
+
+
+def test_at_most_max_resident_base_models_stay_loaded_and_a_busy_one_is_never_unloaded(monkeypatch):
+    from helpers.server import shared
+
+    class Loaded:
+        def __init__(self, base) -> None:
+            self.base, self.busy = base, False
+
+        def idle(self) -> bool:
+            return not self.busy
+
+    monkeypatch.setattr(shared, "SharedModel", Loaded)
+    bases = {name: LocalBase(name, "", "", 0, 0, name, f"/{name}") for name in "abc"}
+    models = shared.SharedModels(max_resident=2)
+    first = models.get(bases["a"])
+    models.get(bases["b"])
+    assert models.get(bases["a"]) is first  # loaded once, and now the most recently used
+    models.get(bases["c"])  # b, the least recently used, makes room
+    assert [m.base.name for m in models.loaded()] == ["a", "c"]
+    models.loaded()[0].busy = models.loaded()[1].busy = True  # a job trains on each
+    models.get(bases["b"])
+    assert sorted(m.base.name for m in models.loaded()) == ["a", "b", "c"]  # over the bound rather than unload a busy one

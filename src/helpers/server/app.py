@@ -26,7 +26,7 @@ from helpers.server.inference import Engine
 from helpers.server.jobs import JobRunner
 from helpers.server.routes import admin, chat, files, jobs
 from helpers.server.routes import models as model_routes
-from helpers.server.shared import SharedModels
+from helpers.server.shared import MAX_RESIDENT_MODELS, SharedModels
 from helpers.server.state import LOOPBACK_NAMES, Limits, ServerState
 from helpers.server.store import Store, owner_of
 
@@ -81,20 +81,23 @@ def refusal(request: Request, api_keys: dict[str, str] | set[str] | None, allowe
 def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = None, limits: Limits | None = None,
                start_worker: bool = True, idle_timeout_s: float | None = None,
                allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES, models: SharedModels | None = None,
-               engine: Engine | None = None, runner: JobRunner | None = None, bases: Bases | None = None) -> FastAPI:
+               engine: Engine | None = None, runner: JobRunner | None = None, bases: Bases | None = None,
+               max_resident_models: int = MAX_RESIDENT_MODELS) -> FastAPI:
     """The server app, storing everything under ``data_dir``. ``api_keys``: accept only these keys (a dict maps
     each key to a label the facilitator sees in ``/queue``). ``limits``: per-key limits (default: one file up
     to 512 MiB, nothing else limited). ``idle_timeout_s``: stop the process after this long with no request and
     no running or waiting job (None: run until stopped). ``allowed_hosts``: the host names requests may be
     addressed to (default: loopback names only, which defeats DNS rebinding; None: any). Requests a browser makes
     from another origin are refused either way. ``bases``: the models the server knows besides the shipped one
-    (``bases.brought_bases``, checked before the server starts). ``models``, ``engine``, ``runner``: parts to use
+    (``bases.brought_bases``, checked before the server starts); ``max_resident_models``: base models kept loaded at
+    once. ``models``, ``engine``, ``runner``: parts to use
     instead of the real ones (the fast tests pass fakes that need no model)."""
     bases = bases or Bases()
     store = Store(data_dir)
     if models is None:
-        localmodels.import_libraries()  # before any worker thread exists
-        models = SharedModels()  # one copy of each base model, for the trainer and the engine
+        localmodels.tame_allocator()  # before any worker thread exists
+        localmodels.import_libraries()
+        models = SharedModels(max_resident_models)  # one copy of each base model, for the trainer and the engine
     state = ServerState(store=store, models=models, engine=engine or Engine(models),
                         runner=runner or JobRunner(store, models, bases), limits=limits or Limits(), bases=bases,
                         labels={owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {})

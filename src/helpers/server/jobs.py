@@ -156,6 +156,7 @@ class JobRunner:
                 with self._wake:
                     self._current = None
                     self._cancel.discard(job_id)
+                localmodels.release_memory()  # what training passes of many shapes freed goes back to the system
 
     def _finish(self, job_id: str, status: JobStatus, *, error: dict | None = None, message: str | None = None, **fields: Any) -> JobRecord:
         """End a job: its last event first, then its status, so that events listed when the status reads final tell

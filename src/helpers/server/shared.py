@@ -13,6 +13,7 @@ and never run torch on the two cores at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -24,10 +25,12 @@ from helpers.pricing import catalogue
 from helpers.server import localmodels
 
 MAX_ADAPTERS = 8  # fine-tuned models kept attached for inference
+MAX_RESIDENT_MODELS = 2  # base models kept loaded (``workbook serve --max-resident-models``)
 #: A fine-tuned model on disk: a LoRA adapter in peft's format (what `workbook export` copies out).
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 T = TypeVar("T")
+log = logging.getLogger("workbook.models")
 
 
 def in_own_thread(work: Callable[[], T], name: str) -> T:
@@ -62,6 +65,11 @@ class FairLock:
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+
+    def idle(self) -> bool:
+        """Nobody holds the lock or waits for it."""
+        with self._cond:
+            return self._serving == self._next_ticket
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -115,6 +123,10 @@ class SharedModel:
         # (adapter, trainable) now active; OFF: adapter layers disabled; None: unknown (peft picks an adapter itself
         # when one is added or deleted), so the next request sets the state it needs
         self._active: tuple[str, bool] | None = None
+
+    def idle(self) -> bool:
+        """No training adapter on it and nobody using it: it may be unloaded."""
+        return not self._training and self.hold.idle()
 
     def describe(self) -> dict:
         """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
@@ -231,17 +243,34 @@ class SharedModel:
 
 
 class SharedModels:
-    """The loaded base models by name, each loaded on first use."""
+    """The loaded base models by name, each loaded on first use; at most ``max_resident`` stay loaded (the least
+    recently used one that is idle, with no training job on it, is unloaded to make room)."""
 
-    def __init__(self) -> None:
-        self._models: dict[str, SharedModel] = {}
+    def __init__(self, max_resident: int = MAX_RESIDENT_MODELS) -> None:
+        self._models: OrderedDict[str, SharedModel] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self.max_resident = max_resident
 
     def get(self, base: catalogue.LocalBase) -> SharedModel:
         with self._lock:
-            if base.name not in self._models:
-                self._models[base.name] = SharedModel(base)
-            return self._models[base.name]
+            shared = self._models.get(base.name)
+            if shared is None:
+                self._make_room()
+                shared = self._models[base.name] = SharedModel(base)
+            self._models.move_to_end(base.name)
+            return shared
+
+    def _make_room(self) -> None:
+        unloaded = []
+        for name, shared in list(self._models.items()):
+            if len(self._models) < self.max_resident:
+                break
+            if shared.idle():
+                del self._models[name]
+                unloaded.append(name)
+        if unloaded:
+            localmodels.release_memory()
+            log.info("unloaded %s to keep at most %d base models loaded (--max-resident-models)", ", ".join(unloaded), self.max_resident)
 
     def loaded(self) -> list[SharedModel]:
         with self._lock:
