@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def read_models_file(path: Path, where: str) -> list[tuple[str, str, str]]:
     return specs
 
 
-def brought_bases(models: list[str] = (), models_file: str | None = None) -> Bases:  # type: ignore[assignment]
+def brought_bases(models: Sequence[str] = (), models_file: str | None = None) -> Bases:
     """The bases of a server started with ``--model`` flags, a ``--models`` file and the ``WORKBOOK_MODELS`` setting,
     each checked (:func:`bring`); two models under one name, or a name the server already serves, is an error."""
     specs = [(*parse_spec(text, f"--model {text}"), f"--model {text}") for text in models]
