@@ -153,3 +153,18 @@ def test_at_most_max_resident_base_models_stay_loaded_and_a_busy_one_is_never_un
     models.loaded()[0].busy = models.loaded()[1].busy = True  # a job trains on each
     models.get(bases["b"])
     assert sorted(m.base.name for m in models.loaded()) == ["a", "b", "c"]  # over the bound rather than unload a busy one
+
+
+def test_messages_a_models_template_refuses_are_a_400_naming_them(api_with_mine):
+    from jinja2 import TemplateError
+
+    def refuse(base, messages):
+        raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
+
+    api_with_mine.engine.prompt_tokens = refuse
+    answer = api_with_mine.post("/v1/chat/completions", json={"model": "mine", "messages": [
+        {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]})
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert (error["param"], error["code"]) == ("messages", "invalid_messages")
+    assert error["message"].startswith("The chat template of mine refuses these messages: Conversation roles must alternate")

@@ -147,7 +147,10 @@ class ChatTemplate:
         prompt = self.render(messages, add_generation_prompt=True)
         if not any(m["role"] == "assistant" for m in messages):
             return self._tokens(prompt)
-        text, spans = self.assistant_spans(messages)
+        try:
+            text, spans = self.assistant_spans(messages)
+        except TemplateProblem:  # a template whose turns cannot be located: the prompt as one piece, as it is written
+            return self._tokens(prompt)
         return self._pieces(prompt, spans)[0] if prompt.startswith(text) else self._tokens(prompt)
 
     # -- what a training example teaches ------------------------------------------------------

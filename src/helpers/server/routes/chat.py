@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
 
 from helpers.server import structured
 from helpers.server.chat_template import with_tools
@@ -80,7 +81,11 @@ async def chat_completions(request: Request, state: State, owner: Owner):
     sampling = asked.sampling(target.base.max_completion_tokens, answering.grammar)
     model, engine = asked.model, state.engine
     messages = with_tools(asked.messages, answering.function_list)  # what the model sees
-    prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.prompt_tokens, target.base, messages)
+    try:
+        prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.prompt_tokens, target.base, messages)
+    except TemplateError as exc:  # a brought model's template refuses the conversation (Gemma's: roles must alternate)
+        raise bad_request(f"The chat template of {model} refuses these messages: {exc}. Send them in an order it "
+                          "accepts.", "messages", code="invalid_messages") from None
     if prompt_tokens + sampling.max_tokens > target.base.context_length:
         raise bad_request(f"This model's maximum context length is {target.base.context_length:,} tokens. However, your "
                           f"messages resulted in {prompt_tokens:,} tokens and {sampling.max_tokens:,} were asked for the "
