@@ -48,6 +48,7 @@ def train(client, tmp_path, model: str, rows: list[dict], **hyperparameters):
     job = client.fine_tuning.jobs.create(training_file=file.id, model=model, seed=7, hyperparameters=hyperparameters)
     job = wait_for_job(client, job.id)
     assert job.status == "succeeded", (job.error, [e.message for e in client.fine_tuning.jobs.list_events(job.id)])
+    print(f"{model}: {len(rows)} examples, {job.hyperparameters.n_epochs} epoch(s), job {job.finished_at - job.created_at} s")
     return job
 
 
