@@ -98,3 +98,22 @@ def test_an_answer_ends_at_any_of_the_models_end_of_turn_tokens(folders):
         new = [*words, tokenizer.convert_tokens_to_ids(stop), *words]
         assert Engine._finish(chat, new, Sampling(max_tokens=20)) == ("Done now", "stop", len(words) + 1)
     assert Engine._finish(chat, words, Sampling(max_tokens=2)) == ("Done now", "length", len(words))
+
+
+def test_a_gguf_file_is_brought_by_converting_it_once(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from helpers.pricing import catalogue
+    from helpers.server.bases import bring
+
+    shipped = catalogue.default_local_base()
+    gguf = Path(list(importlib.util.find_spec(shipped.package).submodule_search_locations)[0]) / shipped.gguf_file
+    monkeypatch.setenv("WORKBOOK_MODEL_CACHE", str(tmp_path / "cache"))
+    base = bring("smol-gguf", str(gguf), "--model smol-gguf=...")
+    folder = localmodels.weights_dir(base)
+    assert folder.parent == tmp_path / "cache" and folder.name.startswith("brought-SmolLM2-135M-Instruct.Q4_1-")
+    assert (base.context_length, base.max_completion_tokens) == (8192, 4096)
+    chat = localmodels.load_chat(base)
+    assert chat.stop_ids == {chat.tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    assert localmodels.weights_dir(base) == folder  # made once
