@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from helpers.pricing import catalogue
@@ -133,17 +133,14 @@ def bring(name: str, source: str, where: str) -> catalogue.LocalBase:
         folder = localmodels.weights_dir(base)
     except Exception as exc:  # noqa: BLE001  transformers' GGUF reader: an architecture it cannot convert, a bad file
         raise ModelSourceError(f"{where}: transformers cannot read {location}: {exc}") from None
-    _check_folder(folder, where)
-    context = _context_length(folder)
+    context = _context_length(_check_folder(folder, where))
     try:
         localmodels.load_chat(base)
     except ValueError as exc:  # TemplateProblem
         raise ModelSourceError(f"{where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001  a tokenizer transformers cannot load
         raise ModelSourceError(f"{where}: the tokenizer in {folder} cannot be loaded: {exc}") from None
-    return catalogue.LocalBase(name=name, package=base.package, gguf_file=base.gguf_file, context_length=context,
-                               max_completion_tokens=min(MAX_COMPLETION_TOKENS, context // 2), source=base.source,
-                               location=location)
+    return replace(base, context_length=context, max_completion_tokens=min(MAX_COMPLETION_TOKENS, context // 2))
 
 
 def _download(hub_id: str, where: str) -> str:
@@ -160,8 +157,9 @@ def _download(hub_id: str, where: str) -> str:
         raise ModelSourceError(f"{where}: {hub_id} could not be downloaded: {exc}") from None
 
 
-def _check_folder(folder: Path, where: str) -> None:
-    """A folder in Hugging Face's format with weights and an architecture transformers can train as a causal LM."""
+def _check_folder(folder: Path, where: str):
+    """A folder in Hugging Face's format with weights and an architecture transformers can train as a causal LM; its
+    config."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -178,12 +176,10 @@ def _check_folder(folder: Path, where: str) -> None:
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ModelSourceError(f"{where}: {folder} holds a {config.model_type!r} model, which is not a causal language model "
                                "transformers can fine-tune for chat.")
+    return config
 
 
-def _context_length(folder: Path) -> int:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
+def _context_length(config) -> int:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for attribute in ("max_position_embeddings", "n_positions", "seq_length"):
         value = getattr(text_config, attribute, None)
