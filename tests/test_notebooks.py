@@ -13,6 +13,7 @@ import nbformat
 import papermill
 import pytest
 from conftest import DATA, REPO
+from families import smollm2_folder
 from server_harness import free_port
 
 from helpers.course import billing, distill, evaluation, scenarios
@@ -83,8 +84,11 @@ def course_env(tmp_path_factory):
     """Point notebooks at a server and metrics folder of the test's own; stop that server afterwards."""
     root = tmp_path_factory.mktemp("course")
     port = free_port()
+    brought = root / "models.txt"  # the server the notebooks start also serves SmolLM2's folder as a model a team brings
+    brought.write_text(f"# the team's models\nteam-model={smollm2_folder()}\n")
     env = {"WORKBOOK_METRICS_DIR": str(root / "metrics"), "WORKBOOK_SERVER_DIR": str(root / "server"),
-           "WORKBOOK_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": CANARY}
+           "WORKBOOK_PORT": str(port), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OPENAI_API_KEY": CANARY,
+           "WORKBOOK_MODELS": str(brought)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield root
@@ -368,6 +372,22 @@ def test_report_refuses_unknown_parameters_and_leaked_keys(tmp_path, monkeypatch
     with pytest.raises(ReportError, match="deleted"):
         _refuse_secrets(leaked)
     assert not leaked.exists()
+
+
+def test_a_lesson_runs_on_a_model_the_team_brings_with_one_model_line(nbval_run, course_env, monkeypatch):
+    """MODEL = "team-model" (named in the WORKBOOK_MODELS file) runs notebook 03 on it, small: the same client code
+    trains it and answers with ft:team-model:...; the cost line says OpenAI has no price for it, rather than one.
+    Its metrics go to a folder of their own, so the lessons after it still find the course's model."""
+    monkeypatch.setenv("WORKBOOK_METRICS_DIR", str(course_env / "team-metrics"))
+    papermill.execute_notebook(REPO / "notebooks" / "03_training.ipynb", course_env / "03_team.out.ipynb", cwd=str(REPO / "notebooks"),
+                               parameters={"MODEL": "team-model", "N_TRAIN": 24, "N_VALID": 4, "N_EPOCHS": 1},
+                               kernel_name="python3", progress_bar=False)
+    metrics = json.loads((course_env / "team-metrics" / "03_training.json").read_text())
+    assert metrics["status"] == "succeeded" and metrics["fine_tuned_model"].startswith("ft:team-model:local:billing:")
+    assert metrics["estimated_cost_usd"] is None and metrics["n_train"] == 24 and metrics["example_answer"]
+    shown = json.dumps([o for c in nbformat.read(course_env / "03_team.out.ipynb", as_version=4).cells for o in c.get("outputs", [])])
+    assert "cost: team-model is an open model run on your own machine: OpenAI has no price for it" in shown
+    assert "Local backend: this job costs $0 (an open model, which OpenAI does not sell)." in shown
 
 
 def test_no_file_the_course_wrote_contains_the_api_key(nbval_run, course_env):

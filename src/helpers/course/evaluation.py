@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.course.billing import load_codes, parse_answer, same_description
-from helpers.pricing.costs import query_cost
+from helpers.pricing.costs import has_openai_price, query_cost
 
 
 def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 16) -> list[dict]:
@@ -60,9 +60,9 @@ def share_with_interval(flags: pd.Series) -> tuple[float, float, float]:
     return float(flags.mean()), low, high
 
 
-def summarize(results: pd.DataFrame, *, priced_as: str, fine_tuned: bool) -> dict[str, float]:
+def summarize(results: pd.DataFrame, *, priced_as: str, fine_tuned: bool) -> dict[str, float | None]:
     """Headline numbers with 95% Wilson intervals for code accuracy and exact match; cost per 1,000 queries at
-    the OpenAI prices of ``priced_as``."""
+    the OpenAI prices of ``priced_as`` (None for an open model, which has no OpenAI price)."""
     prompt, completion = results["prompt_tokens"].mean(), results["completion_tokens"].mean()
     code, code_low, code_high = share_with_interval(results["code_ok"])
     exact, exact_low, exact_high = share_with_interval(results["exact"])
@@ -79,7 +79,8 @@ def summarize(results: pd.DataFrame, *, priced_as: str, fine_tuned: bool) -> dic
         "latency_p95_s": float(np.percentile(results["latency_s"], 95)),
         "input_tokens": float(prompt),
         "output_tokens": float(completion),
-        "usd_per_1000_queries": 1000 * query_cost(priced_as, prompt, completion, fine_tuned=fine_tuned),
+        "usd_per_1000_queries": (1000 * query_cost(priced_as, prompt, completion, fine_tuned=fine_tuned)
+                                 if has_openai_price(priced_as) else None),
     }
 
 

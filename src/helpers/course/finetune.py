@@ -26,10 +26,15 @@ class OverBudget(RuntimeError):
     """The estimated cost is above MAX_SPEND_USD; nothing was started."""
 
 
-def budget_guard(backend: str, estimate_usd: float, max_spend_usd: float) -> str:
-    """Refuse to train on OpenAI unless the budget covers the estimate; the local backend is free."""
+def budget_guard(backend: str, estimate_usd: float | None, max_spend_usd: float) -> str:
+    """Refuse to train on OpenAI unless the budget covers the estimate; the local backend is free. No estimate (an
+    open model, which OpenAI does not sell) cannot be checked against a budget, so OpenAI is refused then."""
     if backend != "openai":
-        return f"Local backend: this job costs $0 (on OpenAI it would be about ${estimate_usd:.2f})."
+        on_openai = "an open model, which OpenAI does not sell" if estimate_usd is None else f"on OpenAI it would be about ${estimate_usd:.2f}"
+        return f"Local backend: this job costs $0 ({on_openai})."
+    if estimate_usd is None:
+        raise OverBudget("There is no OpenAI price for this model, so MAX_SPEND_USD cannot be checked: OpenAI trains only "
+                         "its own models (data/models.json). Train an open model with BACKEND = \"local\".")
     if estimate_usd > max_spend_usd:
         raise OverBudget(f"Estimated training cost ${estimate_usd:.2f} is above MAX_SPEND_USD = ${max_spend_usd:.2f}. "
                          "Raise MAX_SPEND_USD if you mean it, or train on fewer examples or epochs.")

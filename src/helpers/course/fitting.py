@@ -7,7 +7,15 @@ from typing import Any
 import pandas as pd
 
 from helpers.course import evaluation
-from helpers.pricing.costs import MAX_TARGET_EXAMPLES, MIN_TARGET_EXAMPLES, TARGET_EPOCHS, auto_epochs, estimate_training_cost
+from helpers.pricing.costs import (
+    MAX_TARGET_EXAMPLES,
+    MIN_TARGET_EXAMPLES,
+    TARGET_EPOCHS,
+    auto_epochs,
+    estimate_training_cost,
+    has_openai_price,
+    resolve_epochs,
+)
 
 #: The run with the service's defaults, the one the others are compared with.
 AUTO_RUN = "auto epochs"
@@ -39,10 +47,11 @@ def price_table(train, runs: dict[str, dict[str, Any]], model: str) -> pd.DataFr
     if not report.ok:
         raise ValueError(report.summary())
     rows = {}
+    per_epoch = report.stats["billing_tokens_per_epoch"]
     for name, hyper in runs.items():
-        estimate = estimate_training_cost(model, report.cost["billing_tokens_per_epoch"], report.n_examples, hyper["n_epochs"])
-        rows[name] = {"examples": report.n_examples, "epochs": estimate.n_epochs, "trained tokens": estimate.trained_tokens,
-                      "USD on OpenAI": estimate.cost_usd}
+        epochs = resolve_epochs(hyper["n_epochs"], report.n_examples)
+        usd = estimate_training_cost(model, per_epoch, report.n_examples, epochs).cost_usd if has_openai_price(model) else None
+        rows[name] = {"examples": report.n_examples, "epochs": epochs, "trained tokens": per_epoch * epochs, "USD on OpenAI": usd}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
 from helpers.paths import DATA_DIR
-from helpers.pricing.catalogue import base_model_name
+from helpers.pricing.catalogue import base_model_name, is_open_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,10 +46,23 @@ class Prices:
     source: str
 
 
+class NoOpenAIPrice(ValueError):
+    """An open model run on the user's own machine: OpenAI sells no such model, so there is no price to show."""
+
+
+def has_openai_price(model: str) -> bool:
+    """False for an open model (a local base model or a brought one), whose cost is the time of the machine it runs on."""
+    return not is_open_model(model)
+
+
 def prices(model: str, *, fine_tuned: bool | None = None) -> Prices:
-    """Prices of a model. ``ft:`` names (or ``fine_tuned=True``) use the fine-tuned row."""
+    """Prices of a model. ``ft:`` names (or ``fine_tuned=True``) use the fine-tuned row. An open model has none
+    (:class:`NoOpenAIPrice`): the course shows no price rather than one it would invent."""
     tuned = model.startswith("ft:") if fine_tuned is None else fine_tuned
     name = base_model_name(model)
+    if is_open_model(name):
+        raise NoOpenAIPrice(f"{name} is an open model run on your own machine: OpenAI has no price for it, so none is shown "
+                            "(its cost is the time of the machine it runs on).")
     section = "fine_tuned" if tuned else "base"
     row = price_table()[section].get(name)
     if row is None:

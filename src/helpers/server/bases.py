@@ -21,18 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from helpers.pricing import catalogue
+from helpers.pricing.catalogue import ModelSourceError, parse_model_spec, read_models_file
 from helpers.settings import settings
 
-#: A brought model's name: what clients send as ``model`` and what ``ft:NAME:...`` starts with (no ``:``, which
-#: separates the parts of a fine-tuned model's name).
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 OFFLINE_SETTINGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 MAX_COMPLETION_TOKENS = 4096  # a brought model's answer limit: at most this, at most half its context
-
-
-class ModelSourceError(ValueError):
-    """A brought model the server cannot use; the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -59,36 +53,10 @@ class Bases:
                 "same line in --models FILE / WORKBOOK_MODELS) as when it was trained.")
 
 
-def parse_spec(text: str, where: str) -> tuple[str, str]:
-    """``NAME=SOURCE`` -> (name, source); ``where`` says where the text came from, for the error."""
-    name, sep, source = text.partition("=")
-    name, source = name.strip(), source.strip()
-    if not sep or not name or not source:
-        raise ModelSourceError(f"{where}: {text!r} is not NAME=SOURCE (for example my-model=/models/Qwen2.5-0.5B-Instruct).")
-    if not NAME.match(name):
-        raise ModelSourceError(f"{where}: the name {name!r} must be 1-64 letters, digits, '.', '_', '-' or '/', starting with "
-                               "a letter or digit (no ':', which separates the parts of a fine-tuned model's name).")
-    return name, source
-
-
-def read_models_file(path: Path, where: str) -> list[tuple[str, str, str]]:
-    """A models file: ``NAME=SOURCE`` per line, ``#`` comments and blank lines ignored -> (name, source, where)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{where}: cannot read {path}: {exc}.") from None
-    specs = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            specs.append((*parse_spec(line, f"{path}, line {number}"), f"{path}, line {number}"))
-    return specs
-
-
 def brought_bases(models: Sequence[str] = (), models_file: str | None = None) -> Bases:
     """The bases of a server started with ``--model`` flags, a ``--models`` file and the ``WORKBOOK_MODELS`` setting,
     each checked (:func:`bring`); two models under one name, or a name the server already serves, is an error."""
-    specs = [(*parse_spec(text, f"--model {text}"), f"--model {text}") for text in models]
+    specs = [(*parse_model_spec(text, f"--model {text}"), f"--model {text}") for text in models]
     if models_file:
         specs += read_models_file(Path(models_file), "--models")
     setting = settings().models
