@@ -4,6 +4,8 @@ end-of-turn token, token by token; a template the server cannot train with is re
 stops at any of the model's end-of-turn tokens."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from families import CHATML_MARKED, FAMILIES, PLAIN, build, retemplated_smollm2
 from transformers import AutoTokenizer
@@ -117,3 +119,42 @@ def test_a_gguf_file_is_brought_by_converting_it_once(tmp_path, monkeypatch):
     chat = localmodels.load_chat(base)
     assert chat.stop_ids == {chat.tokenizer.convert_tokens_to_ids("<|im_end|>")}
     assert localmodels.weights_dir(base) == folder  # made once
+
+
+LOOKUP = {"name": "lookup_cpt_code", "description": "Find a procedure's CPT code.",
+          "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup_cpt_code", "arguments": '{"query": "lipid panel"}'}}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "plain"])
+def test_tools_go_through_a_template_that_renders_them_and_calls_come_back(folders, family):
+    """Qwen's template renders the tools it is given and writes calls as <tool_call> blocks: its format is read from
+    it, training learns the calls as Qwen writes them, the grammar for tool_choice "required" follows it and the calls
+    are read back. A template without tools gets the project's format (the functions in the system message)."""
+    from test_structured import accepts
+
+    from helpers.server import structured
+    from helpers.server.chat_template import PROJECT_CALLS
+
+    chat = chat_of(folders[family][0])
+    tokenizer = chat.tokenizer
+    messages = [{"role": "user", "content": "lipid panel"}, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+    ids, labels = chat.encode_chat(messages, [LOOKUP])
+    start = next(i for i, label in enumerate(labels) if label != IGNORE)
+    assert ids[:start] == chat.prompt_ids(messages[:1], [LOOKUP])  # trained after the prompt it answers, tools included
+    learned = tokenizer.decode([label for label in labels if label != IGNORE])
+    if family != "qwen2":
+        assert chat.calls == PROJECT_CALLS and '"name": "lookup_cpt_code"' in tokenizer.decode(ids[:start])
+        return
+    assert chat.calls.native and (chat.calls.opening, chat.calls.closing) == ("<tool_call>\n", "\n</tool_call>")
+    assert chat.calls.separator == "\n</tool_call>\n<tool_call>\n"
+    assert "<tools>" in tokenizer.decode(ids[:start]) and "You can call these functions" not in tokenizer.decode(ids)
+    call_text = '<tool_call>\n{"name": "lookup_cpt_code", "arguments": {"query": "lipid panel"}}\n</tool_call>'
+    assert learned == call_text + "<|im_end|>"
+    answering = structured.answering({"tools": [{"type": "function", "function": LOOKUP}], "tool_choice": "required"}, chat.calls)
+    assert accepts(answering.grammar, tokenizer, call_text) and not accepts(answering.grammar, tokenizer, '{"tool_calls": []}')
+    two = call_text + "\n" + call_text.replace("lipid panel", "chest x-ray")
+    assert accepts(answering.grammar, tokenizer, two)
+    content, calls = structured.read_tool_calls("Looking both up.\n" + two, [LOOKUP], chat.calls)
+    assert content == "Looking both up." and [json.loads(c["function"]["arguments"])["query"] for c in calls] == ["lipid panel", "chest x-ray"]
+    assert structured.read_tool_calls("<tool_call>\n{\"name\": \"refund\", \"arguments\": {}}\n</tool_call>", [LOOKUP], chat.calls)[1] == []

@@ -37,19 +37,34 @@ def test_training_shows_tools_as_answering_does_and_learns_only_the_call():
     tools = [{"type": "function", "function": LOOKUP}]  # keys not in sorted order: both sides must keep the file's order
     ids, labels = chat.encode_chat(messages, chat_template.functions_of(tools))
     answering = structured.answering({"tools": tools, "messages": messages[:1]})  # what the server does with a request
-    prompt = chat.render(chat_template.with_tools(messages[:1], answering.function_list), add_generation_prompt=True)
+    prompt = chat.render(messages[:1], answering.function_list, add_generation_prompt=True)
     assert tokenizer.decode(ids).startswith(prompt)  # the prompt a tuned model is trained on is the one it answers
     learned = tokenizer.decode([t for t in labels if t != training.IGNORE])
     assert learned == chat_template.tool_calls_text([CALL]) + tokenizer.eos_token
     assert json.loads(learned.removesuffix(tokenizer.eos_token))["tool_calls"][0]["arguments"] == {"query": "lipid panel"}
 
 
+def accepts(grammar: str, tokenizer, text: str) -> bool:
+    """Whether llguidance's matcher takes ``text`` whole and may end there."""
+    import llguidance
+    import llguidance.hf
+
+    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), grammar)
+    return all(matcher.consume_token(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]) and matcher.is_accepting()
+
+
 def test_required_calls_follow_each_functions_parameters():
-    schema = structured.tool_calls_schema([LOOKUP, {"name": "ping"}], None, parallel=False)
-    assert schema["properties"]["tool_calls"]["maxItems"] == 1
-    variants = schema["properties"]["tool_calls"]["items"]["anyOf"]
-    assert [v["properties"]["name"]["const"] for v in variants] == ["lookup_cpt_code", "ping"]
-    assert variants[0]["properties"]["arguments"] == LOOKUP["parameters"] and variants[1]["properties"]["arguments"] == {"type": "object"}
+    schemas = structured.tool_call_schemas([LOOKUP, {"name": "ping"}], None)
+    assert [v["properties"]["name"]["const"] for v in schemas] == ["lookup_cpt_code", "ping"]
+    assert schemas[0]["properties"]["arguments"] == LOOKUP["parameters"] and schemas[1]["properties"]["arguments"] == {"type": "object"}
+    tokenizer = localmodels.load_tokenizer(catalogue.default_local_base())
+    tools = [{"type": "function", "function": f} for f in (LOOKUP, {"name": "ping"})]
+    one = structured.answering({"tools": tools, "tool_choice": "required", "parallel_tool_calls": False}).grammar
+    many = structured.answering({"tools": tools, "tool_choice": "required"}).grammar
+    lookup, ping = {"name": "lookup_cpt_code", "arguments": {"query": "x"}}, {"name": "ping", "arguments": {}}
+    assert accepts(one, tokenizer, json.dumps({"tool_calls": [lookup]})) and accepts(many, tokenizer, json.dumps({"tool_calls": [lookup, ping]}))
+    assert not accepts(one, tokenizer, json.dumps({"tool_calls": [lookup, ping]}))  # parallel_tool_calls false: one call
+    assert not accepts(many, tokenizer, json.dumps({"tool_calls": [{"name": "lookup_cpt_code", "arguments": {"query": 1}}]}))
     with pytest.raises(structured.RequestError) as caught:
         structured.compile_grammar({"type": "string", "pattern": "(?=a)"}, "response_format")
     assert caught.value.param == "response_format" and "look-around" in str(caught.value)

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from helpers.server.app import create_app
+from helpers.server.chat_template import PROJECT_CALLS, CallFormat
 from helpers.server.hyperparameters import hyperparameters
 from helpers.server.inference import Generation
 from helpers.server.jobs import JobRunner, JobStatus
@@ -28,10 +29,13 @@ class FakeEngine:
         self.forgotten: list[Path] = []
         self.asked: list[tuple] = []
 
-    def prompt_tokens(self, base, messages) -> int:
+    def prompt_tokens(self, base, messages, functions=None) -> int:
         return sum(len(str(m.get("content") or "").split()) for m in messages)
 
-    def submit(self, target, messages, sampling) -> Future:
+    def call_format(self, base) -> CallFormat:
+        return PROJECT_CALLS
+
+    def submit(self, target, messages, sampling, functions=None) -> Future:
         self.stats["requests"] += 1
         self.asked.append((target, messages, sampling))
         future: Future = Future()

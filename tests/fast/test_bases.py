@@ -158,7 +158,7 @@ def test_at_most_max_resident_base_models_stay_loaded_and_a_busy_one_is_never_un
 def test_messages_a_models_template_refuses_are_a_400_naming_them(api_with_mine):
     from jinja2 import TemplateError
 
-    def refuse(base, messages):
+    def refuse(base, messages, functions=None):
         raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
 
     api_with_mine.engine.prompt_tokens = refuse

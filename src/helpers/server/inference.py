@@ -22,7 +22,7 @@ import torch
 
 from helpers.pricing import catalogue
 from helpers.server import localmodels
-from helpers.server.chat_template import ChatTemplate
+from helpers.server.chat_template import CallFormat, ChatTemplate
 from helpers.server.shared import SharedModels, in_own_thread
 from helpers.server.structured import Constraint, GrammarLogitsProcessor
 from helpers.server.training import padding_id
@@ -66,6 +66,7 @@ class _Request:
     target: Target
     messages: list[dict[str, Any]]
     sampling: Sampling
+    functions: list[dict[str, Any]] | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -88,10 +89,15 @@ class Engine:
             with shared.hold():
                 shared.forget(weights)
 
-    def prompt_tokens(self, base: catalogue.LocalBase, messages: list[dict[str, Any]]) -> int:
+    def prompt_tokens(self, base: catalogue.LocalBase, messages: list[dict[str, Any]],
+                      functions: list[dict[str, Any]] | None = None) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
         threads at once), so counting never waits for a generation in progress."""
-        return self._with_counting_tokenizer(base, lambda chat: len(chat.prompt_ids(messages)))
+        return self._with_counting_tokenizer(base, lambda chat: len(chat.prompt_ids(messages, functions)))
+
+    def call_format(self, base: catalogue.LocalBase) -> CallFormat:
+        """How ``base`` writes tool calls: its template's own format, or the project's."""
+        return self._with_counting_tokenizer(base, lambda chat: chat.calls)
 
     def _with_counting_tokenizer(self, base: catalogue.LocalBase, work: Callable[[ChatTemplate], T]) -> T:
         """``work(chat)`` with this engine's own tokenizer and template for ``base``, one thread at a time."""
@@ -102,15 +108,18 @@ class Engine:
             return work(chat)
 
     # -- generation -----------------------------------------------------------------------------
-    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Future:
-        """Queue a request for the next batch; the future holds its Generation. Waiting on it ties up no thread
-        (the HTTP server awaits it), so every request that arrives can join a batch, up to MAX_BATCH."""
-        request = _Request(target, messages, sampling)
+    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+               functions: list[dict[str, Any]] | None = None) -> Future:
+        """Queue a request (whose answer may call ``functions``) for the next batch; the future holds its Generation.
+        Waiting on it ties up no thread (the HTTP server awaits it), so every request that arrives can join a batch,
+        up to MAX_BATCH."""
+        request = _Request(target, messages, sampling, functions)
         self._requests.put(request)
         return request.future
 
-    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling) -> Generation:
-        return self.submit(target, messages, sampling).result()
+    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+                 functions: list[dict[str, Any]] | None = None) -> Generation:
+        return self.submit(target, messages, sampling, functions).result()
 
     def _batch_loop(self) -> None:
         while True:
@@ -137,7 +146,7 @@ class Engine:
             self.stats["batches"] += 1
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             try:
-                results = in_own_thread(partial(self._run_batch, first.target, [r.messages for r in batch], first.sampling),
+                results = in_own_thread(partial(self._run_batch, first.target, [(r.messages, r.functions) for r in batch], first.sampling),
                                         "inference batch")
                 for request, result in zip(batch, results):
                     request.future.set_result(result)
@@ -157,12 +166,13 @@ class Engine:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=tokenizer)
         return kwargs
 
-    def _run_batch(self, target: Target, conversations: list[list[dict[str, Any]]], sampling: Sampling) -> list[Generation]:
+    def _run_batch(self, target: Target, conversations: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]],
+                   sampling: Sampling) -> list[Generation]:
         shared = self.models.get(target.base)
         chat, tokenizer = shared.chat, shared.tokenizer
         with shared.hold():
             model = shared.for_inference(target.weights)
-            prompts = [chat.prompt_ids(messages) for messages in conversations]
+            prompts = [chat.prompt_ids(messages, functions) for messages, functions in conversations]
             encoded = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)  # on the left
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
@@ -201,7 +211,8 @@ class Engine:
         return text, reason, len(new)
 
     def stream(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
-               closed: threading.Event | None = None) -> Iterator[tuple[str, str | None, int, int]]:
+               closed: threading.Event | None = None, functions: list[dict[str, Any]] | None = None
+               ) -> Iterator[tuple[str, str | None, int, int]]:
         """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far).
 
         A stream is generated a token at a time, and holds the model only for each token's forward pass, so other
@@ -212,7 +223,7 @@ class Engine:
         ``closed`` is set, or this generator is closed."""
         tokens: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
         closed = closed or threading.Event()
-        producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed),
+        producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed, functions),
                                     name="stream", daemon=True)
         with self._stats_lock:
             self.stats["streams_active"] += 1
@@ -264,7 +275,7 @@ class Engine:
         return text, reason if done else None, used
 
     def _produce(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling, out: queue.Queue,
-                 closed: threading.Event) -> None:
+                 closed: threading.Event, functions: list[dict[str, Any]] | None) -> None:
         """A stream's tokens, one forward pass per turn of the model, until the answer ends or the stream closes."""
         def put(item: tuple[str, Any]) -> bool:
             while not closed.is_set():
@@ -280,7 +291,7 @@ class Engine:
             generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
             with shared.hold():
                 chat = shared.chat
-                step_input = torch.tensor([chat.prompt_ids(messages)])
+                step_input = torch.tensor([chat.prompt_ids(messages, functions)])
                 constraint = Constraint(chat.tokenizer, sampling.grammar) if sampling.grammar is not None else None
             if not put(("prompt", int(step_input.shape[1]))):
                 return

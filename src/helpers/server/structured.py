@@ -1,8 +1,9 @@
 """Answers in OpenAI's shapes: tool calls and structured output, by constrained decoding (llguidance).
 
 What a chat request asks of its answer (``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format``)
-becomes an ``Answering``: the functions shown to the model (``chat_template.with_tools``, the same text a fine-tuned
-model was trained on), whether tool calls are read out of the answer, and a grammar the answer must follow:
+becomes an ``Answering``: the functions shown to the model (through its chat template, as a fine-tuned model was
+trained on them), whether tool calls are read out of the answer and in which format (``chat_template.CallFormat``: the
+template's own, or the project's), and a grammar the answer must follow:
 
 * ``response_format`` ``json_schema`` (strict or not): the answer is JSON valid against the schema;
   ``json_object``: the answer is a JSON object (and, as on OpenAI, the messages must mention JSON);
@@ -10,7 +11,8 @@ model was trained on), whether tool calls are read out of the answer, and a gram
   against each function's ``parameters``; a named function: exactly one call of it; ``"auto"``: the model may
   call (with ``response_format`` too: the answer is either such JSON or calls); ``"none"``: plain text.
 
-A grammar is a JSON schema compiled by llguidance; at each token, tokens that would break it are masked out.
+A grammar is llguidance's (JSON schemas, inside a Lark grammar for calls in the model's format); at each token, tokens
+that would break it are masked out.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 
 from helpers.data.chat_format import NAME_PATTERN
-from helpers.server.chat_template import TOOL_CALLS_PREFIX, functions_of
+from helpers.server.chat_template import PROJECT_CALLS, CallFormat, functions_of
 
 # JSON as the local models write it (json.dumps' separators), one line: the same text training renders
 JSON_FORMAT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -44,14 +46,16 @@ class Answering:
     functions: str = "[]"
     read_tool_calls: bool = False
     grammar: str | None = None
+    calls: CallFormat = PROJECT_CALLS
 
     @property
     def function_list(self) -> list[dict[str, Any]]:
         return json.loads(self.functions)
 
 
-def answering(body: dict[str, Any]) -> Answering:
-    """Read what a chat request asks of its answer; a RequestError names what cannot be honoured."""
+def answering(body: dict[str, Any], calls: CallFormat = PROJECT_CALLS) -> Answering:
+    """Read what a chat request asks of its answer, for a model that writes tool calls in the format ``calls``; a
+    RequestError names what cannot be honoured."""
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise RequestError("'functions' and 'function_call' are OpenAI's deprecated forms; send 'tools' and 'tool_choice' "
                            "instead (the local server honours those).", "functions" if body.get("functions") is not None else "function_call",
@@ -77,17 +81,17 @@ def answering(body: dict[str, Any]) -> Answering:
     elif choice != "none" and not functions:
         raise RequestError(f"tool_choice {choice!r} needs 'tools'.", "tool_choice")
     answer_schema = _response_schema(body)
-    calls_schema = tool_calls_schema(functions, only, parallel) if functions and choice != "none" else None
+    call_schemas = tool_call_schemas(functions, only, calls) if functions and choice != "none" else None
     # each on its own, so that an error names the parameter at fault
     answer_grammar = compile_grammar(answer_schema, "response_format") if answer_schema is not None else None
-    calls_grammar = compile_grammar(calls_schema, "tools") if calls_schema is not None else None
+    calls_grammar = compile_lark(calls.grammar(call_schemas, parallel and only is None, JSON_FORMAT), "tools") if call_schemas else None
     if choice == "required" or only is not None:
         grammar = calls_grammar
-    elif calls_schema is not None and answer_schema is not None:
-        grammar = compile_grammar({"anyOf": [answer_schema, calls_schema]}, "response_format")
+    elif call_schemas and answer_schema is not None:
+        grammar = compile_lark(calls.grammar(call_schemas, parallel, JSON_FORMAT, answer_schema), "response_format")
     else:
         grammar = answer_grammar
-    return Answering(json.dumps(functions), calls_schema is not None, grammar)  # as sent: the prompt lists them in this order
+    return Answering(json.dumps(functions), call_schemas is not None, grammar, calls)  # as sent: the prompt lists them in this order
 
 
 def _functions(tools: Any) -> list[dict[str, Any]]:
@@ -136,15 +140,19 @@ def _response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
                        f"'json_schema': {{...}}}}, got {response_format!r}.", "response_format")
 
 
-def tool_calls_schema(functions: list[dict[str, Any]], only: str | None, parallel: bool) -> dict[str, Any]:
-    """The JSON an answer that calls tools is: ``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}``."""
-    calls = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}},
-              "required": ["name", "arguments"], "additionalProperties": False}
-             for f in functions if only is None or f["name"] == only]
-    items = {"type": "array", "items": calls[0] if len(calls) == 1 else {"anyOf": calls}, "minItems": 1}
-    if only is not None or not parallel:
-        items["maxItems"] = 1
-    return {"type": "object", "properties": {"tool_calls": items}, "required": ["tool_calls"], "additionalProperties": False}
+def tool_call_schemas(functions: list[dict[str, Any]], only: str | None, calls: CallFormat = PROJECT_CALLS) -> list[dict[str, Any]]:
+    """One JSON schema per function that may be called (``only`` that one): the call's object in the format ``calls``,
+    ``{"name": ..., "arguments": {...}}`` (or the template's keys), the arguments valid against its ``parameters``."""
+    return [{"type": "object", "properties": {calls.name_key: {"const": f["name"]}, calls.arguments_key: f.get("parameters") or {"type": "object"}},
+             "required": [calls.name_key, calls.arguments_key], "additionalProperties": False}
+            for f in functions if only is None or f["name"] == only]
+
+
+def compile_lark(lark: str, param: str) -> str:
+    """An llguidance grammar from Lark text (calls in a model's format, their arguments as JSON schemas)."""
+    import llguidance
+
+    return _checked(llguidance.LLMatcher.grammar_from_lark(lark), param)
 
 
 def compile_grammar(schema: dict[str, Any], param: str) -> str:
@@ -152,6 +160,12 @@ def compile_grammar(schema: dict[str, Any], param: str) -> str:
     import llguidance
 
     grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_FORMAT)  # type: ignore[arg-type]  # a JsonCompileOptions dict
+    return _checked(grammar, param)
+
+
+def _checked(grammar: str, param: str) -> str:
+    import llguidance
+
     failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
         raise RequestError(f"The local server cannot follow this JSON schema: {'; '.join(messages)}.", param,
@@ -159,26 +173,18 @@ def compile_grammar(schema: dict[str, Any], param: str) -> str:
     return grammar
 
 
-def read_tool_calls(text: str, functions: list[dict[str, Any]]) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split an answer into its text and its tool calls in OpenAI's shape (arguments as a JSON string, a fresh id
-    each). An answer with no well-formed call of a known function is all text."""
-    at = text.find(TOOL_CALLS_PREFIX)
-    while at > 0 and text[at - 1] != "\n":
-        at = text.find(TOOL_CALLS_PREFIX, at + 1)
-    if at < 0:
+def read_tool_calls(text: str, functions: list[dict[str, Any]], calls: CallFormat = PROJECT_CALLS
+                    ) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split an answer into its text and its tool calls (written in the format ``calls``) in OpenAI's shape (arguments
+    as a JSON string, a fresh id each). An answer with no well-formed call of a known function is all text."""
+    found = calls.read(text, {f["name"] for f in functions})
+    if not found:
         return text, []
-    try:
-        calls = json.loads(text[at:])["tool_calls"]
-    except (ValueError, KeyError, TypeError):
-        return text, []
-    names = {f["name"] for f in functions}
-    if not isinstance(calls, list) or not calls or not all(
-            isinstance(c, dict) and c.get("name") in names and isinstance(c.get("arguments"), (dict, str)) for c in calls):
-        return text, []
+    before, read = found
     shaped = [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
-               "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str) else json.dumps(c["arguments"])}}
-              for c in calls]
-    return text[:at].strip() or None, shaped
+               "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}
+              for name, arguments in read]
+    return before or None, shaped
 
 
 class Constraint:

@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
 from helpers.server import structured
-from helpers.server.chat_template import with_tools
 from helpers.server.errors import bad_request
 from helpers.server.protocol import MODEL_REQUIRED, ChatCompletion, page, public
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches, newest_first
@@ -40,7 +39,7 @@ def answer_message(text: str, reason: str, answering: structured.Answering) -> t
     tools, come back as ``tool_calls`` (content null when it wrote nothing else) with finish reason "tool_calls"."""
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
     if answering.read_tool_calls and reason == "stop":
-        content, calls = structured.read_tool_calls(text, answering.function_list)
+        content, calls = structured.read_tool_calls(text, answering.function_list, answering.calls)
         if calls:
             return {**message, "content": content, "tool_calls": calls}, "tool_calls"
     return message, reason
@@ -74,15 +73,15 @@ async def chat_completions(request: Request, state: State, owner: Owner):
         raise bad_request(MODEL_REQUIRED, "model")  # before the model is looked up, as the body's other fields are checked after
     _, target = find_model(state, owner, body["model"])
     asked = parsed(body, ChatCompletion)
-    try:
-        answering = structured.answering(body)
+    model, engine, loop = asked.model, state.engine, asyncio.get_running_loop()
+    try:  # the model's tool-call format: its template's own, or the project's
+        answering = structured.answering(body, await loop.run_in_executor(None, engine.call_format, target.base))
     except structured.RequestError as exc:
         raise bad_request(str(exc), exc.param, code=exc.code) from None
     sampling = asked.sampling(target.base.max_completion_tokens, answering.grammar)
-    model, engine = asked.model, state.engine
-    messages = with_tools(asked.messages, answering.function_list)  # what the model sees
+    messages, functions = asked.messages, answering.function_list  # the model sees both, through its chat template
     try:
-        prompt_tokens = await asyncio.get_running_loop().run_in_executor(None, engine.prompt_tokens, target.base, messages)
+        prompt_tokens = await loop.run_in_executor(None, engine.prompt_tokens, target.base, messages, functions)
     except TemplateError as exc:  # a brought model's template refuses the conversation (Gemma's: roles must alternate)
         raise bad_request(f"The chat template of {model} refuses these messages: {exc}. Send them in an order it "
                           "accepts.", "messages", code="invalid_messages") from None
@@ -100,7 +99,7 @@ async def chat_completions(request: Request, state: State, owner: Owner):
 
         events = stream_events(state, target, messages, sampling, answering, asked.include_usage, (ident, created, model), keep)
         return ClosingStreamingResponse(events, media_type="text/event-stream")
-    result = await asyncio.wrap_future(engine.submit(target, messages, sampling))
+    result = await asyncio.wrap_future(engine.submit(target, messages, sampling, functions))
     answers = [answer_message(text, reason, answering) for text, reason in zip(result.texts, result.finish_reasons)]
     response = completion_body(ident, model, created, answers, result.prompt_tokens, result.completion_tokens,
                                {"metadata": metadata or {}} if store_it else {})
@@ -113,7 +112,7 @@ async def stream_events(state, target, messages, sampling, answering: structured
                         head: tuple[str, int, str], keep):
     """The server-sent events of one streamed answer; ``keep(message, reason, prompt_tokens, used)`` at its end."""
     closed = threading.Event()  # set when the client is gone: the engine stops generating
-    pieces = state.engine.stream(target, messages, sampling, closed)
+    pieces = state.engine.stream(target, messages, sampling, closed, answering.function_list)
     loop = asyncio.get_running_loop()
     try:
         yield chunk(*head, {"role": "assistant", "content": "", "refusal": None}, None)
