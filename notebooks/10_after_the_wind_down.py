@@ -14,13 +14,14 @@
 
 # %% [markdown]
 # # 10 · After the wind-down, and patient data
-# **Time:** about 1 minute on a 2-core CPU (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.5).
+# **Time:** about 1 minute on a 2-core CPU (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.6).
 
 # %% tags=["parameters"]
 BACKEND = "local"
 MODEL = "gpt-4.1-mini"
 TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
 EXPORT_DIR = ".workbook/take_home"  # where the tuned model is exported (relative to the repository)
+BROUGHT_NAME = "team-model"  # the name a second server gives the base model you took home in 3.4 (3.5)
 
 # %%
 import pandas as pd
@@ -47,6 +48,8 @@ course = setup("10_after_the_wind_down", BACKEND)
 #   (`OpenAI(base_url=...)`); open-weight fine-tuning with transformers and peft, which is what the local server runs.
 # - **Taking a model home**: a local fine-tuned model is a LoRA adapter in peft's format beside the base model's
 #   weights; transformers, vLLM and llama.cpp load that pair.
+# - **Your own model**: the local server trains and serves any open model you bring (a Hugging Face folder, a
+#   `.gguf` file), under a name of yours; the notebooks run on it with one `MODEL` line.
 # - **Patient data**: what not to upload, named checks for identifiers, scrubbing them, and deleting stored
 #   completions.
 
@@ -102,7 +105,39 @@ course.record(exported_files=files["file"].tolist(), same_answer=at_home == serv
 pd.DataFrame({"request": [request[-1]["content"]], "transformers + peft": [at_home], "local server": [served]})
 
 # %% [markdown]
-# ### 3.5 Patient data
+# ### 3.5 Your own model
+# After the wind-down, the server that trains is yours, and it need not train SmolLM2-135M. Bring the open model you
+# would deploy (a Qwen, Llama, Gemma or SmolLM2 instruct checkpoint) with one command, on the machine that has the
+# memory for it, a GPU where there is one:
+#
+# ```
+# workbook serve --model team-model=/models/Qwen2.5-1.5B-Instruct    # a Hugging Face folder, a .gguf file, or a hub id
+# ```
+#
+# For the server the notebooks start, put the same `team-model=...` line in a file and point the `WORKBOOK_MODELS`
+# setting at it. Then set `MODEL = "team-model"` in any notebook's parameters cell (`BASE_MODEL` in 04): the cells
+# do not change. The server reads the model's own chat template for its loss masks, its end-of-turn tokens and its
+# tool-call format; `workbook check-device --model team-model=...` proves a machine end to end first (the README's
+# "Your own model").
+#
+# What changes is speed, memory and quality: more parameters take more memory and more time per token, and notebook
+# 04 measures what they buy on your data. OpenAI has no price for an open model, so the course shows none (its cost is
+# your machine's time). Below, a second server brings the base model's folder you took home in 3.4 under the name
+# `BROUGHT_NAME`, and the same call asks both servers the held-out request of 3.4.
+
+# %%
+brought = wind_down.bring(BROUGHT_NAME, wind_down.base_folder(folder))
+print(brought.command)
+compared = wind_down.same_request({MODEL: course.client, BROUGHT_NAME: brought.client}, request)
+wind_down.stop_rehearsal(brought.port)
+course.record(brought=compared.to_dict(orient="index"))
+compared
+
+# %%
+course.findings("your own model", wind_down.brought_findings(compared, MODEL, BROUGHT_NAME))
+
+# %% [markdown]
+# ### 3.6 Patient data
 # Training data for billing can hold protected health information (PHI): names, dates (other than the year),
 # record and account numbers, contact details, ages over 89. Do not upload it to a service you have no agreement
 # with; de-identify before training, wherever the training runs. The checks below find identifiers that have a
@@ -139,6 +174,8 @@ print(f"stored: {len(stored)}; after deleting: {len(left_stored)}")
 #   `training_not_available`. The course's helper says so in words, and the local backend trains the same way.
 # - A model trained here is yours: an adapter in peft's format beside open weights, loadable with transformers and
 #   peft, servable with vLLM, convertible for llama.cpp.
+# - The server trains the open model you bring: `workbook serve --model NAME=SOURCE` (or `WORKBOOK_MODELS`) and one
+#   `MODEL` line; the client code stays the same.
 # - Keep patient identifiers out of training files: check, scrub, read what is left; delete stored completions and
 #   uploaded files you no longer need (`client.files.delete`).
 #

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 from conftest import DATA, REPO
 from families import smollm2_folder
 from server_harness import free_port
 
-from helpers.course import billing, distill, evaluation, scenarios
+from helpers.course import billing, distill, evaluation, scenarios, wind_down
 from helpers.course.backend import stop_local_server
 from helpers.data.validate import validate_file
 from helpers.pricing.costs import estimate_training_cost, prices
@@ -326,6 +327,14 @@ def test_10_refusal_take_home_and_patient_data(nbval_run):
     assert metrics["at_home_parses"]  # transformers + peft, without the server, answer in the course's format
     assert metrics["identifiers_in_course"] == 0 and metrics["identifiers_in_notes"] > 0 and metrics["identifiers_after_scrub"] == 0
     assert metrics["stored_before_delete"] >= 1 and metrics["stored_after_delete"] == 0
+    # 3.5: a second server brings the base folder taken home as team-model; the same call asks both
+    brought = metrics["brought"]
+    assert set(brought) == {"gpt-4.1-mini", "team-model"}
+    assert brought["team-model"]["answer"] == brought["gpt-4.1-mini"]["answer"]  # the same weights, greedy
+    assert brought["team-model"]["parameters (M)"] == brought["gpt-4.1-mini"]["parameters (M)"] > 100
+    assert all(row["tokens/s"] > 0 and row["server memory (MB)"] > 0 for row in brought.values())
+    assert metrics["findings"]["your own model"] == wind_down.brought_findings(pd.DataFrame.from_dict(brought, orient="index"),
+                                                                               "gpt-4.1-mini", "team-model")
 
 
 def test_cost_explorer_reacts_to_its_sliders():

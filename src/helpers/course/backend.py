@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,12 @@ def local_port(port: int | None = None) -> int:
 
 
 def local_server(port: int | None = None, data_dir: Path | None = None, *, start: bool = True, timeout_s: float = 120.0,
-                 training_closed: bool = False) -> LocalServer:
+                 training_closed: bool = False, models: Sequence[str] = ()) -> LocalServer:
     """The local server at ``port``: found if it runs, else started in the background and waited for. A server
     started here stops itself after ``idle_minutes()`` with no request and no job; `workbook stop` stops it at once.
-    ``training_closed``: a server that refuses new fine-tuning jobs as OpenAI does after its wind-down."""
+    ``training_closed``: a server that refuses new fine-tuning jobs as OpenAI does after its wind-down. ``models``:
+    ``NAME=SOURCE`` of the models it brings (``workbook serve --model``), instead of those the ``WORKBOOK_MODELS`` setting
+    names (a server started for one demonstration brings just what it is given)."""
     port = local_port(port)
     data_dir = Path(data_dir or default_data_dir()).resolve()
     url = f"http://{DEFAULT_HOST}:{port}"
@@ -122,8 +125,10 @@ def local_server(port: int | None = None, data_dir: Path | None = None, *, start
     with open(server.log_file, "ab") as log:
         started = log.tell()
         process = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                                    "--idle-timeout", str(idle_minutes()), *(["--training-closed"] if training_closed else [])],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                    "--idle-timeout", str(idle_minutes()), *(["--training-closed"] if training_closed else []),
+                                    *[flag for spec in models for flag in ("--model", spec)]],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env={k: v for k, v in os.environ.items() if not (models and k == "WORKBOOK_MODELS")})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if _healthy(url) is not None:

@@ -8,7 +8,11 @@ peft, vLLM (``--enable-lora``) and llama.cpp (after converting the adapter to GG
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from helpers.course import finetune
 from helpers.pricing.costs import price_table
@@ -89,3 +93,73 @@ def answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 32) -> 
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def base_folder(exported: Path) -> Path:
+    """The base model's folder an exported model names (``take_home.json``): open weights in Hugging Face's format."""
+    return Path(json.loads((Path(exported) / "take_home.json").read_text(encoding="utf-8"))["base_folder"])
+
+
+@dataclass(frozen=True)
+class Brought:
+    """A second local server that brings a model under a name of the team's, as ``command`` starts one by hand."""
+
+    client: Any
+    command: str
+    port: int
+
+
+def bring(name: str, source: Path, port: int | None = None) -> Brought:
+    """Start a local server that brings ``source`` (a Hugging Face folder or a .gguf file) as ``name``, beside the
+    course's server (two ports on), with a data folder of its own; stop it with :func:`stop_rehearsal` (``port``)."""
+    from openai import OpenAI
+
+    from helpers.course.backend import default_data_dir, local_key, local_port, local_server
+
+    port = port or local_port() + 2
+    spec = f"{name}={source}"
+    server = local_server(port, default_data_dir().parent / "brought", models=[spec])
+    return Brought(OpenAI(base_url=server.api_url, api_key=local_key()), f"workbook serve --model {name}=FOLDER", port)
+
+
+def same_request(clients: dict[str, Any], messages: list[dict], max_tokens: int = 32) -> pd.DataFrame:
+    """Each model (name -> the client of the server that serves it) asked ``messages`` with the same call, greedy:
+    its answer, how long it took and tokens per second (after a one-token request, so a server's first load of the
+    model is not timed), and from the server's /health the base model's parameters, device and dtype and the server's
+    resident memory. One row per model."""
+    import time
+
+    import httpx
+
+    from helpers.pricing.catalogue import resolve_base
+
+    rows = {}
+    for model, client in clients.items():
+        client.chat.completions.create(model=model, messages=messages, max_tokens=1)
+        started = time.perf_counter()
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
+        seconds = time.perf_counter() - started
+        health = httpx.get(str(client.base_url).removesuffix("/").removesuffix("/v1") + "/health", timeout=10).json()
+        base = resolve_base(model)
+        loaded = next(m for m in health["models"] if m["base"] in {model, base.name if base else model})
+        rows[model] = {"answer": reply.choices[0].message.content, "seconds": round(seconds, 2),
+                       "tokens/s": round(reply.usage.completion_tokens / seconds, 1), "parameters (M)": round(loaded["parameters"] / 1e6, 1),
+                       "device": loaded["device"], "dtype": loaded["dtype"],
+                       "server memory (MB)": None if health["memory"]["resident_mb"] is None else round(health["memory"]["resident_mb"])}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def brought_findings(table: pd.DataFrame, course_model: str, brought: str) -> list[str]:
+    """What the comparison shows: the same client code asked both; same weights answer the same."""
+    ours, theirs = table.loc[course_model], table.loc[brought]
+    same = ours["answer"] == theirs["answer"]
+    return [f"The same call, `client.chat.completions.create(model=...)`, asked {course_model} on the course's server and "
+            f"{brought} on the server that brings it; only the model name differs.",
+            (f"Both gave the same answer, word for word: {brought} is the same weights ({theirs['parameters (M)']:g}M "
+             "parameters), brought from the folder you took home, and at temperature 0 the same weights answer the same."
+             if same else f"They answered differently, though {brought} is the same weights ({theirs['parameters (M)']:g}M "
+             "parameters): compare the two servers' settings (`workbook doctor`)."),
+            f"On this machine ({theirs['device']}, {theirs['dtype']}) {brought} answered at {theirs['tokens/s']:g} tokens/s"
+            + (f", and its server held {theirs['server memory (MB)']:,.0f} MB" if pd.notna(theirs["server memory (MB)"]) else "")
+            + ". A model with more parameters takes more memory and more time per token, about in proportion; what it gains "
+            "in quality is what notebook 04 measures on your data."]

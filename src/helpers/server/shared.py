@@ -117,6 +117,7 @@ class SharedModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = localmodels.load_model(base)
         self.model.eval()
+        self.parameters = sum(p.numel() for p in self.model.parameters())  # before any adapter: the base model's own
         self.peft: Any = None  # a PeftModel around self.model, from the first adapter on
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
@@ -130,7 +131,8 @@ class SharedModel:
 
     def describe(self) -> dict:
         """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
-        return {"base": self.base.name, "device": str(self.model.device), "dtype": str(self.model.dtype).removeprefix("torch."),
+        return {"base": self.base.name, "parameters": self.parameters, "device": str(self.model.device),
+                "dtype": str(self.model.dtype).removeprefix("torch."),
                 "inference_adapters": len(self._inference), "training_adapters": len(self._training)}
 
     # -- inference ------------------------------------------------------------------------------
