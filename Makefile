@@ -66,7 +66,7 @@ notebooks: setup
 reports: setup
 	$(VENV)/bin/workbook report --all
 
-## bench: every benchmark (data, training, inference), each printing its ratios
+## bench: every benchmark (data, training, inference, the server's memory over `make reports`), each printing its ratios
 bench: bench-data
 	$(PY) benchmarks/bench_model.py all
 

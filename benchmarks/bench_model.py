@@ -3,6 +3,7 @@
     make bench                                  # data, training and inference benchmarks
     python benchmarks/bench_model.py train      # speed-up vs an fp32 loop (target >= 2.0), our job vs its own loop (<= 1.10), peak memory
     python benchmarks/bench_model.py inference  # batched vs one at a time (>= 3x), HTTP vs in-process (<= 1.10)
+    python benchmarks/bench_model.py reports    # the server's resident memory after each notebook of `make reports`
 
 Training: the course train set as notebook 03 trains it at course size (all 333 examples, a quarter of them with five
 retrieved codes in the prompt), one epoch, with the local stand-in's "auto" hyperparameters (batch size, learning
@@ -417,9 +418,48 @@ inference ({result['machine']})
     return result
 
 
+# -- memory over the course ---------------------------------------------------------------------------
+def bench_reports() -> dict:
+    """Every notebook at its course size, in `make reports`' order, against one server of this run's own (as the
+    notebooks start it): the server's resident memory after each, its peak, and what it holds at the end. The
+    server must not grow without bound over a day of course-size jobs (it held 5.4 GB in the middle of the sequence
+    and 8.1 GB after the notebooks' test run before the allocator was tamed and idle bases unloaded)."""
+    import socket
+
+    from helpers.course.backend import local_server, stop_local_server
+    from helpers.paths import notebook_names
+    from helpers.reports import REPORT_PARAMETERS, make_report, run_order
+
+    with tempfile.TemporaryDirectory() as work, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        os.environ.update({"WORKBOOK_SERVER_DIR": str(Path(work) / "server"), "WORKBOOK_METRICS_DIR": str(Path(work) / "metrics"),
+                           "WORKBOOK_PORT": str(port)})
+        server = local_server(port, Path(work) / "server")
+        after: dict[str, float] = {}
+        try:
+            for name in run_order(notebook_names()):
+                started = time.perf_counter()
+                make_report(name, REPORT_PARAMETERS.get(name), out_dir=Path(work) / "reports")
+                health = httpx.get(f"{server.url}/health", timeout=10).json()
+                after[name] = health["memory"]["resident_mb"]
+                print(f"  {name:<28} {time.perf_counter() - started:7.0f} s   server resident {after[name]:7,.0f} MB", flush=True)
+            peak = health["memory"]["peak_resident_mb"]
+            held = [f"{m['base']} ({m['inference_adapters']} adapters)" for m in health["models"]]
+        finally:
+            stop_local_server(port)
+    result = {"machine": machine(), "resident_after_mb": after, "peak_resident_mb": peak, "models_held": held}
+    print(f"""
+make reports ({result['machine']}), one server throughout:
+  server resident memory after the whole sequence: {list(after.values())[-1]:,.0f} MB (peak {peak:,.0f} MB; largest after a notebook {max(after.values()):,.0f} MB)
+  models held at the end: {', '.join(held) or 'none'}""")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["train", "inference", "all"], nargs="?", default="all")
+    parser.add_argument("which", choices=["train", "inference", "reports", "all"], nargs="?", default="all")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     results = {}
@@ -427,6 +467,8 @@ def main() -> int:
         results["train"] = bench_train()
     if args.which in ("inference", "all"):
         results["inference"] = bench_inference()
+    if args.which in ("reports", "all"):
+        results["reports"] = bench_reports()
     (OUT / f"bench_model_{args.which}.json").write_text(json.dumps(results, indent=2))
     return 0
 
