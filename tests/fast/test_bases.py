@@ -168,3 +168,22 @@ def test_messages_a_models_template_refuses_are_a_400_naming_them(api_with_mine)
     error = answer.json()["error"]
     assert (error["param"], error["code"]) == ("messages", "invalid_messages")
     assert error["message"].startswith("The chat template of mine refuses these messages: Conversation roles must alternate")
+
+
+def test_a_bare_json_call_format_reads_only_whole_calls_of_offered_functions():
+    """A template whose calls are bare JSON with other keys (as Llama 3.1 writes ``{"name": ..., "parameters": ...}``,
+    one call a turn): a call is read back only when it is the whole answer, of a function offered; its grammar compiles."""
+    from helpers.server import structured
+    from helpers.server.chat_template import CallFormat
+
+    bare = CallFormat(opening="", separator=None, closing="", arguments_key="parameters", native=True)
+    call = '{"name": "lookup_cpt_code", "parameters": {"query": "lipid panel"}}'
+    assert bare.read(call, {"lookup_cpt_code"}) == ("", [("lookup_cpt_code", {"query": "lipid panel"})])
+    assert bare.text([{"function": {"name": "lookup_cpt_code", "arguments": '{"query": "lipid panel"}'}}]) == call
+    for other in ("Lipid panel - CPT Code: 80061", '{"name": "refund", "parameters": {}}', '{"answer": "80061"}', call + call):
+        assert bare.read(other, {"lookup_cpt_code"}) is None
+    lookup = {"name": "lookup_cpt_code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}
+    answering = structured.answering({"tools": [{"type": "function", "function": lookup}], "tool_choice": "required"}, bare)
+    assert answering.grammar and answering.read_tool_calls and answering.calls == bare
+    content, calls = structured.read_tool_calls(call, [lookup], bare)
+    assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"query": "lipid panel"}

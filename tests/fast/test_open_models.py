@@ -74,3 +74,4 @@ def test_a_broken_models_file_is_named_with_its_line(brought):
     brought.write_text("my-model=/models/a\nno equals sign\n")
     with pytest.raises(ModelSourceError, match=rf"{brought}, line 2: 'no equals sign' is not NAME=SOURCE"):
         model_info("my-model")
+
