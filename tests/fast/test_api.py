@@ -241,6 +241,29 @@ def test_a_job_record_reads_the_stores_old_layout_and_keeps_its_own_fields_off_t
         jobs.update("ftjob-old", adapter="x")
 
 
+def test_a_model_record_reads_the_stores_old_layout_and_keeps_its_base_off_the_wire(tmp_path):
+    """Fine-tuned models stored before records were typed (no ``_base_location``) read unchanged; the wire is OpenAI's
+    model, nothing more; a model trained on a brought base keeps where that base came from."""
+    from openai.types import Model
+
+    from helpers.server.records import ModelRecord, Models
+    from helpers.server.store import Store
+
+    store = Store(tmp_path)
+    models = Models(store)
+    store.put("model", {"id": "ft:gpt-4.1-mini:local::old", "object": "model", "created": 1, "owned_by": "org-local",
+                        "_base": "smollm2-135m-instruct", "_job": "ftjob-old"}, "key")
+    old = models.get("ft:gpt-4.1-mini:local::old", "key")
+    assert old is not None and (old.base, old.base_location, old.job) == ("smollm2-135m-instruct", "", "ftjob-old")
+    assert models.get("ft:gpt-4.1-mini:local::old", "another key") is None
+    assert Model.model_validate(old.wire()).id == old.id and set(old.wire()) == set(Model.model_fields) - {"shutdown_date"}
+    models.put(ModelRecord(id="ft:mine:local::new", created=2, owned_by="org-local", base="mine", base_location="/models/mine",
+                           job="ftjob-new"), "key")
+    body = store.get("model", "ft:mine:local::new", "key")
+    assert body is not None and (body["_base"], body["_base_location"], body["_job"]) == ("mine", "/models/mine", "ftjob-new")
+    assert [m.id for m in models.all("key")] == ["ft:gpt-4.1-mini:local::old", "ft:mine:local::new"]
+
+
 def test_the_worker_goes_on_to_the_next_job_when_a_failed_job_cannot_be_recorded(tmp_path, caplog):
     """A job whose run fails, and whose failure cannot be written either, is logged; the queue does not stop."""
     import threading

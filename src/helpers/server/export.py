@@ -12,6 +12,7 @@ from pathlib import Path
 
 from helpers.pricing import catalogue
 from helpers.server import localmodels
+from helpers.server.records import ModelRecord, Models
 from helpers.server.shared import ADAPTER_FILES
 from helpers.server.store import Store, owner_of
 
@@ -20,7 +21,7 @@ def export_model(data_dir: Path, key: str, model: str, target: Path) -> Path:
     """Copy ``key``'s fine-tuned ``model`` out of the store in ``data_dir`` into ``target``: the adapter's two files, a
     ``take_home.json`` naming the base model's folder, and a README saying how to load them. Returns ``target``."""
     store, owner = Store(data_dir), owner_of(key)
-    card = store.get("model", model, owner)
+    card = Models(store).get(model, owner)
     if card is None:
         raise LookupError(f"No fine-tuned model {model!r} on the local server (data in {store.data_dir}). "
                           "client.models.list() lists yours; a checkpoint's model is exported through its job's final model.")
@@ -37,15 +38,15 @@ def export_model(data_dir: Path, key: str, model: str, target: Path) -> Path:
     return target
 
 
-def _base_of(card: dict) -> catalogue.LocalBase:
+def _base_of(card: ModelRecord) -> catalogue.LocalBase:
     """The base a fine-tuned model was trained on: the shipped one by name, or a brought one where it was brought from."""
-    if card.get("_base_location"):
-        name, location = card["_base"], card["_base_location"]
+    name, location = card.base or "", card.base_location
+    if location:
         if not Path(location).exists():
-            raise LookupError(f"The base model {name} of {card['id']} was brought from {location}, which is gone; put it back "
+            raise LookupError(f"The base model {name} of {card.id} was brought from {location}, which is gone; put it back "
                               "there to export the model.")
         return catalogue.LocalBase(name, "", Path(location).name, 0, 0, f"{name} (brought from {location})", location)
-    return catalogue.base_models()[card["_base"]]
+    return catalogue.base_models()[name]
 
 
 def _readme(model: str, base_source: str) -> str:

@@ -27,7 +27,7 @@ from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
 from helpers.server.bases import Bases
 from helpers.server.hyperparameters import resolve_auto
-from helpers.server.records import JobRecord, Jobs, JobStatus, hyperparameter_fields
+from helpers.server.records import JobRecord, Jobs, JobStatus, ModelRecord, Models, hyperparameter_fields
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 
@@ -283,8 +283,8 @@ class JobRunner:
         finally:
             with shared.hold():
                 shared.remove_training_adapter(adapter)
-        self.store.put("model", {"id": name, "object": "model", "created": now(), "owned_by": ORGANIZATION,
-                                 "_base": base.name, "_base_location": base.location, "_job": job_id}, owner)
+        Models(self.store).put(ModelRecord(id=name, created=now(), owned_by=ORGANIZATION, base=base.name,
+                                           base_location=base.location, job=job_id), owner)
         self.event(job_id, f"New fine-tuned model created: {name}")
         results = self._results_file(owner, job_id, history)
         job = self._job(job_id)

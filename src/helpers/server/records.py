@@ -1,4 +1,4 @@
-"""The server's own record of a fine-tuning job, typed, apart from what the API shows of it.
+"""The server's own records of a fine-tuning job and of a model, typed, apart from what the API shows of them.
 
 A :class:`JobRecord` holds the fields OpenAI's API returns for a job (:meth:`JobRecord.wire`, checked against
 ``openai.types.fine_tuning.FineTuningJob`` by the fast tests) and the server's own: which local base model trains,
@@ -130,3 +130,48 @@ class Jobs:
     def all(self, owner: str | None = None) -> list[tuple[str, JobRecord]]:
         """Every job (of ``owner``, or of every key), oldest first, with its owner."""
         return [(who, JobRecord.model_validate(body)) for who, body in self.store.all("job", owner=owner)]
+
+
+class ModelRecord(BaseModel):
+    """A model as the server keeps it: what ``/v1/models`` shows (``openai.types.Model``) and, for a fine-tuned model
+    or checkpoint, the base model it was trained on (stored as ``_base``, ``_base_location``, ``_job``: the layout
+    earlier versions wrote)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    #: the base model a fine-tuned model answers with (a name the server's bases know); None for a base model
+    base: str | None = Field(default=None, validation_alias="_base", serialization_alias="_base")
+    #: where a brought base was read from when the model was trained ("" for the shipped one)
+    base_location: str = Field(default="", validation_alias="_base_location", serialization_alias="_base_location")
+    #: the job that trained it
+    job: str | None = Field(default=None, validation_alias="_job", serialization_alias="_job")
+
+    def wire(self) -> dict[str, Any]:
+        """The model as OpenAI's API shows it."""
+        return self.model_dump(mode="json", include={"id", "object", "created", "owned_by"})
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Models:
+    """Typed access to the fine-tuned models in a :class:`~helpers.server.store.Store` (checkpoints are kept with
+    their jobs)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def put(self, model: ModelRecord, owner: str) -> ModelRecord:
+        self.store.put("model", model.stored(), owner)
+        return model
+
+    def get(self, name: str, owner: str | None) -> ModelRecord | None:
+        body = self.store.get("model", name, owner)
+        return None if body is None else ModelRecord.model_validate(body)
+
+    def all(self, owner: str | None = None) -> list[ModelRecord]:
+        return [ModelRecord.model_validate(body) for _, body in self.store.all("model", owner=owner)]

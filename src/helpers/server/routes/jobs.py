@@ -12,8 +12,8 @@ from helpers.server.errors import ApiError, bad_request, not_found
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import MAX_SEED, CreateJob, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches
-from helpers.server.records import JobRecord, Jobs, JobStatus, hyperparameter_fields
-from helpers.server.routes.models import checkpoint_model
+from helpers.server.records import JobRecord, Jobs, JobStatus, ModelRecord, hyperparameter_fields
+from helpers.server.routes.models import tuned_model
 from helpers.server.state import Owner, ServerState, State, json_body, parsed
 from helpers.server.store import new_id, now
 
@@ -49,18 +49,18 @@ def check_job_limit(state: ServerState, owner: str) -> None:
                    code="too_many_active_jobs", kind="rate_limit_error", headers={"Retry-After": str(wait)})
 
 
-def starting_point(state: ServerState, owner: str, model: str) -> tuple[catalogue.LocalBase, dict[str, Any] | None]:
+def starting_point(state: ServerState, owner: str, model: str) -> tuple[catalogue.LocalBase, ModelRecord | None]:
     """The local base model a job on ``model`` trains, and the fine-tuned model (or checkpoint) it continues from."""
     start = None
     if model.startswith("ft:"):
-        start = state.store.get("model", model, owner) or checkpoint_model(state, owner, model)
+        start = tuned_model(state, owner, model)
         if start is None:
             raise bad_request(f"'{model}' is not one of your fine-tuned models or checkpoints, so a job cannot start from it. "
                               "Check the name with client.models.list(), or start from a base model such as 'gpt-4.1-mini'.",
                               "model", code="model_not_available")
-    base = state.bases.by_name(start["_base"]) if start else state.bases.resolve(model)
+    base = state.bases.by_name(start.base or "") if start else state.bases.resolve(model)
     if base is None and start is not None:
-        raise bad_request(f"A job cannot start from '{model}' now: {state.bases.missing(start['_base'])}", "model",
+        raise bad_request(f"A job cannot start from '{model}' now: {state.bases.missing(start.base or '')}", "model",
                           code="model_not_available")
     if base is None:
         raise bad_request(f"Model '{model}' is not available for fine-tuning on the local backend. Available: "

@@ -10,8 +10,7 @@ from fastapi import APIRouter
 from helpers.server.errors import ApiError, bad_request
 from helpers.server.inference import Target
 from helpers.server.jobs import ORGANIZATION
-from helpers.server.protocol import public
-from helpers.server.records import Jobs
+from helpers.server.records import Jobs, ModelRecord, Models
 from helpers.server.state import Owner, ServerState, State
 from helpers.server.store import now
 
@@ -19,59 +18,60 @@ router = APIRouter(prefix="/v1/models")
 SERVER_STARTED = now()
 
 
-def base_model_card(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": SERVER_STARTED, "owned_by": "system"}
+def base_model_card(name: str) -> ModelRecord:
+    return ModelRecord(id=name, created=SERVER_STARTED, owned_by="system")
 
 
-def base_model_cards(state: ServerState) -> list[dict[str, Any]]:
-    return [base_model_card(name) for name in state.bases.names()]
-
-
-def checkpoint_model(state: ServerState, owner: str, name: str) -> dict[str, Any] | None:
-    """A checkpoint of one of the caller's jobs, as a model card (its ``_base`` names the local base model)."""
+def checkpoint_model(state: ServerState, owner: str, name: str) -> ModelRecord | None:
+    """A checkpoint of one of the caller's jobs, as a model (its ``base`` names the job's base model)."""
     for _, ckpt in state.store.all("checkpoint", owner=owner):
         if ckpt["fine_tuned_model_checkpoint"] == name:
             job = Jobs(state.store).get(ckpt["fine_tuning_job_id"], owner)
             base = (job.base or getattr(state.bases.resolve(job.model), "name", None)) if job else None
-            if base is not None:
-                return {"id": name, "object": "model", "created": ckpt["created_at"], "owned_by": ORGANIZATION, "_base": base}
+            if base is not None and job is not None:
+                return ModelRecord(id=name, created=ckpt["created_at"], owned_by=ORGANIZATION, base=base, job=job.id)
     return None
 
 
-def find_model(state: ServerState, owner: str, name: str) -> tuple[dict[str, Any], Target]:
-    """The model card and the weights that answer for ``name``, or a 404."""
+def tuned_model(state: ServerState, owner: str, name: str) -> ModelRecord | None:
+    """One of the caller's fine-tuned models or checkpoints, by name."""
+    return Models(state.store).get(name, owner) or checkpoint_model(state, owner, name)
+
+
+def find_model(state: ServerState, owner: str, name: str) -> tuple[ModelRecord, Target]:
+    """The model and the weights that answer for ``name``, or a 404."""
     base = state.bases.resolve(name)
     if base is not None and not name.startswith("ft:"):
         return base_model_card(name), Target(base)
-    card = state.store.get("model", name, owner) or checkpoint_model(state, owner, name)
-    if card is None:
+    card = tuned_model(state, owner, name)
+    if card is None or card.base is None:
         raise ApiError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
                        code="model_not_found")
-    base = state.bases.by_name(card["_base"])
+    base = state.bases.by_name(card.base)
     if base is None:
-        raise ApiError(404, f"The model '{name}' cannot answer now: {state.bases.missing(card['_base'])}", param="model",
+        raise ApiError(404, f"The model '{name}' cannot answer now: {state.bases.missing(card.base)}", param="model",
                        code="model_not_available")
     return card, Target(base, state.store.model_dir(owner, name))
 
 
 @router.get("")
 def list_models(state: State, owner: Owner) -> dict[str, Any]:
-    tuned = [public(m) for _, m in state.store.all("model", owner=owner)]
-    return {"object": "list", "data": base_model_cards(state) + tuned}
+    cards = [base_model_card(name) for name in state.bases.names()] + Models(state.store).all(owner)
+    return {"object": "list", "data": [card.wire() for card in cards]}
 
 
 @router.get("/{model:path}")
 def retrieve_model(state: State, owner: Owner, model: str) -> dict[str, Any]:
-    return public(find_model(state, owner, model)[0])
+    return find_model(state, owner, model)[0].wire()
 
 
 @router.delete("/{model:path}")
 def delete_model(state: State, owner: Owner, model: str) -> dict[str, Any]:
     card, target = find_model(state, owner, model)
-    if card["owned_by"] == "system":
+    if card.owned_by == "system":
         raise ApiError(403, f"'{model}' is a base model; only your fine-tuned models can be deleted.", param="model",
                        kind="permission_error", code="model_not_deletable")
-    if state.store.get("model", model, owner) is None:
+    if Models(state.store).get(model, owner) is None:
         raise bad_request(f"'{model}' is a checkpoint; delete the fine-tuned model of its job instead.", "model")
     state.store.delete("model", model)
     if target.weights is not None:
