@@ -33,9 +33,9 @@ class CallFormat:
     {...}}`` as ``json.dumps`` writes it) with ``separator`` between two, then ``closing``; at the start of the answer
     or of a line after its text.
 
-    A template that renders ``tools`` and an assistant's ``tool_calls`` itself (Qwen's ``<tool_call>`` blocks, Llama
-    3.1's bare JSON) has its own format, read from it by rendering a call (:func:`template_calls`); the model then sees
-    the tools and writes calls as its authors trained it to. Any other template gets the project's format
+    A template that renders ``tools`` and an assistant's ``tool_calls`` itself (Qwen 2.5's ``<tool_call>`` blocks, for
+    one) has its own format, read from it by rendering a call (:func:`template_calls`); the model then sees the tools
+    and writes calls as its authors trained it to. Any other template gets the project's format
     (``PROJECT_CALLS``): the functions listed at the end of the system message, calls as one JSON line."""
 
     opening: str
@@ -122,15 +122,15 @@ def tool_calls_text(calls: list[dict[str, Any]]) -> str:
     return PROJECT_CALLS.text(calls)
 
 
-def message_text(message: dict[str, Any], calls: CallFormat | None = PROJECT_CALLS) -> str:
+def message_text(message: dict[str, Any], calls_as_text: bool = True) -> str:
     """A message's content as the text the model sees: its tool calls as one line after the text in the project's
-    format, or not at all (``calls=None``: the template renders them)."""
+    format, or not at all (``calls_as_text`` false: the template renders them)."""
     content = message.get("content")
     if isinstance(content, list):
         content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
     found = message.get("tool_calls") or ([{"function": message["function_call"]}] if message.get("function_call") else None)
-    if found and calls is not None:
-        rendered = calls.text(found)
+    if found and calls_as_text:
+        rendered = tool_calls_text(found)
         content = f"{content}\n{rendered}" if content else rendered
     return content or ""
 
@@ -163,7 +163,7 @@ def plain_messages(messages: list[dict[str, Any]], native_calls: bool = False) -
     plain = []
     for m in messages:
         message: dict[str, Any] = {"role": "system" if m["role"] == "developer" else m["role"],
-                                   "content": message_text(m, None if native_calls else PROJECT_CALLS)}
+                                   "content": message_text(m, calls_as_text=not native_calls)}
         if m["role"] == "assistant":
             message["weight"] = m.get("weight", 1)
             if native_calls and m.get("tool_calls"):
