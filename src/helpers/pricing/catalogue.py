@@ -127,8 +127,10 @@ def resolve_base(model: str) -> LocalBase | None:
 
 def is_open_model(model: str) -> bool:
     """Whether ``model`` (or the base of an ``ft:`` name) is an open model run locally: a local base model, or one
-    brought in the ``WORKBOOK_MODELS`` file. OpenAI's names are not, even where a local model stands in for them."""
-    return base_model_name(model) in open_models()
+    brought in the ``WORKBOOK_MODELS`` file. OpenAI's names are not, even where a local model stands in for them (and
+    are answered without reading that file: prices are looked up for them in loops)."""
+    name = base_model_name(model)
+    return name not in _catalogue()["models"] and name in open_models()
 
 
 def open_models() -> dict[str, str]:
