@@ -264,6 +264,38 @@ def test_a_model_record_reads_the_stores_old_layout_and_keeps_its_base_off_the_w
     assert [m.id for m in models.all("key")] == ["ft:gpt-4.1-mini:local::old", "ft:mine:local::new"]
 
 
+def test_checkpoints_and_stored_completions_read_the_stores_layout_and_keep_the_servers_fields_off_the_wire(tmp_path):
+    """A checkpoint as earlier versions stored it (``_epoch``) reads as a typed record, its wire is OpenAI's checkpoint;
+    a stored completion keeps the messages it answered apart from the answer OpenAI's type describes."""
+    from openai.types.chat import ChatCompletion
+    from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
+
+    from helpers.server.records import Checkpoints, StoredCompletion
+    from helpers.server.store import Store
+
+    store = Store(tmp_path)
+    checkpoints = Checkpoints(store)
+    for step, epoch in ((4, 1), (8, 2)):
+        store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{step}", "created_at": step,
+                                 "fine_tuned_model_checkpoint": f"ft:x:local::j:ckpt-step-{step}", "step_number": step,
+                                 "metrics": {"step": step, "train_loss": 1.5}, "fine_tuning_job_id": "ftjob-j", "_epoch": epoch},
+                  "key", parent="ftjob-j")
+    kept = checkpoints.of_job("ftjob-j")
+    assert [(c.step_number, c.epoch) for c in kept] == [(4, 1), (8, 2)] and checkpoints.of_job("ftjob-other") == []
+    wire = kept[-1].wire()
+    assert "epoch" not in wire and "_epoch" not in wire and FineTuningJobCheckpoint.model_validate(wire).metrics.train_loss == 1.5
+    checkpoints.delete(kept[0])
+    assert [c.id for c in checkpoints.all("key")] == ["ftckpt-8"] and checkpoints.all("another key") == []
+
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "metadata": {"run": "a"},
+              "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi"}}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    stored = StoredCompletion.model_validate({**answer, "request": [{"role": "user", "content": "Hello"}]}).stored()
+    assert stored["_request"] == [{"role": "user", "content": "Hello"}] and "request" not in stored
+    again = StoredCompletion.model_validate(stored)
+    assert again.wire() == answer and ChatCompletion.model_validate(again.wire()).choices[0].message.content == "Hi"
+
+
 def test_the_worker_goes_on_to_the_next_job_when_a_failed_job_cannot_be_recorded(tmp_path, caplog):
     """A job whose run fails, and whose failure cannot be written either, is logged; the queue does not stop."""
     import threading

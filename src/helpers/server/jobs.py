@@ -27,7 +27,16 @@ from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
 from helpers.server.bases import Bases
 from helpers.server.hyperparameters import resolve_auto
-from helpers.server.records import JobRecord, Jobs, JobStatus, ModelRecord, Models, hyperparameter_fields
+from helpers.server.records import (
+    CheckpointRecord,
+    Checkpoints,
+    JobRecord,
+    Jobs,
+    JobStatus,
+    ModelRecord,
+    Models,
+    hyperparameter_fields,
+)
 from helpers.server.shared import ADAPTER_CONFIG, SharedModels, in_own_thread
 from helpers.server.store import Store, new_id, now
 
@@ -299,13 +308,13 @@ class JobRunner:
         name = f"{_model_name(job)}:ckpt-step-{step}"
         shared.save_adapter(adapter, self.store.model_dir(owner, name))
         metrics = {k: v for k, v in m.as_dict().items() if k != "total_steps"}
-        self.store.put("checkpoint", {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt"), "created_at": now(),
-                                      "fine_tuned_model_checkpoint": name, "step_number": step, "metrics": metrics,
-                                      "fine_tuning_job_id": job_id, "_epoch": epoch}, owner, parent=job_id)
+        checkpoints = Checkpoints(self.store)
+        checkpoints.put(CheckpointRecord(id=new_id("ftckpt"), created_at=now(), fine_tuned_model_checkpoint=name, step_number=step,
+                                         metrics=metrics, fine_tuning_job_id=job_id, epoch=epoch), owner)
         self.event(job_id, f"Checkpoint created at step {step}")
-        for _, old in list(self.store.all("checkpoint", parent=job_id))[:-KEEP_CHECKPOINTS]:
-            self.store.delete("checkpoint", old["id"])
-            shutil.rmtree(self.store.model_dir(owner, old["fine_tuned_model_checkpoint"]), ignore_errors=True)
+        for old in checkpoints.of_job(job_id)[:-KEEP_CHECKPOINTS]:
+            checkpoints.delete(old)
+            shutil.rmtree(self.store.model_dir(owner, old.fine_tuned_model_checkpoint), ignore_errors=True)
 
     def _examples(self, job: JobRecord, owner: str, chat: chat_template.ChatTemplate, base: catalogue.LocalBase,
                   file_id: str | None) -> list:
@@ -330,11 +339,11 @@ class JobRunner:
         """Where training starts: ``(epoch, adapter folder, step)``: the last checkpoint of a resumed job, the model a job
         continues from, or nothing (a new adapter). None when the model it continues from is gone (the job fails)."""
         job_id = job.id
-        checkpoints = [c for _, c in self.store.all("checkpoint", parent=job_id)]
+        checkpoints = Checkpoints(self.store).of_job(job_id)
         if checkpoints:
             last = checkpoints[-1]
-            self.event(job_id, f"Resuming from checkpoint at step {last['step_number']} (epoch {last['_epoch']}).")
-            return last["_epoch"], self.store.model_dir(owner, last["fine_tuned_model_checkpoint"]), last["step_number"]
+            self.event(job_id, f"Resuming from checkpoint at step {last.step_number} (epoch {last.epoch}).")
+            return last.epoch, self.store.model_dir(owner, last.fine_tuned_model_checkpoint), last.step_number
         if job.start_from:
             folder = self.store.model_dir(owner, job.start_from)
             if not (folder / ADAPTER_CONFIG).exists():

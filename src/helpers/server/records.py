@@ -1,4 +1,5 @@
-"""The server's own records of a fine-tuning job and of a model, typed, apart from what the API shows of them.
+"""The server's own records (a fine-tuning job, a model, a job's checkpoint, a stored chat completion), typed, apart
+from what the API shows of them.
 
 A :class:`JobRecord` holds the fields OpenAI's API returns for a job (:meth:`JobRecord.wire`, checked against
 ``openai.types.fine_tuning.FineTuningJob`` by the fast tests) and the server's own: which local base model trains,
@@ -175,3 +176,64 @@ class Models:
 
     def all(self, owner: str | None = None) -> list[ModelRecord]:
         return [ModelRecord.model_validate(body) for _, body in self.store.all("model", owner=owner)]
+
+
+class CheckpointRecord(BaseModel):
+    """A job's checkpoint as the server keeps it: what ``client.fine_tuning.jobs.checkpoints.list`` shows
+    (``openai.types.fine_tuning.jobs.FineTuningJobCheckpoint``) and the epoch it was saved after (stored as ``_epoch``),
+    where a resumed job starts again."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]  # openai's Metrics: step, train_loss, valid_loss, ...
+    #: the epochs done when it was saved
+    epoch: int = Field(validation_alias="_epoch", serialization_alias="_epoch")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"epoch"})
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Checkpoints:
+    """Typed access to the checkpoints in a :class:`~helpers.server.store.Store`, each kept under its job."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def put(self, checkpoint: CheckpointRecord, owner: str) -> CheckpointRecord:
+        self.store.put("checkpoint", checkpoint.stored(), owner, parent=checkpoint.fine_tuning_job_id)
+        return checkpoint
+
+    def of_job(self, job_id: str) -> list[CheckpointRecord]:
+        """A job's checkpoints, oldest first."""
+        return [CheckpointRecord.model_validate(body) for _, body in self.store.all("checkpoint", parent=job_id)]
+
+    def all(self, owner: str) -> list[CheckpointRecord]:
+        return [CheckpointRecord.model_validate(body) for _, body in self.store.all("checkpoint", owner=owner)]
+
+    def delete(self, checkpoint: CheckpointRecord) -> None:
+        self.store.delete("checkpoint", checkpoint.id)
+
+
+class StoredCompletion(BaseModel):
+    """A chat completion made with ``store=True``: the answer as the API returned it (``openai.types.chat.ChatCompletion``,
+    kept as its JSON) and the messages asked (stored as ``_request``), which ``/chat/completions/{id}/messages`` lists."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")  # the answer's own fields, as returned
+
+    id: str
+    request: list[dict[str, Any]] = Field(validation_alias="_request", serialization_alias="_request")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"request"})
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)

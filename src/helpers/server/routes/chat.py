@@ -13,8 +13,9 @@ from jinja2 import TemplateError
 
 from helpers.server import structured
 from helpers.server.errors import bad_request
-from helpers.server.protocol import MODEL_REQUIRED, ChatCompletion, page, public
+from helpers.server.protocol import MODEL_REQUIRED, ChatCompletion, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches, newest_first
+from helpers.server.records import StoredCompletion
 from helpers.server.routes.models import find_model
 from helpers.server.state import Owner, ServerState, State, json_body, owned, parsed
 from helpers.server.store import new_id, now
@@ -94,8 +95,8 @@ async def chat_completions(request: Request, state: State, owner: Owner):
     if asked.stream:
         def keep(message: dict[str, Any], reason: str, prompt: int, used: int) -> None:
             if store_it:
-                state.store.put("completion", {**completion_body(ident, model, created, [(message, reason)], prompt, used,
-                                                                 {"metadata": metadata or {}}), "_request": asked.messages}, owner)
+                keep_completion(state, owner, completion_body(ident, model, created, [(message, reason)], prompt, used,
+                                                              {"metadata": metadata or {}}), asked.messages)
 
         events = stream_events(state, target, messages, sampling, answering, asked.include_usage, (ident, created, model), keep)
         return ClosingStreamingResponse(events, media_type="text/event-stream")
@@ -104,7 +105,7 @@ async def chat_completions(request: Request, state: State, owner: Owner):
     response = completion_body(ident, model, created, answers, result.prompt_tokens, result.completion_tokens,
                                {"metadata": metadata or {}} if store_it else {})
     if store_it:
-        state.store.put("completion", {**response, "_request": asked.messages}, owner)
+        keep_completion(state, owner, response, asked.messages)
     return response
 
 
@@ -152,13 +153,18 @@ def list_completions(request: Request, state: State, owner: Owner, model: str | 
     return page(items, more, first_last=True)
 
 
-def owned_completion(state: ServerState, owner: str, completion_id: str) -> dict[str, Any]:
-    return owned(state, owner, "completion", completion_id, "chat completion", "completion_id")
+def keep_completion(state: ServerState, owner: str, response: dict[str, Any], request: list[dict[str, Any]]) -> None:
+    """A completion made with ``store=True``, kept with the messages it answered."""
+    state.store.put("completion", StoredCompletion.model_validate({**response, "request": request}).stored(), owner)
+
+
+def owned_completion(state: ServerState, owner: str, completion_id: str) -> StoredCompletion:
+    return StoredCompletion.model_validate(owned(state, owner, "completion", completion_id, "chat completion", "completion_id"))
 
 
 @router.get("/{completion_id}")
 def retrieve_completion(state: State, owner: Owner, completion_id: str) -> dict[str, Any]:
-    return public(owned_completion(state, owner, completion_id))
+    return owned_completion(state, owner, completion_id).wire()
 
 
 @router.delete("/{completion_id}")
@@ -171,7 +177,7 @@ def delete_completion(state: State, owner: Owner, completion_id: str) -> dict[st
 
 @router.get("/{completion_id}/messages")
 def completion_messages(state: State, owner: Owner, completion_id: str) -> dict[str, Any]:
-    body = owned_completion(state, owner, completion_id)
+    asked = owned_completion(state, owner, completion_id).request
     data = [{"id": f"{completion_id}-{i}", **{k: v for k, v in m.items() if k in ("role", "content", "name")}}
-            for i, m in enumerate(body["_request"])]
+            for i, m in enumerate(asked)]
     return {"object": "list", "data": data, "first_id": data[0]["id"], "last_id": data[-1]["id"], "has_more": False}

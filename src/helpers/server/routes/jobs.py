@@ -12,7 +12,7 @@ from helpers.server.errors import ApiError, bad_request, not_found
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import MAX_SEED, CreateJob, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches
-from helpers.server.records import JobRecord, Jobs, JobStatus, ModelRecord, hyperparameter_fields
+from helpers.server.records import CheckpointRecord, JobRecord, Jobs, JobStatus, ModelRecord, hyperparameter_fields
 from helpers.server.routes.models import tuned_model
 from helpers.server.state import Owner, ServerState, State, json_body, parsed
 from helpers.server.store import new_id, now
@@ -139,4 +139,4 @@ def list_events(state: State, owner: Owner, job_id: str, after: str | None = Non
 def list_checkpoints(state: State, owner: Owner, job_id: str, after: str | None = None, limit: str | None = None) -> dict[str, Any]:
     owned_job(state, owner, job_id)
     items, more = state.store.page("checkpoint", owner, parent=job_id, after=after, limit=limit_param(limit, 10))
-    return page(items, more, first_last=True, empty_id=None)
+    return page([CheckpointRecord.model_validate(i).wire() for i in items], more, first_last=True, empty_id=None)

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from helpers.server.errors import ApiError, bad_request
 from helpers.server.inference import Target
 from helpers.server.jobs import ORGANIZATION
-from helpers.server.records import Jobs, ModelRecord, Models
+from helpers.server.records import Checkpoints, Jobs, ModelRecord, Models
 from helpers.server.state import Owner, ServerState, State
 from helpers.server.store import now
 
@@ -24,12 +24,12 @@ def base_model_card(name: str) -> ModelRecord:
 
 def checkpoint_model(state: ServerState, owner: str, name: str) -> ModelRecord | None:
     """A checkpoint of one of the caller's jobs, as a model (its ``base`` names the job's base model)."""
-    for _, ckpt in state.store.all("checkpoint", owner=owner):
-        if ckpt["fine_tuned_model_checkpoint"] == name:
-            job = Jobs(state.store).get(ckpt["fine_tuning_job_id"], owner)
+    for ckpt in Checkpoints(state.store).all(owner):
+        if ckpt.fine_tuned_model_checkpoint == name:
+            job = Jobs(state.store).get(ckpt.fine_tuning_job_id, owner)
             base = (job.base or getattr(state.bases.resolve(job.model), "name", None)) if job else None
             if base is not None and job is not None:
-                return ModelRecord(id=name, created=ckpt["created_at"], owned_by=ORGANIZATION, base=base, job=job.id)
+                return ModelRecord(id=name, created=ckpt.created_at, owned_by=ORGANIZATION, base=base, job=job.id)
     return None
 
 
