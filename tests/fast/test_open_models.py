@@ -75,3 +75,13 @@ def test_a_broken_models_file_is_named_with_its_line(brought):
     with pytest.raises(ModelSourceError, match=rf"{brought}, line 2: 'no equals sign' is not NAME=SOURCE"):
         model_info("my-model")
 
+
+
+def test_the_setup_line_names_the_models_that_answer_as_themselves(brought, monkeypatch):
+    from helpers.course.session import _brought_models
+
+    assert _brought_models() == ", and my-model, team/llama answer as themselves"
+    brought.write_text("my-model=/models/Qwen2.5-0.5B-Instruct\n")
+    assert _brought_models() == ", and my-model answers as itself"
+    monkeypatch.delenv("WORKBOOK_MODELS")
+    assert _brought_models() == ""

@@ -91,9 +91,19 @@ def setup(notebook: str, backend: str | None = None) -> Course:
 
     shared = shared_server_url()
     server = f"workshop server {shared}" if shared else "local server"
-    where = f"{server} (SmolLM2-135M stands in for OpenAI models; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
+    where = f"{server} (SmolLM2-135M stands in for OpenAI models{_brought_models()}; $0)" if course.backend == "local" else "OpenAI (billed to your key)"
     print(f"{notebook}: backend = {where}; data = {shown(DATA_DIR)}")
     return course
+
+
+def _brought_models() -> str:
+    """", and team-model answers as itself" for the models the ``WORKBOOK_MODELS`` file brings ("" when none)."""
+    from helpers.pricing import catalogue
+
+    brought = [name for name in catalogue.open_models() if name not in catalogue.base_models()]
+    if not brought:
+        return ""
+    return f", and {', '.join(brought)} answer{'s' if len(brought) == 1 else ''} as {'itself' if len(brought) == 1 else 'themselves'}"
 
 
 def environment_report(course: Course):
