@@ -698,7 +698,10 @@ def test_workbook_export_takes_a_tuned_model_home_and_refuses_an_unknown_one(ser
     model = trained["job"].fine_tuned_model
     folder = wind_down.export_model(model, tmp_path / "home")
     assert {"adapter_config.json", "adapter_model.safetensors", "take_home.json", "README.md"} <= {p.name for p in folder.iterdir()}
-    assert json.loads((folder / "take_home.json").read_text())["model"] == model
+    took = json.loads((folder / "take_home.json").read_text())
+    loaded = httpx.get(f"{server.url}/health").json()["models"]
+    # the precision the server answers in, so that transformers + peft at home compute what it computes
+    assert took["model"] == model and took["dtype"] in {m["dtype"] for m in loaded} and f"torch.{took['dtype']}" in (folder / "README.md").read_text()
     monkeypatch.setenv("WORKBOOK_LOCAL_KEY", "key-bob")  # another key's model does not exist for you
     with pytest.raises(LookupError, match=r"^No fine-tuned model 'ft:.*' on the local server"):
         wind_down.export_model(model, tmp_path / "elsewhere")

@@ -75,12 +75,13 @@ def load(folder: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    base_folder = json.loads((Path(folder) / "take_home.json").read_text(encoding="utf-8"))["base_folder"]
+    took = json.loads((Path(folder) / "take_home.json").read_text(encoding="utf-8"))
+    base_folder, dtype = took["base_folder"], getattr(torch, took.get("dtype", "float32"))  # the server's precision
     transformers_logging.disable_progress_bar()  # a loading bar per call is noise in a notebook
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers property deprecated for v6
         tokenizer = AutoTokenizer.from_pretrained(base_folder)
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), str(folder))
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype), str(folder))
     return model.eval(), tokenizer
 
 
@@ -93,6 +94,19 @@ def answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 32) -> 
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def at_home_and_served(model, tokenizer, client, tuned: str, requests: list[list[dict]], max_tokens: int = 32) -> pd.DataFrame:
+    """Each request answered greedily by the exported model (transformers + peft, in this kernel) and by the server,
+    one at a time: a row per request with both answers and whether they are the same text."""
+    rows = []
+    for messages in requests:
+        at_home = answer(model, tokenizer, messages, max_tokens)
+        served = client.chat.completions.create(model=tuned, messages=messages, max_tokens=max_tokens, temperature=0)
+        served_text = (served.choices[0].message.content or "").strip()
+        rows.append({"request": messages[-1]["content"], "transformers + peft": at_home, "local server": served_text,
+                     "same": at_home == served_text})
+    return pd.DataFrame(rows)
 
 
 def base_folder(exported: Path) -> Path:

@@ -32,9 +32,14 @@ def export_model(data_dir: Path, key: str, model: str, target: Path) -> Path:
     for name in ADAPTER_FILES:
         shutil.copy(source / name, target / name)
     base_dir = localmodels.weights_dir(base)
+    # The precision the server answers in here: bf16 on a machine with bf16 kernels. The same adapter on the base in
+    # fp32 answered one of notebook 10's held-out requests differently from the server on such a machine (issue 28);
+    # loaded in the server's dtype, transformers + peft compute what the server computes.
+    dtype = str(localmodels.compute_dtype()).removeprefix("torch.")
     (target / "take_home.json").write_text(json.dumps({"model": model, "base": base.name, "base_source": base.source,
-                                                       "base_folder": str(base_dir)}, indent=2) + "\n", encoding="utf-8")
-    (target / "README.md").write_text(_readme(model, base.source), encoding="utf-8")
+                                                       "base_folder": str(base_dir), "dtype": dtype}, indent=2) + "\n",
+                                           encoding="utf-8")
+    (target / "README.md").write_text(_readme(model, base.source, dtype), encoding="utf-8")
     return target
 
 
@@ -49,12 +54,13 @@ def _base_of(card: ModelRecord) -> catalogue.LocalBase:
     return catalogue.base_models()[name]
 
 
-def _readme(model: str, base_source: str) -> str:
+def _readme(model: str, base_source: str, dtype: str) -> str:
     return f"""# {model}
 
 A LoRA adapter in peft's format, trained by the Fine-Tuning & Distillation Workbook's local server on {base_source}.
+The server answered with it in {dtype}: load the base in that dtype to get the server's answers token for token.
 
-- transformers + peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<this folder>")`
+- transformers + peft: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.{dtype}), "<this folder>")`
 - vLLM: `vllm serve BASE --enable-lora --lora-modules billing=<this folder>`, then call model "billing"
 - llama.cpp: convert with `convert_lora_to_gguf.py --base BASE <this folder>`, run with `--lora`
 
