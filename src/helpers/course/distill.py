@@ -153,9 +153,9 @@ def cookbook_findings(comparison: dict[str, dict]) -> list[str]:
     "the student can sometimes even beat the teacher" checked against this run (sentences computed from ``comparison``)."""
     (t_name, t_acc), (b_name, b_acc), (s_name, s_acc) = (COOKBOOK_DISTILLATION[k] for k in ("teacher", "student base", "student"))
     teacher, base, student = (comparison[k]["code_accuracy"] for k in ("teacher", "student base", "student"))
-    here = f"{student / teacher:.0%}" if teacher else "none (the teacher scored 0)"
+    here = f"{student / teacher:.1%}" if teacher else "none (the teacher scored 0)"
     lines = [f"OpenAI's Cookbook distils {t_name} ({t_acc:.1%}) into {b_name} ({b_acc:.1%} before, {s_acc:.1%} as the "
-             f"distilled student): the student keeps {s_acc / t_acc:.0%} of its teacher's accuracy and gains {100 * (s_acc - b_acc):.0f} points "
+             f"distilled student): the student keeps {s_acc / t_acc:.1%} of its teacher's accuracy and gains {100 * (s_acc - b_acc):.0f} points "
              f"over its base. Here the student keeps {here} of the teacher's and gains {100 * (student - base):.0f} points "
              "over its base."]
     if student > teacher:

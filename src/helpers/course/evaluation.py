@@ -179,9 +179,20 @@ def mistake_findings(results: pd.DataFrame) -> list[str]:
                      "it to its number: the numbers are arbitrary five-digit strings, learned from nine examples a code. "
                      "The code table catches such an answer; 05 filters the teacher's answers with exactly this check.")
     if kinds["another real code, whole"]:
-        lines.append("A real code given whole, with its own description, is a confusion between neighbouring codes (for "
-                     "example an office visit of another level): the answer is consistent, so only the request shows it wrong.")
+        lines.append("A real code given whole, with its own description, is one procedure taken for another (here: "
+                     f"{_confusions(results)}): the answer is consistent, so only the request shows it wrong.")
     return lines
+
+
+def _confusions(results: pd.DataFrame, shown: int = 3) -> str:
+    """The most frequent "asked for X, answered Y" pairs among answers that give another real code whole."""
+    table = {c.code: c.description for c in load_codes()}
+    wrong = results[~results["code_ok"]]
+    pairs = pd.Series([f"{table[expected]} answered as {parse_answer(answer)[1]}"  # type: ignore[index]  (parsed: not None)
+                       for answer, expected in zip(wrong["answer"], wrong["expected_code"])
+                       if mistake_kind(answer, expected) == "another real code, whole"], dtype=object).value_counts()
+    said = [pair + (f" ({n} times)" if n > 1 else "") for pair, n in pairs.head(shown).items()]
+    return "; ".join(said) + (f"; and {len(pairs) - shown} other pairs" if len(pairs) > shown else "")
 
 
 def prompting_findings(base: dict, prompting: dict[str, dict]) -> list[str]:
