@@ -105,3 +105,24 @@ def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
     assert any(line.startswith("Only part of it") and "RENUMBERED_SHARE" in line for line in partial)
     none = evaluation.comparison_findings(base, tuned, {**unseen, "fine-tuned + RAG": summary(0.0, 1, 150), "base + RAG": summary(0.0, 0.0, 150)}, 6)
     assert "Retrieval did not help the fine-tuned model on these requests." in none
+
+
+def test_04_quotes_the_outlines_style_not_facts_and_says_what_the_numbers_show():
+    """Takeaway #2 of the outline set against the run: trained codes learned (its letter fails), unseen codes not
+    (its spirit holds), and the outline's own cataract example as the run answered it."""
+    from helpers.course import evaluation
+
+    share = lambda accuracy: {"code_accuracy": accuracy}  # noqa: E731
+    answers = lambda *given: pd.DataFrame({"request": ["cataract op with intraocular lens", "phaco with IOL"],  # noqa: E731
+                                           "expected_code": ["66984", "66984"], "answer": list(given),
+                                           "code_ok": ["66984" in a for a in given]})
+    cataract = "Cataract removal with lens implant - CPT Code: 66984"
+    results = {"fine-tuned": answers("Colonoscopy - CPT Code: 45378", "x"), "fine-tuned + RAG": answers(cataract, cataract)}
+    lines = evaluation.takeaway_findings(share(0.0), share(0.85), {"fine-tuned": share(0.0), "fine-tuned + RAG": share(0.8)}, results)
+    assert '"fine-tuning teaches style, not facts"' in lines[0] and "Its letter does not hold" in lines[0] and "from 0% to 85%" in lines[0]
+    assert "Its spirit does" in lines[0] and "takes it to 80%" in lines[0]
+    assert ('asked "cataract op with intraocular lens", the fine-tuned model answered "Colonoscopy - CPT Code: 45378" (wrong)'
+            in lines[1]) and f'"{cataract}" (right)' in lines[1]
+    weak = evaluation.takeaway_findings(share(0.1), share(0.2), {"fine-tuned": share(0.3), "fine-tuned + RAG": share(0.5)},
+                                        {k: v[v["expected_code"] != "66984"] for k, v in results.items()})
+    assert "taught few facts of either kind" in weak[0] and "it is right 30% of the time" in weak[0] and len(weak) == 1

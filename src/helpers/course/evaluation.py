@@ -226,6 +226,37 @@ def seed_findings(tuned: dict, unseen: dict[str, dict]) -> list[str]:
             f"exactly what was in the training file: codes it never saw {new:.0%}, the same with retrieval {new_rag:.0%}."]
 
 
+#: The course outline's (the seed's) second takeaway, and the example its Step 3 gives: a code no training file holds.
+STYLE_NOT_FACTS = "fine-tuning teaches style, not facts"
+SEED_EXAMPLE_CODE = "66984"  # cataract removal with lens implant: in test_new_codes.jsonl, never in training
+
+
+def takeaway_findings(base: dict, tuned: dict, unseen: dict[str, dict], unseen_results: dict[str, pd.DataFrame]) -> list[str]:
+    """The outline's "fine-tuning teaches style, not facts" set against this run: the trained codes before and after
+    fine-tuning (``base``, ``tuned``: summaries of the held-out test), the codes never trained on (``unseen``:
+    summaries by run; ``unseen_results``: their answers), and the outline's own example where the sample holds it."""
+    before, after = base["code_accuracy"], tuned["code_accuracy"]
+    new, new_rag = unseen["fine-tuned"]["code_accuracy"], unseen["fine-tuned + RAG"]["code_accuracy"]
+    learned = after - before >= 0.25
+    lines = [f"The outline's second takeaway says \"{STYLE_NOT_FACTS}\". "
+             + (f"Its letter does not hold here: on the codes in its training file the model went from {before:.0%} to "
+                f"{after:.0%} right, and a code is a fact, learned from examples. " if learned else
+                f"Here fine-tuning taught few facts of either kind: {before:.0%} to {after:.0%} on the codes it trained on. ")
+             + (f"Its spirit does: on codes no example showed, the fine-tuned model is right {new:.0%} of the time, and "
+                f"only retrieval, which puts the fact in the prompt, takes it to {new_rag:.0%}. Fine-tuning teaches the "
+                "facts it is shown, and the form; it does not invent the others." if new <= 0.1 else
+                f"On codes no example showed, it is right {new:.0%} of the time ({new_rag:.0%} with retrieval).")]
+    plain, rag = unseen_results["fine-tuned"], unseen_results["fine-tuned + RAG"]
+    asked = plain.index[plain["expected_code"] == SEED_EXAMPLE_CODE]
+    if len(asked):
+        row = asked[0]
+        lines.append(f"The outline's own example, cataract surgery ({SEED_EXAMPLE_CODE}), is one of those codes: asked "
+                     f"\"{plain.loc[row, 'request']}\", the fine-tuned model answered \"{plain.loc[row, 'answer']}\" "
+                     f"({'right' if plain.loc[row, 'code_ok'] else 'wrong'}), and with retrieved codes "
+                     f"\"{rag.loc[row, 'answer']}\" ({'right' if rag.loc[row, 'code_ok'] else 'wrong'}).")
+    return lines
+
+
 def token_findings(tuned: dict, openai_tokens: float) -> list[str]:
     """Why the server's input-token count differs from 01's (``openai_tokens``: the o200k_base count of the same
     requests)."""

@@ -7,6 +7,7 @@ reports read back from ``<metrics dir>/<notebook>.json``.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ class Course:
     backend: str
     data_dir: Path = DATA_DIR
     recorded: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)  # when setup() ran: each record() notes the time since
 
     @cached_property
     def client(self):
@@ -45,8 +47,10 @@ class Course:
         return metrics_dir() / f"{self.notebook}.json"
 
     def record(self, **values: Any) -> None:
-        """Keep numbers the notebook computed, for tests and reports (JSON-serialisable values)."""
-        self.recorded.update(values)
+        """Keep numbers the notebook computed, for tests and reports (JSON-serialisable values), and ``elapsed_s``, the
+        seconds since the notebook's setup (after its last record, about the notebook's run: its time line is checked
+        against it)."""
+        self.recorded.update(values, elapsed_s=round(time.monotonic() - self.started, 1))
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(_plain(self.recorded), indent=2, allow_nan=False))

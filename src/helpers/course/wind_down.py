@@ -42,14 +42,25 @@ def stop_rehearsal(port: int | None = None) -> None:
     stop_local_server(port or local_port() + 1)
 
 
-def try_to_train(client, path: Path, model: str) -> str:
-    """Upload ``path`` and ask for a job; return what the course's helper says when the server refuses."""
+def try_to_train(client, path: Path, model: str) -> tuple[str, str]:
+    """Upload ``path`` and ask for a job twice: with the ``openai`` client's own call, and through the course's helper.
+    Returns what each says when the server refuses: the exception the client raises (its class and message, as a
+    traceback's last line shows it, and the status and code your code can test) and the helper's sentence."""
+    import openai
+
+    file_id = finetune.upload(client, path).id
     try:
-        job = finetune.start_job(client, training_file=finetune.upload(client, path).id, model=model)
+        job = client.fine_tuning.jobs.create(training_file=file_id, model=model)
+    except openai.APIStatusError as exc:
+        raised = f"openai.{type(exc).__name__}: {exc}\n  (exc.status_code = {exc.status_code}, exc.code = {exc.code!r})"
+    else:
+        client.fine_tuning.jobs.cancel(job.id)
+        raise RuntimeError(f"The server started job {job.id} (now cancelled): it does not refuse training.")
+    try:
+        finetune.start_job(client, training_file=file_id, model=model)
     except finetune.TrainingNotAvailable as exc:
-        return str(exc)
-    client.fine_tuning.jobs.cancel(job.id)
-    raise RuntimeError(f"The server started job {job.id} (now cancelled): it does not refuse training.")
+        return raised, str(exc)
+    raise RuntimeError("The server refused the client's call but not the helper's.")
 
 
 def export_model(model: str, target: Path) -> Path:
