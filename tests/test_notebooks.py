@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,23 @@ SECTIONS = ["## 1. Why", "## 2. What", "## 3. Hands-on", "## 4. Summary"]
 CANARY = "sk-canary-" + os.urandom(12).hex()
 
 
+#: A notebook's time line at its defaults: both kinds of 2-core machine the course runs on, measured there.
+TIME_LINE = re.compile(r"\*\*Time:\*\* (?:under a minute|about (?P<fp32>\d+(?:\.\d+)?) minutes? on a 2-core CPU without bf16 "
+                       r"kernels \(fp32\), about (?P<bf16>\d+(?:\.\d+)?) with them)")
+
+
+def stated_minutes(path: Path) -> tuple[float, float]:
+    """(minutes without bf16 kernels, minutes with them) that a notebook's time line states ("under a minute": 1, 1)."""
+    found = TIME_LINE.search(nbformat.read(path, as_version=4).cells[0].source)
+    assert found, f"{path.name}: the time line must read '**Time:** under a minute' or '**Time:** about N minutes on a 2-core CPU without bf16 kernels (fp32), about M with them'"
+    return (float(found["fp32"]), float(found["bf16"])) if found["fp32"] else (1.0, 1.0)
+
+
+def within_time_line(elapsed_s: float, stated_min: float) -> bool:
+    """Generous: this machine's speed varies by about 15% in a day (and by half on a slow one, seen on a Zen 2)."""
+    return stated_min * 60 / 3 - 30 <= elapsed_s <= stated_min * 60 * 1.6 + 60
+
+
 def inputs(notebook: nbformat.NotebookNode) -> list[tuple]:
     return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in notebook.cells]
 
@@ -47,6 +65,8 @@ def test_structure(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
     assert "**Time:**" in nb.cells[0].source and "**Cost:**" in nb.cells[0].source
+    fp32, bf16 = stated_minutes(path)
+    assert fp32 >= bf16 > 0  # without bf16 kernels it is never faster
     parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1 and nb.cells.index(parameters[0]) == 1
     for statement in ast.parse(parameters[0].source).body:  # UPPER_CASE = literal, nothing derived
@@ -120,6 +140,21 @@ def nbval_run(course_env):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
     return {name: json.loads((course_env / "metrics" / f"{name}.json").read_text()) for name in NAMES}
+
+
+def test_each_notebook_takes_about_the_time_its_time_line_says(nbval_run):
+    """Each notebook's own run (``elapsed_s``: from its setup to its last record) against its time line for this kind
+    of machine, with a generous margin: time lines that drift from what a learner waits are caught."""
+    from helpers.server.localmodels import compute_dtype
+
+    with_bf16 = str(compute_dtype("cpu")) == "torch.bfloat16"
+    off = {}
+    for path in NOTEBOOKS:
+        stated = stated_minutes(path)[1 if with_bf16 else 0]
+        elapsed = nbval_run[path.stem]["elapsed_s"]
+        if not within_time_line(elapsed, stated):
+            off[path.stem] = f"{elapsed / 60:.1f} min against 'about {stated:g}'"
+    assert not off, off
 
 
 def test_00_start_here_reaches_the_backend(nbval_run):
@@ -323,9 +358,12 @@ def test_09_dpo_from_the_sft_model_moves_answers_to_the_preferred_form(nbval_run
 def test_10_refusal_take_home_and_patient_data(nbval_run):
     metrics = nbval_run["10_after_the_wind_down"]
     assert "training_not_available" in metrics["refusal"] and "Traceback" not in metrics["refusal"]
+    # the exception the openai client itself raises, as a traceback's last line shows it
+    assert metrics["raised"].startswith("openai.PermissionDeniedError: Error code: 403") and "training_not_available" in metrics["raised"]
     assert "2027-01-06" in metrics["refusal"] and metrics["chat_after_refusal"]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "take_home.json"} <= set(metrics["exported_files"])
-    assert metrics["at_home_parses"]  # transformers + peft, without the server, answer in the course's format
+    # transformers + peft, without the server, in the server's precision: the server's answers, in the course's format
+    assert metrics["same_answers"] == metrics["asked_at_home"] >= 8 and metrics["at_home_parse"] >= metrics["asked_at_home"] - 1
     assert metrics["identifiers_in_course"] == 0 and metrics["identifiers_in_notes"] > 0 and metrics["identifiers_after_scrub"] == 0
     assert metrics["stored_before_delete"] >= 1 and metrics["stored_after_delete"] == 0
     # 3.5: a second server brings the base folder taken home as team-model; the same call asks both
@@ -353,6 +391,10 @@ def test_cost_explorer_reacts_to_its_sliders():
     explorer.input_tokens.value = 2_000
     assert explorer.summary["cheapest"] in {"fine-tuned", "fine-tuned + RAG", "distilled", "RAG", "prompting"}
     assert explorer.table.loc[explorer.queries.value, "prompting"] == pytest.approx(explorer.summary["monthly_cost_usd"]["prompting"], abs=0.005)
+    # the static copy a saved notebook shows: the same sentences as the widget's text, and the chart at these values
+    figure = explorer.static()
+    assert explorer.lines[0].startswith(f"At {explorer.queries.value:,} queries/month") and f"Cheapest: {explorer.summary['cheapest']}." in explorer.lines[0]
+    assert [line.get_label() for line in figure.axes[0].get_lines()[:-1]] == list(explorer.summary["monthly_cost_usd"])
 
 
 def test_report_on_a_teams_csv_with_parameters_and_no_key_in_it(course_env, tmp_path, monkeypatch):

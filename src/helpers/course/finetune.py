@@ -111,6 +111,9 @@ def follow(client, job_id: str, *, poll_s: float = 1.0, show_events: bool = True
         time.sleep(poll_s)
         job = client.fine_tuning.jobs.retrieve(job_id)
     bar.close()
+    # The bar is a widget in Jupyter, and a saved notebook keeps only its first frame ("0step"): say where it ended.
+    print(f"{job_id[-8:]}: {job.status} at step {bar.n}" + (f" of {bar.total}" if bar.total else "")
+          + f" (followed for {bar.format_dict['elapsed']:.0f} s)")
     return job
 
 

@@ -61,17 +61,29 @@ class CostExplorer:
             else:
                 crossings.append(f"{approach.name} beats prompting from {volume_at:,.0f} queries/month")
         self.text.value = f"At {volume:,} queries/month: " + "; ".join(parts) + f". Cheapest: <b>{cheapest}</b>.<br>" + "<br>".join(crossings)
+        self.lines = [f"At {volume:,} queries/month: " + "; ".join(f"{name}: ${cost:,.2f}/month" for name, cost in costs.items())
+                      + f". Cheapest: {cheapest}.", *crossings]
         with self.output:
             self.output.clear_output(wait=True)
-            figure, axis = plt.subplots()
-            volumes = np.geomspace(1_000, self.max_queries, 60)  # log scales: every crossing is visible
-            for approach in approaches:
-                axis.plot(volumes, [approach.monthly_cost(v) for v in volumes], label=approach.name)
-            axis.axvline(volume, color="grey", linestyle=":", linewidth=1)
-            axis.set(xlabel="queries per month", ylabel="USD per month", title="Monthly cost (prices: data/prices.json)",
-                     xscale="log", yscale="log")
-            axis.legend()
+            self._draw(approaches, volume)
             plt.show()
+
+    def _draw(self, approaches, volume: int):
+        figure, axis = plt.subplots()
+        volumes = np.geomspace(1_000, self.max_queries, 60)  # log scales: every crossing is visible
+        for approach in approaches:
+            axis.plot(volumes, [approach.monthly_cost(v) for v in volumes], label=approach.name)
+        axis.axvline(volume, color="grey", linestyle=":", linewidth=1)
+        axis.set(xlabel="queries per month", ylabel="USD per month", title="Monthly cost (prices: data/prices.json)",
+                 xscale="log", yscale="log")
+        axis.legend()
+        return figure
 
     def show(self) -> None:
         display(widgets.VBox([*self.sliders, self.text, self.output]))
+
+    def static(self):
+        """The explorer's sentences and chart at the sliders' current values, as plain output: what a saved notebook
+        or an HTML report shows (a widget's saved form is only its name, ``VBox(...)``)."""
+        print("\n".join(self.lines))
+        return self._draw(self.approaches(), self.queries.value)
