@@ -26,14 +26,13 @@ def excessive_run(excessive_epochs: int) -> str:
 
 
 def runs(excessive_epochs: int, multipliers: list[float]) -> dict[str, dict[str, Any]]:
-    """Notebook 06's runs as ``{name: hyperparameters}``: 1 epoch, "auto" epochs, ``excessive_epochs``, and "auto"
-    epochs with each learning-rate multiplier."""
+    """Notebook 06's runs as ``{name: hyperparameters}``: "auto" epochs, ``excessive_epochs``, and "auto" epochs with
+    each learning-rate multiplier. (A 1-epoch run was dropped: it is the first point of every other curve.)"""
     if not isinstance(excessive_epochs, int) or excessive_epochs <= TARGET_EPOCHS:
         raise ValueError(f"EXCESSIVE_EPOCHS must be a whole number above {TARGET_EPOCHS} (OpenAI's usual auto), got {excessive_epochs!r}.")
     if len(set(multipliers)) != len(multipliers) or not all(isinstance(m, (int, float)) and 0 < m <= 10 for m in multipliers):
         raise ValueError(f"LEARNING_RATE_MULTIPLIERS must be different numbers above 0 and at most 10, got {multipliers!r}.")
-    out: dict[str, dict[str, Any]] = {"1 epoch": {"n_epochs": 1}, AUTO_RUN: {"n_epochs": "auto"},
-                                      excessive_run(excessive_epochs): {"n_epochs": excessive_epochs}}
+    out: dict[str, dict[str, Any]] = {AUTO_RUN: {"n_epochs": "auto"}, excessive_run(excessive_epochs): {"n_epochs": excessive_epochs}}
     for m in multipliers:
         out[f"auto epochs, multiplier {m:g}"] = {"n_epochs": "auto", "learning_rate_multiplier": m}
     return out
@@ -123,9 +122,18 @@ def plot_fits(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame):
 
 #: An epoch "still improves" validation loss when it lowers it by at least this share and this much.
 STILL_FALLING = (0.10, 0.02)
+#: Validation loss has "turned" when it ended above its lowest point by more than this share and this much (at losses
+#: near 0.04, as 06's long run reaches, a 10% rise is 0.004: noise between epochs, not memorising).
+TURNED = (0.10, 0.02)
+#: A run "broke" when fewer than this share of its final answers are in the format (the step threw away what the
+#: base model and the first steps had).
+BROKEN_FORMAT = 0.5
 #: Over a run's last third (3 epochs or more): validation loss moving less than this share while training loss falls
 #: by more than the second share is memorising: the training examples are learned by heart, new requests gain nothing.
 PLATEAU = (0.10, 0.50)
+#: ... while validation loss stays above this: near 0.04 (06's long run at the defaults) the validation answers are
+#: predicted almost token for token, held-out accuracy was still rising, and a flat curve there is a fit.
+PLATEAU_FLOOR = 0.1
 
 
 def shape(frame: pd.DataFrame) -> str:
@@ -133,7 +141,7 @@ def shape(frame: pd.DataFrame) -> str:
 
     * ``single``: one epoch, no trend;
     * ``diverged``: it ended above where it started (the step was too large);
-    * ``turned``: it rose by more than 10% after its lowest point (memorising, the textbook way);
+    * ``turned``: it rose clearly after its lowest point (by :data:`TURNED`: memorising, the textbook way);
     * ``plateau``: over the last third of the run it barely moved while training loss kept falling (memorising: the
       extra epochs learned the training examples, not the task);
     * ``falling``: the last epoch still lowered it clearly (under-trained: more epochs would help);
@@ -143,52 +151,74 @@ def shape(frame: pd.DataFrame) -> str:
         return "single"
     if valid[-1] > valid[0]:
         return "diverged"
-    if valid[-1] > min(valid) * 1.10:
+    if valid[-1] > min(valid) * (1 + TURNED[0]) and valid[-1] - min(valid) > TURNED[1]:
         return "turned"
     tail = max(3, len(valid) // 3)
-    if len(valid) >= 6 and abs(valid[-tail] - valid[-1]) < PLATEAU[0] * valid[-tail] and train[-1] < (1 - PLATEAU[1]) * train[-tail]:
+    if (len(valid) >= 6 and abs(valid[-tail] - valid[-1]) < PLATEAU[0] * valid[-tail] and train[-1] < (1 - PLATEAU[1]) * train[-tail]
+            and valid[-1] > PLATEAU_FLOOR):
         return "plateau"
     drop = valid[-2] - valid[-1]
     return "falling" if drop >= STILL_FALLING[0] * valid[-2] and drop >= STILL_FALLING[1] else "settled"
 
 
 def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Per run: its epochs, learning-rate multiplier-independent facts: the lowest validation loss and its epoch, the
-    last validation loss, the curve's shape, and the best and last checkpoint accuracy."""
+    """Per run: its epochs, the first, lowest (and its epoch) and last validation loss, the last training loss, the
+    curve's shape, the best and last checkpoint accuracy, and the last model's format compliance."""
     rows = {}
     for name, frame in losses.items():
         runs = accuracy[accuracy["run"] == name].sort_values("epoch")
         best = frame.loc[frame["full_valid_loss"].idxmin()]
-        rows[name] = {"epochs": int(frame["epoch"].max()), "lowest validation loss": float(best["full_valid_loss"]),
+        rows[name] = {"epochs": int(frame["epoch"].max()), "first validation loss": float(frame["full_valid_loss"].iloc[0]),
+                      "lowest validation loss": float(best["full_valid_loss"]),
                       "at epoch": int(best["epoch"]), "last validation loss": float(frame["full_valid_loss"].iloc[-1]),
                       "last training loss": float(frame["train_loss"].iloc[-1]), "curve": shape(frame),
                       "best checkpoint accuracy": float(runs["code_accuracy"].max()),
-                      "last checkpoint accuracy": float(runs["code_accuracy"].iloc[-1])}
+                      "last checkpoint accuracy": float(runs["code_accuracy"].iloc[-1]),
+                      "last format compliance": float(runs["format_compliance"].iloc[-1]) if "format_compliance" in runs else None}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def fit_findings(table: pd.DataFrame, baseline: str) -> list[str]:
-    """What 06's table shows, in sentences computed from it. ``baseline`` is the run with the auto settings."""
+def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None) -> list[str]:
+    """What 06's table shows, in sentences computed from it. ``baseline`` is the run with the auto settings; ``chance``
+    the accuracy of a model that guesses among the codes trained on (1 / their number)."""
     lines = []
+    base = table.loc[baseline]
     for name, row in table.iterrows():
         trail = (f"validation loss lowest at epoch {row['at epoch']} ({row['lowest validation loss']:.3f}), "
                  f"{row['last validation loss']:.3f} at its last; held-out accuracy {row['last checkpoint accuracy']:.3f} "
                  f"at the end (best checkpoint {row['best checkpoint accuracy']:.3f})")
-        verdict = {"single": "one point, no trend: compare its loss with the other runs' first epoch",
-                   "falling": "still improving when it stopped: under-trained, more epochs or a larger step would help",
-                   "settled": "it flattened at its lowest: a fit",
-                   "turned": (f"it began to memorise after epoch {row['at epoch']}: training loss went on down to "
-                              f"{row['last training loss']:.3f} while validation loss rose"),
-                   "plateau": (f"memorising: over its last epochs training loss went on down to {row['last training loss']:.3f} "
-                               "while validation loss barely moved; those epochs learned the training examples, not the task"),
-                   "diverged": "the step was too large: validation loss ended above where it started"}[row["curve"]]
+        if chance is not None and row["last checkpoint accuracy"] <= 1.5 * chance:
+            trail += f", about chance (guessing among the codes scores {chance:.3f})"
+        broke = row.get("last format compliance") is not None and row["last format compliance"] < BROKEN_FORMAT
+        if broke:
+            verdict = (f"the step was too large: validation loss began at {row['first validation loss']:.2f}, "
+                       f"{row['first validation loss'] / base['first validation loss']:.0f} times the first epoch of {baseline}, "
+                       f"and the model lost the answer format ({row['last format compliance']:.0%} of its answers parse): "
+                       "lower the multiplier")
+        else:
+            verdict = {"single": "one point, no trend: compare its loss with the other runs' first epoch",
+                       "falling": "still improving when it stopped: under-trained, more epochs would help",
+                       "settled": "it flattened at its lowest: a fit",
+                       "turned": (f"it began to memorise after epoch {row['at epoch']}: training loss went on down to "
+                                  f"{row['last training loss']:.3f} while validation loss rose"),
+                       "plateau": (f"memorising: over its last epochs training loss went on down to {row['last training loss']:.3f} "
+                                   "while validation loss barely moved; those epochs learned the training examples, not the task"),
+                       "diverged": "the step was too large: validation loss ended above where it started"}[row["curve"]]
         lines.append(f"{name}: {trail}. The curve: {verdict}.")
     best = table["lowest validation loss"].astype(float).idxmin()
     row = table.loc[best]
-    extra = int(row["epochs"]) - int(row["at epoch"])
-    lines.append(f"The lowest validation loss of all runs: {row['lowest validation loss']:.3f}, at epoch {row['at epoch']} of {best}"
-                 + (f"; its {extra} later epochs ({extra / int(row['epochs']):.0%} of its training) did not lower it." if extra else "."))
-    base = table.loc[baseline]
+    at, epochs = int(row["at epoch"]), int(row["epochs"])
+    extra = epochs - at
+    kept = ("its checkpoint is among the last three a job keeps: call it by name (3.3's table lists it)" if extra < 3 else
+            f"a job keeps only its last three checkpoints, so epoch {at}'s is gone: to use that point, train again with "
+            f"n_epochs={at}")
+    lines.append(f"The lowest validation loss of all runs: {row['lowest validation loss']:.3f}, at epoch {at} of {best}"
+                 + (f"; its {extra} later epochs ({extra / epochs:.0%} of its training) did not lower it, and {kept}." if extra else "."))
+    if not table["curve"].isin(["turned", "plateau"]).any():
+        lines.append("No run memorised here: after its lowest point no run's validation loss rose by more than noise, and "
+                     "held-out accuracy did not fall. With answers in one fixed form and a step that decays to zero, the "
+                     "extra epochs cost time and money, not accuracy. The turn comes where the training file holds "
+                     "something to learn by heart that new requests do not share: 07 trains on wrong labels.")
     better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
     lines.append(f"Against {baseline} ({base['last checkpoint accuracy']:.3f}): "
                  + (f"{', '.join(better)} ended more accurate." if better else "no other run ended more accurate."))
