@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 00 · Start here
-# **Time:** about 1 minute on a laptop CPU · **Cost:** $0 on the local backend; one short chat request on OpenAI.
+# **Time:** under a minute on a 2-core CPU · **Cost:** $0 on the local backend; one short chat request on OpenAI.
 
 # %% tags=["parameters"]
 BACKEND = "local"  # "local" (default, $0, offline) or "openai" (needs OPENAI_API_KEY in the environment)
@@ -42,14 +42,14 @@ course = setup("00_start_here", BACKEND)
 # | `03_training` | upload, start a job, follow it, read its loss curves and checkpoints |
 # | `04_inference_and_eval` | compare the base and the fine-tuned model on held-out data; see what needs RAG |
 # | `05_distillation` | let a teacher label data, train a cheaper student, compare accuracy and cost |
-# | `06_hyperparameters` | train with too few, enough and too many epochs, and two learning rates; read the curves |
+# | `06_hyperparameters` | train with the default epochs, many more, and two larger learning rates; read the curves |
 # | `07_garbage_in` | train on wrong labels that pass every format check; measure the damage; audit labels |
 # | `08_function_calling` | teach the model to call billing tools with the right arguments |
 # | `09_preferences_dpo` | teach the model which of two answers you prefer (DPO), after SFT |
 # | `10_after_the_wind_down` | what changes when OpenAI stops training, take your model home, keep patient data out |
 #
-# Every notebook opens with a `parameters` cell. Fast defaults run in a few minutes at most; `make reports` runs the
-# course-sized values and writes HTML reports to `reports/`.
+# Every notebook opens with a `parameters` cell. Fast defaults run in minutes (each notebook's time line says how
+# many); `make reports` runs the course-sized values and writes HTML reports to `reports/`.
 
 # %% [markdown]
 # ## 3. Hands-on
@@ -88,8 +88,10 @@ course.findings("first answer", billing.cpt_definition_findings(reply.choices[0]
 
 # %% [markdown]
 # ### 3.4 Running the course as a workshop or as reports
-# - **Workshop:** one person runs `workbook serve --host 0.0.0.0`; everyone sets `WORKBOOK_BACKEND=local`
-#   and points at it. Each API key is its own workspace: nobody sees anyone else's files, jobs or models.
+# - **Workshop:** the facilitator makes one key per participant (`workbook keys 25 > keys.txt`) and runs
+#   `workbook serve --host 0.0.0.0 --api-keys keys.txt` (a server open to the room without keys is refused);
+#   each participant sets `WORKBOOK_SERVER_URL` and `WORKBOOK_API_KEY` to the server and their key. Each key is its
+#   own workspace: nobody sees anyone else's files, jobs or models (the guide: `docs/workshop.md`).
 # - **Reports:** `make reports` executes every notebook with course-sized parameters and writes HTML to
 #   `reports/`; `workbook report 02_data_prep -p DATASET_PATH my.jsonl` does one notebook on your own data.
 

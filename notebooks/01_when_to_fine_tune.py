@@ -54,7 +54,7 @@ pd.DataFrame([(t.name, *decision.recommend(t)) for t in tasks], columns=["task",
 # %% [markdown]
 # ### 2.2 What each rung costs
 # OpenAI's prices, dated, with a source for every row. Fine-tuned models cost more per token than their base
-# models; training is paid per token per epoch.
+# models; training is paid per token per epoch (an *epoch* is one pass over the whole training file).
 
 # %% tags=["nbval-check-output"]
 print(f"Prices as of {costs.price_table()['as_of']}. {costs.price_table()['notice']}")
@@ -90,8 +90,8 @@ break_even
 
 # %% [markdown]
 # ### 3.3 Explore
-# Move the sliders: the chart and the break-even points follow. (In an executed report the sliders are frozen;
-# the tables above hold the numbers.)
+# Move the sliders: the chart and the break-even points follow. (In a saved notebook or an HTML report the sliders
+# are not live; the static copy below shows the parameters' values.)
 
 # %%
 from helpers.course.widgets import CostExplorer
@@ -99,6 +99,12 @@ explorer = CostExplorer(sizes)
 explorer.queries.value = QUERIES_PER_MONTH
 explorer.retrains.value = RETRAINS_PER_YEAR
 explorer.show()
+
+# %% [markdown]
+# At the parameters' values, as plain output:
+
+# %%
+explorer.static();
 
 # %% [markdown]
 # ### 3.4 Check a claim: "fine-tuning GPT-4.1-mini costs $50-$500"

@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 02 · Data preparation
-# **Time:** about 1 minute · **Cost:** $0 (validation is local; the table in 3.5 shows what training would cost on OpenAI).
+# **Time:** under a minute · **Cost:** $0 (validation is local; the table in 3.5 shows what training would cost on OpenAI).
 
 # %% tags=["parameters"]
 BACKEND = "local"

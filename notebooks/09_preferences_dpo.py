@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 09 · Preferences with DPO
-# **Time:** about 2 minutes on a 2-core CPU (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, two training runs (3.1 prints their estimates) and 2 x the held-out requests.
+# **Time:** about 8 minutes on a 2-core CPU without bf16 kernels (fp32), about 2 with them (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, two training runs (3.1 prints their estimates) and 2 x the held-out requests.
 
 # %% tags=["parameters"]
 BACKEND = "local"

@@ -14,13 +14,14 @@
 
 # %% [markdown]
 # # 10 · After the wind-down, and patient data
-# **Time:** about 1 minute on a 2-core CPU (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.6).
+# **Time:** about 1 minute on a 2-core CPU without bf16 kernels (fp32), about 1 with them (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.6).
 
 # %% tags=["parameters"]
 BACKEND = "local"
 MODEL = "gpt-4.1-mini"
 TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
 EXPORT_DIR = ".workbook/take_home"  # where the tuned model is exported (relative to the repository)
+N_AT_HOME = 8  # held-out requests asked both at home and of the server (3.4)
 BROUGHT_NAME = "team-model"  # the name a second server gives the base model you took home in 3.4 (3.5)
 
 # %%
@@ -69,16 +70,19 @@ costs.prices_frame().query("kind == 'fine-tuned'")[["model", "input_per_1m", "ou
 
 # %%
 refusing = wind_down.rehearsal_client()
-said = wind_down.try_to_train(refusing, REPO_ROOT / "data/billing/validation.jsonl", MODEL)
+raised, said = wind_down.try_to_train(refusing, REPO_ROOT / "data/billing/validation.jsonl", MODEL)
 still = refusing.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK."}], max_tokens=5)
 wind_down.stop_rehearsal()
-course.record(refusal=said, chat_after_refusal=bool(still.choices[0].message.content))
-print(said)
+course.record(raised=raised, refusal=said, chat_after_refusal=bool(still.choices[0].message.content))
+print("client.fine_tuning.jobs.create raises:\n ", raised)
+print("finetune.start_job, the course's helper, says:\n ", said)
 
 # %% [markdown]
 # ### 3.3 The same cells, another server
-# Every notebook gets its client from `helpers.course.setup`; any server that speaks OpenAI's API (this course's, a
-# colleague's vLLM, a provider's) is one `base_url` away: `OpenAI(base_url="http://host:port/v1", api_key=...)`.
+# Every notebook gets its client from `helpers.course.setup`; any server that speaks OpenAI's API is one `base_url`
+# away: `OpenAI(base_url="http://host:port/v1", api_key=...)`. What it offers differs: a colleague's vLLM or a
+# provider's chat endpoint answers (notebook 04's evaluation runs against it unchanged), but only a server with
+# OpenAI's fine-tuning routes (this course's, or OpenAI's before the wind-down) trains (notebooks 03 and 05-09).
 # This notebook's client talks to:
 
 # %%
@@ -87,7 +91,10 @@ print(course.client.base_url if BACKEND == "local" else "api.openai.com")
 # %% [markdown]
 # ### 3.4 Take the fine-tuned model home
 # Export 03's model out of the local server, load it with transformers + peft in this kernel (no server), and ask it
-# the same held-out request as the server:
+# the same held-out requests as the server. The export names the precision the server answers in (`take_home.json`:
+# bf16 on a CPU or GPU with bf16 kernels, else fp32) and `wind_down.load` loads the base in it: the same weights, the
+# same template and greedy decoding then give the same answers. Loaded in another precision (fp32 at home against a
+# server in bf16), answers can part wherever two next tokens are nearly tied.
 
 # %%
 tuned = finetune.course_model(course.client, TUNED_MODEL)
@@ -97,12 +104,15 @@ print("exported to", shown(folder))
 files
 
 # %%
-request = dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", 1)[0]["messages"][:-1]
+requests = [row["messages"][:-1] for row in dataprep.read_jsonl(REPO_ROOT / "data/billing/test.jsonl", N_AT_HOME)]
+request = requests[0]  # 3.5 asks it again
 model, tokenizer = wind_down.load(folder)
-at_home = wind_down.answer(model, tokenizer, request)
-served = course.client.chat.completions.create(model=tuned, messages=request, max_tokens=32, temperature=0).choices[0].message.content
-course.record(exported_files=files["file"].tolist(), same_answer=at_home == served.strip(), at_home_parses=billing.parse_answer(at_home) is not None)
-pd.DataFrame({"request": [request[-1]["content"]], "transformers + peft": [at_home], "local server": [served]})
+print(f"loaded in {model.dtype} (the server's precision, from take_home.json)")
+compared_at_home = wind_down.at_home_and_served(model, tokenizer, course.client, tuned, requests)
+course.record(exported_files=files["file"].tolist(), same_answers=int(compared_at_home["same"].sum()), asked_at_home=len(requests),
+              at_home_parse=int(compared_at_home["transformers + peft"].map(lambda a: billing.parse_answer(a) is not None).sum()))
+print(f"the same answer at home and on the server: {compared_at_home['same'].sum()} of {len(requests)}")
+compared_at_home
 
 # %% [markdown]
 # ### 3.5 Your own model
@@ -173,7 +183,8 @@ print(f"stored: {len(stored)}; after deleting: {len(left_stored)}")
 # - After the wind-down, already trained OpenAI models keep serving; new jobs are refused with 403
 #   `training_not_available`. The course's helper says so in words, and the local backend trains the same way.
 # - A model trained here is yours: an adapter in peft's format beside open weights, loadable with transformers and
-#   peft, servable with vLLM, convertible for llama.cpp.
+#   peft (in the server's precision it gives the server's answers: 3.4 counts them), servable with vLLM, convertible
+#   for llama.cpp.
 # - The server trains the open model you bring: `workbook serve --model NAME=SOURCE` (or `WORKBOOK_MODELS`) and one
 #   `MODEL` line; the client code stays the same.
 # - Keep patient identifiers out of training files: check, scrub, read what is left; delete stored completions and
