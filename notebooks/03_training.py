@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 03 · Training
-# **Time:** about 9 minutes on a 2-core CPU without bf16 kernels (fp32), about 4 with them; at course size (3 epochs) about 18 and 5 · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
+# **Time:** about 11 minutes on a 2-core CPU without bf16 kernels (fp32), about 4 with them; at course size (3 epochs) about 18 and 5 · **Cost:** $0 locally; on OpenAI, the estimate printed in 3.1 (the budget guard refuses anything above `MAX_SPEND_USD`).
 
 # %% tags=["parameters"]
 BACKEND = "local"

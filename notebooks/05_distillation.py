@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 05 · Distillation
-# **Time:** about 9 minutes on a 2-core CPU without bf16 kernels (fp32), about 3.5 with them; at course size (the whole pool) about 8 with them · **Cost:** $0 locally; on OpenAI, `N_POOL` teacher requests plus a student training run (the budget guard checks it).
+# **Time:** about 11 minutes on a 2-core CPU without bf16 kernels (fp32), about 3.5 with them; at course size (the whole pool) about 8 with them · **Cost:** $0 locally; on OpenAI, `N_POOL` teacher requests plus a student training run (the budget guard checks it).
 
 # %% tags=["parameters"]
 BACKEND = "local"

@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 07 · Garbage in, garbage out
-# **Time:** about 7 minutes on a 2-core CPU without bf16 kernels (fp32), about 3 with them; at course size (one more job) about 4 with them · **Cost:** $0 locally; on OpenAI, one training run of the same size per file (3.2 prints their prices).
+# **Time:** about 9 minutes on a 2-core CPU without bf16 kernels (fp32), about 3 with them; at course size (one more job) about 4 with them · **Cost:** $0 locally; on OpenAI, one training run of the same size per file (3.2 prints their prices).
 
 # %% tags=["parameters"]
 BACKEND = "local"

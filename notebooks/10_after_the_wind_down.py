@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 10 · After the wind-down, and patient data
-# **Time:** about 1 minute on a 2-core CPU without bf16 kernels (fp32), about 1 with them (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.6).
+# **Time:** about 1.5 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them (no training) · **Cost:** $0 locally; on OpenAI, one stored chat request (deleted in 3.6).
 
 # %% tags=["parameters"]
 BACKEND = "local"
