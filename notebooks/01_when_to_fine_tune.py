@@ -135,8 +135,9 @@ per_correct.round(4)
 
 # %% [markdown]
 # ### 3.6 The outline's figures against today's price table
-# The course outline this workbook grew from (its seed) quotes figures of its own, among them an analogy table
-# of an intern at each rung. Each figure is set against today's price table and this data:
+# The course outline this workbook grew from (its seed) quotes figures of its own, in two tables (set-up cost per
+# approach; set-up, latency and quality per approach) and in its text. Each figure is set against today's price
+# table and this data, with the row it comes from and the per-token price its verdict rests on:
 
 # %%
 seed_check = scenarios.seed_figures(sizes, approaches, accuracy["fine-tuned"])

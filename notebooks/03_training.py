@@ -68,16 +68,19 @@ work = REPO_ROOT / ".workbook" / "data"
 # Why a quarter, not all: those examples are about twice as long, so every one of them makes the job longer,
 # and the plain requests are what most of the test asks.
 #
-# A model learns only what its examples make it do. For a code it trains on, it can write the answer from memory
-# whether candidates are there or not, so plain candidates teach it little about using them. So in half of those
-# examples (`RENUMBERED_SHARE`) the right candidate is *renumbered*: it appears under one of the procedure's own phrasings
-# and a number no CPT code uses (02000-09999), and the answer is that line. Memory cannot give it; only copying
-# can, which is what a code it never trained on needs. It is also what a code book changing from one year to the
-# next needs: the answer follows the catalogue in the prompt. Notebook 04 measures what the tuned model then does
-# with retrieved codes for codes it never trained on (`benchmarks/RESULTS.md` compares runs without renumbering).
-# Why only half: the other half keep the real code's line, so the model also learns when its memory should overrule
-# a candidate. Trained to copy in every one of them, it also copied when retrieval put a wrong code first, and as
-# 05's teacher it did worse with candidates than without (`benchmarks/RESULTS.md`).
+# > **On the local stand-in (SmolLM2-135M).** A model learns only what its examples make it do. For a code it
+# > trains on, it can write the answer from memory whether candidates are there or not, so plain candidates teach it
+# > little about using them. So in half of those examples (`RENUMBERED_SHARE`) the right candidate is *renumbered*:
+# > it appears under one of the procedure's own phrasings and a number no CPT code uses (02000-09999), and the
+# > answer is that line. Memory cannot give it; only copying can, which is what a code it never trained on needs. It
+# > is also what a code book changing from one year to the next needs: the answer follows the catalogue in the
+# > prompt. Notebook 04 measures what the tuned model then does with retrieved codes for codes it never trained on
+# > (`benchmarks/RESULTS.md` compares runs without renumbering). Why only half: the other half keep the real code's
+# > line, so the model also learns when its memory should overrule a candidate. Trained to copy in every one of
+# > them, it also copied when retrieval put a wrong code first, and as 05's teacher it did worse with candidates
+# > than without (`benchmarks/RESULTS.md`). **On OpenAI or a bigger model:** a larger model may use the candidates in
+# > its prompt from the instruction alone; measure it there with `RENUMBERED_SHARE = 0`, and 04's retrieval columns
+# > show whether copying still has to be trained in.
 
 # %%
 subset, valid_path = dataprep.take(REPO_ROOT / TRAIN_PATH, N_TRAIN, work), dataprep.take(REPO_ROOT / VALID_PATH, N_VALID, work)

@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 04 · Inference and evaluation
-# **Time:** about 4 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 2 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
+# **Time:** about 4 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 2 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 4 + `N_NEW_CODES` x 4 requests (the tables price them).
 
 # %% tags=["parameters"]
 BACKEND = "local"
@@ -22,7 +22,7 @@ BASE_MODEL = "gpt-4.1-mini"
 TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
 N_TEST = 16  # 0 means all held-out test requests
 N_NEW_CODES = 6  # 0 means all requests for codes absent from training
-N_PROMPTING = 16  # test requests for the prompting rung (0 means N_TEST); its 1,400-token prompt makes them the slowest requests here
+N_PROMPTING = 12  # test requests for the prompting rung (0 means N_TEST); its 1,400-token prompt makes them the slowest requests here
 RETRIEVED_CODES = 5
 MAX_TOKENS = 32
 CONCURRENCY = 16
@@ -72,18 +72,29 @@ summary.round(4)
 # ### 3.2 The prompting rung, measured
 # 01 prices prompting (the whole code table and 20 worked examples in every prompt) and RAG (five retrieved
 # codes) as the rungs before fine-tuning. Here they are measured with the base model on the first
-# `N_PROMPTING` of the same requests (the long prompt is slow on a CPU).
+# `N_PROMPTING` of the same requests (the long prompt is slow on a CPU), twice each: left free, and with the form
+# imposed by the server (*constrained decoding*: the request's `response_format` is a JSON schema whose answer
+# must be one line of a list, here the whole code table or the five retrieved codes; at each token the server
+# masks every token that would leave the list). Free, a run shows whether the model follows the prompt's form;
+# constrained, whether the prompt carries the right answer at all.
 
 # %%
 prompting_test = test[:N_PROMPTING] if N_PROMPTING else test
-prompts = {"base + long prompt": scenarios.with_long_prompt, "base + RAG": lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)}
+rag_prompt = lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)
+retrieved = lambda messages: retrieval.candidate_answers(messages, RETRIEVED_CODES)
+prompts = {"base + long prompt": (scenarios.with_long_prompt, None), "base + RAG": (rag_prompt, None),
+           "base + long prompt, constrained": (scenarios.with_long_prompt, billing.all_answers),
+           "base + RAG, constrained": (rag_prompt, retrieved)}
 prompting = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, BASE_MODEL, prompting_test, prompt=prompt,
-                                                                         max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
+                                                                         choices=choices, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
                                                      priced_as=BASE_MODEL, fine_tuned=False)
-                          for name, prompt in prompts.items()})
-course.record(prompting=prompting.to_dict())
-course.findings("prompting", evaluation.prompting_findings(summary["base"].to_dict(), prompting.to_dict()))
-prompting.loc[["code_accuracy", "format_compliance", "input_tokens", "latency_p50_s", "usd_per_1000_queries"]].round(4)
+                          for name, (prompt, choices) in prompts.items()})
+offered = {name: {"coverage": evaluation.choice_coverage(prompting_test, choices), "choices": len(choices(prompting_test[0]["messages"][:-1]))}
+           for name, (_, choices) in prompts.items() if choices is not None}
+course.record(prompting=prompting.to_dict(), prompting_offered=offered)
+course.findings("prompting", evaluation.prompting_findings(summary["base"].to_dict(), prompting.to_dict(), offered))
+prompting.loc[["code_accuracy", "code_accuracy_ci_low", "code_accuracy_ci_high", "format_compliance", "input_tokens",
+               "latency_p50_s", "usd_per_1000_queries"]].round(4)
 
 # %% [markdown]
 # ### 3.3 Which codes it gets wrong
@@ -117,8 +128,10 @@ unseen.loc[["code_accuracy", "format_compliance", "exact_match", "input_tokens",
 
 # %% [markdown]
 # ### 3.5 Two counts of the same tokens
-# The server reports input tokens counted with the local model's tokenizer (SmolLM2's); 01 counted the same
-# prompts with OpenAI's (`o200k_base`). The tables here price the server's count at OpenAI's prices.
+# > **On the local stand-in (SmolLM2-135M).** The server reports input tokens counted with the local model's
+# > tokenizer (SmolLM2's); 01 counted the same prompts with OpenAI's (`o200k_base`). The tables here price the server's
+# > count at OpenAI's prices. **On OpenAI or a bigger model:** `usage` counts with that model's own tokenizer (on
+# > OpenAI, `o200k_base`), so the two counts below are one.
 
 # %%
 openai_tokens = sum(scenarios.openai_input_tokens(row["messages"][:-1]) for row in test) / len(test)

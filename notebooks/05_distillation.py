@@ -48,13 +48,15 @@ print("teacher:", teacher, "| student base:", STUDENT_BASE, "| run:", run_id)
 # model trained on its answers may learn to do much of the same job with a short prompt, for a fraction of the
 # price. Section 3.4 measures how much.
 #
-# Locally there is one 135M model. The teacher is the model notebook 03 fine-tuned, given retrieved codes in every
-# prompt and priced as `TEACHER_PRICED_AS`; the student is the same base model trained on the teacher's answers
-# with only the one-line instruction, priced as `STUDENT_BASE`. What moves from teacher to student here is the
-# context (the retrieved codes), not a bigger model's knowledge; on OpenAI the teacher would be a larger model.
-# This teacher also has a known weakness: 03 trained it to copy from its candidates, and it sometimes copies when
-# retrieval ranks a wrong code first, so on codes it trained on it can do worse with candidates than 04's tuned
-# model does without them: compare the teacher in 3.4 with 04's fine-tuned model.
+# > **On the local stand-in (SmolLM2-135M).** There is one 135M model. The teacher is the model notebook 03
+# > fine-tuned, given retrieved codes in every prompt and priced as `TEACHER_PRICED_AS`; the student is the same
+# > base model trained on the teacher's answers with only the one-line instruction, priced as `STUDENT_BASE`. What
+# > moves from teacher to student here is the context (the retrieved codes), not a bigger model's knowledge. This
+# > teacher also has a known weakness: 03 trained it to copy from its candidates, and it sometimes copies when
+# > retrieval ranks a wrong code first, so on codes it trained on it can do worse with candidates than 04's tuned
+# > model does without them: compare the teacher in 3.4 with 04's fine-tuned model. **On OpenAI or a bigger model:**
+# > the teacher is a larger model (`TEACHER_MODEL = "gpt-4.1"`) with the long prompt or retrieved codes, and what
+# > moves to the student is that model's knowledge as well as the context.
 
 # %% [markdown]
 # ## 2. What

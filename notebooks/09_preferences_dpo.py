@@ -58,8 +58,11 @@ work = REPO_ROOT / ".workbook" / "data" / "preferences"
 #   other one, *measured against the model it starts from* (the reference). `beta` sets how much a gap counts: a
 #   small `beta` lets the model move far from the reference, a large one keeps it close.
 # - **The measures**, on held-out requests (the test and validation files for those procedures): format compliance,
-#   code accuracy, the style of each answer, and a judge that compares the two models request by request (a win rate;
-#   0.5 means no change).
+#   code accuracy (the right code in the form the billing system reads), the right code in *any* style (a chatty
+#   "bill it under CPT code 93306" names 93306), the style of each answer, and a judge that compares the two models
+#   request by request on two questions apart: **form** (can the billing system read it?) and **facts** (is the code
+#   right?). An answer in the form with a wrong code wins on form and loses on facts. Each side gets a win rate
+#   (ties count half; 0.5 means no change).
 
 # %% [markdown]
 # ## 3. Hands-on
@@ -113,18 +116,17 @@ steps.plot(x="step", y=["train_loss", "train_accuracy"], secondary_y="train_accu
 
 # %%
 after = evaluation.evaluate(course.client, dpo.fine_tuned_model, test, max_tokens=MAX_TOKENS)
-summary = {name: evaluation.summarize(frame, priced_as=MODEL, fine_tuned=True) for name, frame in (("SFT", before), ("SFT + DPO", after))}
+summary = {name: preferences.summarize(frame, priced_as=MODEL) for name, frame in (("SFT", before), ("SFT + DPO", after))}
 match = preferences.head_to_head(after, before)
 course.record(before=summary["SFT"], after=summary["SFT + DPO"], head_to_head=match)
 course.findings("dpo", preferences.dpo_findings(summary["SFT"], summary["SFT + DPO"], match, BETA))
-pd.concat([pd.DataFrame(summary).loc[["format_compliance", "code_accuracy", "exact_match"]],
-           preferences.styles_table({"SFT": before, "SFT + DPO": after})]).round(3)
+preferences.before_after_table(summary, {"SFT": before, "SFT + DPO": after}).round(3)
+
+# %% [markdown]
+# The requests where the two models differ, judged on form and on facts apart (the facts' losses first):
 
 # %%
-sides = pd.DataFrame({"request": before["request"], "SFT": before["answer"], "SFT + DPO": after["answer"],
-                      "judge": (after.apply(preferences.rank, axis=1) - before.apply(preferences.rank, axis=1)).map(
-                          lambda d: "DPO better" if d > 0 else "SFT better" if d < 0 else "tie")})
-pd.concat([sides[sides["judge"] == "DPO better"].head(4), sides[sides["judge"] == "SFT better"]])
+preferences.verdicts(after, before)
 
 # %% [markdown]
 # ## 4. Summary
@@ -133,8 +135,9 @@ pd.concat([sides[sides["judge"] == "DPO better"].head(4), sides[sides["judge"] =
 # - Start DPO from a model that already writes both kinds of answer (an SFT model): DPO moves probability between
 #   answers the model can write; it does not teach it to write new ones. The reference is that starting model, and
 #   `beta` sets how far the model may move from it.
-# - Judge the result on held-out requests with a rule you wrote down before training (here: exactly right, then the
-#   right code in the form, then the form) and count wins, ties and losses, not only the average.
+# - Judge the result on held-out requests with rules you wrote down before training, form and facts apart (here: can
+#   the billing system read it; does it name the right code in any style), and count wins, ties and losses on each,
+#   not only the average: a better form can hide a worse fact.
 # - When you can write the right answer, SFT on clean data is simpler; when you can only say which answer is
 #   better (tone, length, form), DPO fits; when a program can grade an answer, reinforcement fine-tuning is the third way.
 #

@@ -155,5 +155,16 @@ def test_the_seeds_figures_get_verdicts_computed_from_the_table():
     table = scenarios.seed_figures(sizes, approaches, (0.79, "measured in 04 on 111 requests (local stand-in)"))
     assert table.loc["RAG per query", "verdict"].startswith(f"{0.01 / rag.per_query_usd():,.0f}x too high")
     assert "50% of today's input price" in table.loc["a distilled model's price", "verdict"]
-    assert "fine-tuned 79%" in table.loc["the intern analogy (accuracy by rung)", "today's table / this data"]
-    assert len(table) == 6 and table["verdict"].str.len().min() > 20
+    assert "fine-tuned 79%" in table.loc["fine-tuning's quality", "today's table / this data"]
+    # each figure with the row of the outline it comes from (issue 28: the set-up ranges had been swapped)
+    assert table.loc["distillation set-up (approaches table)", "the outline says"] == "$50-$500"
+    assert table.loc["distillation set-up (cost table)", "the outline says"] == "$100-$1,000"
+    assert table.loc["fine-tuning GPT-4.1 set-up", "the outline says"] == "$500-$5,000"
+    assert table.loc["fine-tuning set-up", "the outline says"] == "$10-$1,000"
+    assert table.loc["fine-tuning's quality", "where in the outline"] == "cost table, fine-tuning row: quality"
+    tuning = costs.training_cost("gpt-4.1-mini", sizes.train_examples, sizes.train_tokens_per_example)
+    assert table.loc["fine-tuning set-up", "verdict"].startswith(f"{10 / tuning:,.0f}x-{1000 / tuning:,.0f}x this data's cost")
+    assert "at $5.00 per 1M training tokens" in table.loc["fine-tuning set-up", "today's table / this data"]
+    assert scenarios._against_range(10, 100, 50) == "this data's cost is inside the range"
+    assert scenarios._against_range(10, 100, 250) == "this data costs 2.5x the top of the range"
+    assert len(table) == 10 and table["verdict"].str.len().min() > 20 and table["where in the outline"].str.len().min() > 10

@@ -85,9 +85,23 @@ def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
                 "format_compliance": fmt, "input_tokens": tokens}
 
     base = summary(0.0, 0.0, 60)
-    failing = evaluation.prompting_findings(base, {"base + long prompt": summary(0.0, 0.1, 1200), "base + RAG": summary(0.0, 0.0, 150)})
-    assert "(1200 input tokens)" in failing[0] and "the reason is the model, not the method" in failing[1]
-    working = evaluation.prompting_findings(base, {"base + long prompt": summary(0.5, 0.9, 1200), "base + RAG": summary(0.0, 0.0, 150)})
+    offered = {"base + RAG, constrained": {"coverage": 0.8125, "choices": 5}, "base + long prompt, constrained": {"coverage": 1.0, "choices": 43}}
+
+    def rung(long_free, rag_free, rag_forced, long_forced):
+        return {"base + long prompt": summary(*long_free, 1200), "base + RAG": summary(*rag_free, 150),
+                "base + RAG, constrained": {**summary(rag_forced[0], 1.0, 190), "code_accuracy_ci_low": rag_forced[1]},
+                "base + long prompt, constrained": {**summary(long_forced[0], 1.0, 1240), "code_accuracy_ci_low": long_forced[1]}}
+
+    # the run seen here (16 requests): free 0/16 both; constrained, 7/16 from five codes (chance 16%), 0/16 from 43
+    seen = evaluation.prompting_findings(base, rung((0.0, 0.1), (0.0, 0.0), (0.4375, 0.23), (0.0, 0.0)), offered)
+    assert "(1200 input tokens)" in seen[0] and "the form is why" in seen[1]
+    assert "a pick at random: 16%" in seen[2] and "a pick at random: 2%" in seen[2] and "offered 43 lines" in seen[2]
+    assert seen[3].startswith("Five codes to choose from beat a pick at random; the whole table did not")
+    assert "cannot show is a large model following the prompt's form on its own" in seen[4]
+    assert "Both beat" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.6, 0.4), (0.3, 0.1)), offered)[3]
+    assert "Neither beats" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.1, 0.02), (0.0, 0.0)), offered)[3]
+    assert "retrieval's misses" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.1, 0.02), (0.3, 0.1)), offered)[3]
+    working = evaluation.prompting_findings(base, rung((0.5, 0.9), (0.0, 0.0), (0.6, 0.4), (0.3, 0.1)), offered)
     assert "real contender" in working[1]
     tokens = evaluation.token_findings(summary(0.8, 1.0, 61.8), 56.4)
     assert "61.8 input tokens" in tokens[0] and "10% more" in tokens[0] and "above" in tokens[0]
@@ -126,3 +140,20 @@ def test_04_quotes_the_outlines_style_not_facts_and_says_what_the_numbers_show()
     weak = evaluation.takeaway_findings(share(0.1), share(0.2), {"fine-tuned": share(0.3), "fine-tuned + RAG": share(0.5)},
                                         {k: v[v["expected_code"] != "66984"] for k, v in results.items()})
     assert "taught few facts of either kind" in weak[0] and "it is right 30% of the time" in weak[0] and len(weak) == 1
+
+
+def test_constrained_choices_are_answer_lines_and_read_back_from_json():
+    from helpers.course import billing, evaluation, retrieval
+
+    request = [{"role": "system", "content": billing.SYSTEM_PROMPT}, {"role": "user", "content": "CBC with auto diff"}]
+    offered = retrieval.candidate_answers(request, 5)
+    assert len(offered) == 5 and all(billing.parse_answer(line) for line in offered)
+    assert "Complete blood count with automated differential - CPT Code: 85025" in offered
+    assert len(billing.all_answers()) == len(billing.load_codes()) and all(billing.parse_answer(a) for a in billing.all_answers())
+    schema = evaluation.choice_format(offered)["json_schema"]
+    assert schema["strict"] and schema["schema"]["properties"]["answer"]["enum"] == offered
+    assert evaluation._answer_field('{"answer": "Lipid panel - CPT Code: 80061"}') == "Lipid panel - CPT Code: 80061"
+    assert evaluation._answer_field('{"answer": "Lipid pa') == '{"answer": "Lipid pa'  # cut short: kept as it came
+    examples = [{"messages": [*request, {"role": "assistant", "content": offered[0]}]},
+                {"messages": [*request, {"role": "assistant", "content": "Lipid panel - CPT Code: 80061"}]}]
+    assert evaluation.choice_coverage(examples, lambda m: offered) == 0.5

@@ -162,18 +162,24 @@ def test_06_says_which_run_broke_which_is_at_chance_and_when_nothing_memorised()
     """Measured (06 at the defaults, 12 codes x 3 examples): multiplier 10 began at a validation loss of 9.45 and no
     answer parsed; the auto run ended at 1 of 12 (chance); no run turned."""
     frames = {fitting.AUTO_RUN: losses([1.61, 0.69, 0.44]), "10 epochs": losses([1.99, 0.59, 0.19, 0.09, 0.06, 0.05, 0.045, 0.04, 0.041, 0.044]),
-              "auto epochs, multiplier 10": losses([9.45, 7.06, 6.38])}
+              "auto epochs, multiplier 4": losses([2.3, 0.6, 0.343]), "auto epochs, multiplier 10": losses([9.45, 7.06, 6.38])}
     accuracy = pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 1 / 12, "format_compliance": 1.0},
                              {"run": "10 epochs", "epoch": 6, "code_accuracy": 0.7, "format_compliance": 1.0},
                              {"run": "10 epochs", "epoch": 10, "code_accuracy": 0.875, "format_compliance": 0.96},
+                             {"run": "auto epochs, multiplier 4", "epoch": 3, "code_accuracy": 0.125, "format_compliance": 0.75},
                              {"run": "auto epochs, multiplier 10", "epoch": 3, "code_accuracy": 0.0, "format_compliance": 0.0}])
     lines = fitting.fit_findings(fitting.fit_table(frames, accuracy), fitting.AUTO_RUN, chance=1 / 12)
     assert "about chance (guessing among the codes scores 0.083)" in lines[0] and "under-trained" in lines[0]
     assert "a fit" in lines[1] and "chance" not in lines[1]
+    assert "about chance" in lines[2]
     assert ("the step was too large: validation loss began at 9.45, 6 times the first epoch of auto epochs, and the model "
-            "lost the answer format (0% of its answers parse)") in lines[2]
-    assert "at epoch 8 of 10 epochs" in lines[3] and "among the last three" in lines[3]
-    assert lines[4].startswith("No run memorised here") and "auto epochs, multiplier 10" not in lines[5]
+            "lost the answer format (0% of its answers parse)") in lines[3] and "below chance" in lines[3]  # 0.000: not "about"
+    assert "at epoch 8 of 10 epochs" in lines[4] and "among the last three" in lines[4]
+    assert lines[5].startswith("No run memorised here")
+    # the same epochs with a larger step learned faster, and only the run that did not break is said to
+    assert lines[6] == ("auto epochs, multiplier 4 trained as many epochs as auto epochs with a larger step and ended at a lower "
+                        "validation loss (0.343 against 0.440): a larger step learns faster, up to the size where it breaks the model.")
+    assert "auto epochs, multiplier 10" not in lines[7]
     # a turn three or more epochs before the end: its checkpoint is gone, and the finding says how to get that point back
     early = fitting.fit_table({fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "8 epochs": losses([1.0, 0.4, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9])},
                               pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.5, "format_compliance": 1.0},
@@ -206,9 +212,29 @@ def test_preference_pairs_prefer_the_course_form_and_validate(tmp_path):
     assert report.ok and report.format == "preference"
     with pytest.raises(ValueError, match="REJECTED_STYLES must name some of"):
         preferences.preference_pairs(rows, seed=1, styles=("rude",))
-    scored = lambda exact, code, fmt: pd.DataFrame({"exact": exact, "code_ok": code, "format_ok": fmt})  # noqa: E731
-    after, before = scored([True, False, False], [True, True, False], [True, True, False]), scored([False] * 3, [False] * 3, [False, True, False])
-    assert preferences.head_to_head(after, before) == {"n": 3, "wins": 2, "ties": 1, "losses": 0, "win_rate": 2.5 / 3}
+
+
+def test_the_dpo_judge_keeps_form_and_facts_apart():
+    from helpers.course import preferences
+
+    assert preferences.named_code("Lipid panel - CPT Code: 80061") == "80061"
+    assert preferences.named_code("Sure! You would bill it under CPT code 93306. Let me know.") == "93306"
+    assert preferences.named_code("99395") == "99395" and preferences.named_code("Nails - CPT Code: 117211") is None
+    assert preferences.named_code("80061 or 80053") is None and preferences.named_code("80061, again 80061") == "80061"
+
+    def scored(answers):
+        return pd.DataFrame({"request": ["a", "b", "c"], "answer": answers, "expected_code": ["99395", "73610", "80061"],
+                             "format_ok": [parse_answer(a) is not None for a in answers]})
+    # the seen case: the model it started from answered 99395 as a bare code (right fact, wrong form); DPO wrote the
+    # form with a wrong code: a form win and a fact loss, never a plain "DPO better"
+    before = scored(["99395", "CPT Code: 73610 - Ankle X-ray", "Lipid panel - CPT Code: 80061"])
+    after = scored(["Echo - CPT Code: 93306", "Ankle X-ray - CPT Code: 73610", "Lipid panel - CPT Code: 80061"])
+    match = preferences.head_to_head(after, before)
+    assert match == {"n": 3, "form": {"wins": 2, "ties": 1, "losses": 0, "win_rate": 2.5 / 3},
+                     "facts": {"wins": 0, "ties": 2, "losses": 1, "win_rate": 1 / 3}}
+    table = preferences.verdicts(after, before)
+    assert list(table["request"]) == ["a", "b"] and list(table["facts"]) == ["SFT better", "tie"]
+    assert list(table["form"]) == ["SFT + DPO better"] * 2
 
 
 def test_a_mixed_style_file_rewrites_a_share_of_answers_in_unreadable_styles():
@@ -232,15 +258,30 @@ def test_a_mixed_style_file_rewrites_a_share_of_answers_in_unreadable_styles():
 def test_dpo_findings_follow_the_numbers():
     from helpers.course import preferences
 
-    def summary(fmt, code, low, high):
-        return {"n": 40, "format_compliance": fmt, "code_accuracy": code, "code_accuracy_ci_low": low, "code_accuracy_ci_high": high}
+    def summary(fmt, code, low, high, facts):
+        return {"n": 40, "format_compliance": fmt, "code_accuracy": code, "code_accuracy_ci_low": low,
+                "code_accuracy_ci_high": high, "right_code_any_style": facts}
 
-    gained = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65), summary(1.0, 0.9, 0.8, 0.97),
-                                      {"wins": 19, "ties": 19, "losses": 2, "win_rate": 0.7125}, 0.1)
-    assert gained[0].startswith("Format compliance went from 0.500 to 1.000") and "overlap" not in gained[0]
-    assert "lost 2" in gained[1] and "not better everywhere" in gained[2] and "Code accuracy rose" in gained[3]
-    flat = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65), summary(0.4, 0.4, 0.25, 0.55),
-                                    {"wins": 0, "ties": 30, "losses": 10, "win_rate": 0.375}, 0.1)
+    def judged(form, facts):
+        return {"n": 40, **{side: dict(zip(("wins", "ties", "losses", "win_rate"), counts)) for side, counts in
+                            (("form", form), ("facts", facts))}}
+
+    # form only: the facts did not move, the code accuracy gain is all form
+    form_only = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65, 0.9), summary(1.0, 0.9, 0.8, 0.97, 0.9),
+                                         judged((20, 20, 0, 0.75), (0, 40, 0, 0.5)), 0.1)
+    assert form_only[0].startswith("Format compliance went from 0.500 to 1.000") and "overlap" not in form_only[0]
+    assert "the facts did not move" in form_only[1] and "on facts, it won 0, tied 40 and lost 0" in form_only[2]
+    assert "not better everywhere" not in " ".join(form_only) and "form is what DPO moved" in form_only[-1]
+    # form bought with facts: the seen 09 run (0.7 -> 0.85 form, fewer right codes in any style)
+    costly = preferences.dpo_findings(summary(0.7, 0.7, 0.55, 0.82, 0.95), summary(0.85, 0.8, 0.65, 0.9, 0.825),
+                                      judged((6, 34, 0, 0.575), (0, 35, 5, 0.4375)), 0.1)
+    assert "names the right code less often after DPO (-0.125)" in costly[1] and "better on facts on 5 request(s)" in costly[3]
+    assert "form is what DPO moved" in costly[-1]
+    both = preferences.dpo_findings(summary(0.5, 0.4, 0.25, 0.55, 0.5), summary(0.9, 0.8, 0.65, 0.9, 0.8),
+                                    judged((16, 24, 0, 0.7), (12, 28, 0, 0.65)), 0.1)
+    assert "0.300 of the +0.400 in code accuracy is codes the model now gets right" in both[1] and "Both moved" in both[-1]
+    flat = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65, 0.6), summary(0.4, 0.4, 0.25, 0.55, 0.6),
+                                    judged((0, 30, 10, 0.375), (0, 40, 0, 0.5)), 0.1)
     assert "(they overlap)" in flat[0] and "did not improve" in flat[-1]
     steps = pd.DataFrame({"train_loss": [0.693, 0.6, 0.5, 0.4, 0.3], "train_accuracy": [0.0, 0.5, 1.0, 1.0, 1.0]})
     curve = preferences.dpo_curve_findings(steps, 0.1)

@@ -117,6 +117,12 @@ def load_codes() -> tuple[CptCode, ...]:
                  for c in source["codes"])
 
 
+def all_answers(messages: list[dict] | None = None) -> list[str]:
+    """Every code of the table written as its answer: the choices of a model constrained to the whole table (the
+    request's ``messages`` are not needed; the argument lets it stand where a per-request choice is expected)."""
+    return [c.answer for c in load_codes()]
+
+
 def code_reference(codes: tuple[CptCode, ...] | None = None) -> str:
     """The code table as prompt text (the RAG/teacher reference), one code a line written as its answer is
     (``Description - CPT Code: NNNNN``), so that answering from it is copying a line."""

@@ -1,6 +1,7 @@
 """Scoring models on the billing task: exact match, format, per-code accuracy, latency, tokens, cost."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -13,27 +14,65 @@ from helpers.course.billing import load_codes, parse_answer, same_description
 from helpers.pricing.costs import has_openai_price, query_cost
 
 
-def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 16) -> list[dict]:
-    """Send requests concurrently (the local server batches those that arrive together)."""
-    def one(messages: list[dict]) -> dict:
+def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32, concurrency: int = 16,
+        response_formats: list[dict] | None = None) -> list[dict]:
+    """Send requests concurrently (the local server batches those that arrive together). ``response_formats``: one
+    ``response_format`` per request (structured output), whose JSON answer's ``answer`` field is the answer."""
+    def one(messages: list[dict], response_format: dict | None) -> dict:
         started = time.perf_counter()
-        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
-        return {"answer": reply.choices[0].message.content or "", "latency_s": time.perf_counter() - started,
+        extra = {"response_format": response_format} if response_format else {}
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0, **extra)
+        answer = reply.choices[0].message.content or ""
+        if response_format:
+            answer = _answer_field(answer)
+        return {"answer": answer, "latency_s": time.perf_counter() - started,
                 "prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens}
 
     with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, requests))
+        return list(pool.map(one, requests, response_formats or [None] * len(requests)))
+
+
+def _answer_field(text: str) -> str:
+    """The ``answer`` of a structured answer (cut short by ``max_tokens``, it is not JSON: the text as it came)."""
+    try:
+        return str(json.loads(text)["answer"])
+    except (ValueError, KeyError, TypeError):
+        return text
+
+
+CHOICE_MAX_TOKENS = 64
+
+
+def choice_coverage(examples: list[dict], choices: Callable[[list[dict]], list[str]]) -> float:
+    """The share of examples whose expected answer is among the choices offered: the ceiling of constrained accuracy."""
+    return sum(e["messages"][-1]["content"] in choices(e["messages"][:-1]) for e in examples) / max(len(examples), 1)
+
+
+def choice_format(answers: list[str]) -> dict:
+    """A ``response_format`` that lets the model answer only one of ``answers``: constrained decoding, the way a
+    prompt cannot force a small model into a form (``{"answer": "<one of them>"}``, strict JSON schema)."""
+    return {"type": "json_schema", "json_schema": {"name": "billing_code", "strict": True, "schema": {
+        "type": "object", "properties": {"answer": {"type": "string", "enum": list(answers)}},
+        "required": ["answer"], "additionalProperties": False}}}
 
 
 def evaluate(client, model: str, examples: list[dict], *, prompt: Callable[[list[dict]], list[dict]] | None = None,
-             max_tokens: int = 32, concurrency: int = 16) -> pd.DataFrame:
+             choices: Callable[[list[dict]], list[str]] | None = None, max_tokens: int = 32,
+             concurrency: int = 16) -> pd.DataFrame:
     """One row per example: request, expected and given answers, correctness, latency and tokens.
 
-    ``prompt`` rewrites each request's messages (for example to add retrieved context)."""
+    ``prompt`` rewrites each request's messages (for example to add retrieved context). ``choices`` gives, from a
+    request's messages, the answers the model may write (constrained decoding: :func:`choice_format`)."""
     requests = [example["messages"][:-1] for example in examples]
+    formats = None
+    if choices is not None:
+        formats = [choice_format(choices(messages)) for messages in requests]
+        # the JSON around the answer and the longest code line take more than a plain answer's budget; the grammar
+        # ends the answer when its JSON closes, so the larger cap costs nothing
+        max_tokens = max(max_tokens, CHOICE_MAX_TOKENS)
     if prompt is not None:
         requests = [prompt(messages) for messages in requests]
-    results = ask(client, model, requests, max_tokens=max_tokens, concurrency=concurrency)
+    results = ask(client, model, requests, max_tokens=max_tokens, concurrency=concurrency, response_formats=formats)
     rows = []
     for example, result in zip(examples, results):
         expected = example["messages"][-1]["content"]
@@ -195,22 +234,53 @@ def _confusions(results: pd.DataFrame, shown: int = 3) -> str:
     return "; ".join(said) + (f"; and {len(pairs) - shown} other pairs" if len(pairs) > shown else "")
 
 
-def prompting_findings(base: dict, prompting: dict[str, dict]) -> list[str]:
-    """The prompting rung measured: the base model with prompting's long prompt and with retrieved codes
-    (``prompting``: "base + long prompt", "base + RAG"; summaries from :func:`summarize`)."""
+#: The prompting rung's runs in 04: the same requests, two prompts, each free and with the form imposed.
+PROMPTING_RUNS = ("base + long prompt", "base + RAG", "base + long prompt, constrained", "base + RAG, constrained")
+
+
+def prompting_findings(base: dict, prompting: dict[str, dict], offered: dict[str, dict[str, float]]) -> list[str]:
+    """The prompting rung measured: the base model with prompting's long prompt and with retrieved codes, free and
+    constrained to pick one line of a list (``prompting``: summaries from :func:`summarize`, keyed as
+    ``PROMPTING_RUNS``; ``offered``: for each constrained run, ``coverage`` (the share of requests whose right answer
+    was offered, from :func:`choice_coverage`) and ``choices`` (how many lines were offered each request))."""
     long, rag = prompting["base + long prompt"], prompting["base + RAG"]
     lines = [f"The base model with the whole code table and worked examples in its prompt ({long['input_tokens']:.0f} input "
              f"tokens) names the right code {_accuracy(long)} and answers in the format {long['format_compliance']:.0%} of "
              f"the time; with retrieved codes instead ({rag['input_tokens']:.0f} tokens), {_accuracy(rag)}, format "
              f"{rag['format_compliance']:.0%}; with the one-line instruction, {_accuracy(base)}."]
-    if max(long["format_compliance"], rag["format_compliance"]) < 0.5:
-        lines.append("Locally the prompting rung fails, and the reason is the model, not the method: a 135M model continues "
-                     "the text it is given rather than obeying an instruction about its form, and a long prompt only gives "
-                     "it more to continue. A large model such as gpt-4.1 follows this prompt, which is why 01 prices "
-                     "prompting as the first rung; here the format has to be trained in, and 03 does that.")
+    free_fails = max(long["format_compliance"], rag["format_compliance"]) < 0.5
+    if free_fails:
+        lines.append("Left free, the prompting rung fails here, and the form is why: a 135M model continues the text it is "
+                     "given rather than obeying an instruction about its form, and a long prompt only gives it more to continue.")
     else:
         lines.append("The prompt alone got the base model into the format much of the time: prompting is a real "
                      "contender here, at the price per query 01 shows.")
+    above = {}
+    parts = []
+    for name, label in (("base + RAG, constrained", "the five retrieved codes"), ("base + long prompt, constrained", "the whole table")):
+        run, chance = prompting[name], offered[name]["coverage"] / offered[name]["choices"]
+        above[name] = run["code_accuracy_ci_low"] > chance
+        parts.append(f"from {label} {_accuracy(run)} (offered {offered[name]['choices']:.0f} lines, the right one among them "
+                     f"for {offered[name]['coverage']:.0%} of the requests; a pick at random: {chance:.0%})")
+    lines.append("With the form imposed instead (constrained decoding: `response_format` with a JSON schema whose answer must "
+                 "be one line of the list offered), the base model picks the right code " + ", and ".join(parts) + ".")
+    rag_above, long_above = above["base + RAG, constrained"], above["base + long prompt, constrained"]
+    if rag_above and long_above:
+        lines.append("Both beat a pick at random: the prompt carries the answer, and what the base model lacked was the form. "
+                     "That is the prompting rung working, with the form supplied by the server instead of by training.")
+    elif rag_above:
+        lines.append("Five codes to choose from beat a pick at random; the whole table did not. So part of the rung holds even "
+                     "at 135M: given the form and a short list, the base model reads the right code from its prompt more often "
+                     "than chance, and the long prompt is more than it can use.")
+    elif long_above:
+        lines.append("The whole table beat a pick at random and the five retrieved codes did not: retrieval's misses cost more "
+                     "than the long prompt's length here.")
+    else:
+        lines.append("Neither beats a pick at random: with the form imposed, this model still cannot read the answer from its "
+                     "prompt, so the local rung cannot show prompting working at all.")
+    lines.append("What the local rung cannot show is a large model following the prompt's form on its own, which is why 01 "
+                 "prices prompting as the first rung: measure it with BACKEND = \"openai\", or a bigger model brought to the "
+                 "local server, before you fine-tune.")
     return lines
 
 

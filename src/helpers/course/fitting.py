@@ -178,6 +178,11 @@ def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.Dat
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def _broke(row: pd.Series) -> bool:
+    """A run whose model lost the answer format: its step was too large."""
+    return row.get("last format compliance") is not None and row["last format compliance"] < BROKEN_FORMAT
+
+
 def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None) -> list[str]:
     """What 06's table shows, in sentences computed from it. ``baseline`` is the run with the auto settings; ``chance``
     the accuracy of a model that guesses among the codes trained on (1 / their number)."""
@@ -188,8 +193,9 @@ def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None
                  f"{row['last validation loss']:.3f} at its last; held-out accuracy {row['last checkpoint accuracy']:.3f} "
                  f"at the end (best checkpoint {row['best checkpoint accuracy']:.3f})")
         if chance is not None and row["last checkpoint accuracy"] <= 1.5 * chance:
-            trail += f", about chance (guessing among the codes scores {chance:.3f})"
-        broke = row.get("last format compliance") is not None and row["last format compliance"] < BROKEN_FORMAT
+            level = "below" if row["last checkpoint accuracy"] < chance / 2 else "about"
+            trail += f", {level} chance (guessing among the codes scores {chance:.3f})"
+        broke = _broke(row)
         if broke:
             verdict = (f"the step was too large: validation loss began at {row['first validation loss']:.2f}, "
                        f"{row['first validation loss'] / base['first validation loss']:.0f} times the first epoch of {baseline}, "
@@ -219,6 +225,11 @@ def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None
                      "held-out accuracy did not fall. With answers in one fixed form and a step that decays to zero, the "
                      "extra epochs cost time and money, not accuracy. The turn comes where the training file holds "
                      "something to learn by heart that new requests do not share: 07 trains on wrong labels.")
+    for name, row in table.iterrows():
+        if name != baseline and row["epochs"] == base["epochs"] and not _broke(row) and row["last validation loss"] < base["last validation loss"]:
+            lines.append(f"{name} trained as many epochs as {baseline} with a larger step and ended at a lower validation loss "
+                         f"({row['last validation loss']:.3f} against {base['last validation loss']:.3f}): a larger step learns "
+                         "faster, up to the size where it breaks the model.")
     better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
     lines.append(f"Against {baseline} ({base['last checkpoint accuracy']:.3f}): "
                  + (f"{', '.join(better)} ended more accurate." if better else "no other run ended more accurate."))

@@ -8,9 +8,11 @@ the other says the same in a form a billing system cannot parse (chatty, or the 
 from __future__ import annotations
 
 import random
+import re
 
 import pandas as pd
 
+from helpers.course import evaluation
 from helpers.course.billing import parse_answer
 
 #: How a non-preferred answer is written: the same code and description, in a form the course's parser rejects.
@@ -76,44 +78,114 @@ def styles_table(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
                          for name, frame in results.items()})
 
 
-def rank(result: pd.Series) -> int:
-    """How good one scored answer is: 3 exactly right, 2 the right code in the format, 1 in the format with a wrong
-    code, 0 not in the format (a billing system cannot read it)."""
-    return 3 if result["exact"] else 2 if result["code_ok"] else 1 if result["format_ok"] else 0
+FIVE_DIGITS = re.compile(r"(?<!\d)\d{5}(?!\d)")
 
 
-def head_to_head(after: pd.DataFrame, before: pd.DataFrame) -> dict[str, float]:
-    """The judge: request by request, the answer of higher :func:`rank` wins (equal ranks tie). ``win_rate`` counts a
-    tie as half a win, as preference evaluations usually do."""
-    a, b = after.apply(rank, axis=1), before.apply(rank, axis=1)
+def named_code(answer: str | None) -> str | None:
+    """The code an answer names, whatever its style: the course form's code, else the one five-digit number in the
+    text (None when it names none, or several different ones). A chatty "bill it under CPT code 93306" names 93306."""
+    parsed = parse_answer(answer)
+    if parsed is not None:
+        return parsed[0]
+    found = set(FIVE_DIGITS.findall(answer or ""))
+    return found.pop() if len(found) == 1 else None
+
+
+def with_facts(results: pd.DataFrame) -> pd.DataFrame:
+    """Scored answers (from ``evaluation.evaluate``) with ``right_code_any_style``: the answer names the expected code,
+    in whatever style it is written. ``format_ok`` is the form; this is the fact, apart from the form."""
+    return results.assign(right_code_any_style=results["answer"].map(named_code) == results["expected_code"])
+
+
+def _one_side(after: pd.Series, before: pd.Series) -> dict[str, float]:
+    a, b = after.astype(int), before.astype(int)
     wins, losses = int((a > b).sum()), int((a < b).sum())
     ties = len(a) - wins - losses
-    return {"n": len(a), "wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / max(len(a), 1)}
+    return {"wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / max(len(a), 1)}
 
 
-def dpo_findings(before: dict, after: dict, match: dict[str, float], beta: float) -> list[str]:
-    """What the DPO notebook's table shows, in sentences computed from it."""
+def head_to_head(after: pd.DataFrame, before: pd.DataFrame) -> dict:
+    """The judge, request by request, on two questions apart: **form** (can the billing system read the answer?) and
+    **facts** (does the answer name the right code, in any style?). An answer in the form with a wrong code beats a
+    chatty one with the right code on form and loses on facts; a form win is never counted as a fact win. Each
+    ``win_rate`` counts a tie as half a win, as preference evaluations usually do (0.5: no change)."""
+    after, before = with_facts(after), with_facts(before)
+    return {"n": len(after), "form": _one_side(after["format_ok"], before["format_ok"]),
+            "facts": _one_side(after["right_code_any_style"], before["right_code_any_style"])}
+
+
+def verdicts(after: pd.DataFrame, before: pd.DataFrame, names: tuple[str, str] = ("SFT + DPO", "SFT")) -> pd.DataFrame:
+    """The requests where the two models differ on form or on facts, with each answer and who was better on each."""
+    after, before = with_facts(after), with_facts(before)
+
+    def side(a: pd.Series, b: pd.Series) -> pd.Series:
+        return (a.astype(int) - b.astype(int)).map(lambda d: f"{names[0]} better" if d > 0 else f"{names[1]} better" if d < 0 else "tie")
+
+    table = pd.DataFrame({"request": before["request"], "expected code": before["expected_code"], names[1]: before["answer"],
+                          names[0]: after["answer"], "form": side(after["format_ok"], before["format_ok"]),
+                          "facts": side(after["right_code_any_style"], before["right_code_any_style"])})
+    differ = (table["form"] != "tie") | (table["facts"] != "tie")
+    return table[differ].sort_values(["facts", "form"], key=lambda c: c.map({f"{names[1]} better": 0, "tie": 1}).fillna(2))
+
+
+def summarize(results: pd.DataFrame, *, priced_as: str) -> dict[str, float | None]:
+    """``evaluation.summarize`` of a fine-tuned model's answers, with ``right_code_any_style``: the share of answers
+    that name the right code whatever their style (the facts, apart from the form)."""
+    return {**evaluation.summarize(results, priced_as=priced_as, fine_tuned=True),
+            "right_code_any_style": float(with_facts(results)["right_code_any_style"].mean())}
+
+
+def before_after_table(summaries: dict[str, dict], results: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Form, facts and styles of each model: format compliance, code accuracy (the right code in the form, as the
+    billing system reads it), the right code in any style, exact match, and the share of answers in each style."""
+    rows = ["format_compliance", "code_accuracy", "right_code_any_style", "exact_match"]
+    return pd.concat([pd.DataFrame(summaries).loc[rows], styles_table(results)]).astype(float)
+
+
+def dpo_findings(before: dict, after: dict, match: dict, beta: float) -> list[str]:
+    """What the DPO notebook's table shows, in sentences computed from it (``before`` and ``after`` from :func:`summarize`)."""
+    n = after["n"]
     lines = [f"Format compliance went from {before['format_compliance']:.3f} to {after['format_compliance']:.3f}, and code "
-             f"accuracy from {before['code_accuracy']:.3f} to {after['code_accuracy']:.3f}, on {after['n']:.0f} held-out requests "
-             f"(beta = {beta:g}). The 95% interval of code accuracy was {before['code_accuracy_ci_low']:.2f}-"
-             f"{before['code_accuracy_ci_high']:.2f} before and {after['code_accuracy_ci_low']:.2f}-{after['code_accuracy_ci_high']:.2f} "
-             f"after{' (they overlap)' if after['code_accuracy_ci_low'] <= before['code_accuracy_ci_high'] else ''}."]
-    lines.append(f"Judged request by request, the DPO model won {match['wins']}, tied {match['ties']} and lost {match['losses']}: "
-                 f"a win rate of {match['win_rate']:.3f} against the model it started from (0.5 means no change).")
-    if match["losses"]:
-        lines.append(f"It is not better everywhere: on {match['losses']} request(s) the model it started from gave the better "
-                     "answer (listed below).")
+             f"accuracy (the right code in the form the billing system reads) from {before['code_accuracy']:.3f} to "
+             f"{after['code_accuracy']:.3f}, on {n:.0f} held-out requests (beta = {beta:g}). The 95% interval of code accuracy "
+             f"was {before['code_accuracy_ci_low']:.2f}-{before['code_accuracy_ci_high']:.2f} before and "
+             f"{after['code_accuracy_ci_low']:.2f}-{after['code_accuracy_ci_high']:.2f} after"
+             f"{' (they overlap)' if after['code_accuracy_ci_low'] <= before['code_accuracy_ci_high'] else ''}."]
+    facts = {"before": before["right_code_any_style"], "after": after["right_code_any_style"]}
+    fact_gain = facts["after"] - facts["before"]
+    code_gain = after["code_accuracy"] - before["code_accuracy"]
+    one = 1 / max(n, 1)
+    facts_line = (f"Read in any style (a chatty answer's code counts), the right code went from {facts['before']:.3f} to "
+                  f"{facts['after']:.3f}: ")
+    if abs(fact_gain) < one / 2:
+        facts_line += "the facts did not move, so the whole change in code accuracy is form: right codes now written so the billing system reads them."
+    elif fact_gain > 0:
+        facts_line += (f"{fact_gain:.3f} of the {code_gain:+.3f} in code accuracy is codes the model now gets right, the rest is "
+                       "right codes now written in the form.")
+    else:
+        facts_line += (f"the model names the right code less often after DPO ({fact_gain:+.3f}), so code accuracy's "
+                       f"{code_gain:+.3f} is form gained at a cost in facts: answers it used to get right in another style "
+                       "now have the form and a wrong code.")
+    lines.append(facts_line)
+    form, fact = match["form"], match["facts"]
+    lines.append(f"Judged request by request on form, the DPO model won {form['wins']}, tied {form['ties']} and lost "
+                 f"{form['losses']} (a win rate of {form['win_rate']:.3f}; 0.5 means no change); on facts, it won {fact['wins']}, "
+                 f"tied {fact['ties']} and lost {fact['losses']} (a win rate of {fact['win_rate']:.3f}). A form win with a wrong "
+                 "code is not counted as a fact win.")
+    if fact["losses"] or form["losses"]:
+        lines.append(f"It is not better everywhere: the model it started from was better on facts on {fact['losses']} request(s) "
+                     f"and on form on {form['losses']} (listed below).")
     gain_format = after["format_compliance"] - before["format_compliance"]
-    gain_code = after["code_accuracy"] - before["code_accuracy"]
-    if gain_format > 0 and gain_code < gain_format / 2:
-        lines.append("The pairs differ only in form (both answers name the same code), so form is what moved: DPO taught "
+    if gain_format > 0 and fact_gain <= one / 2:
+        lines.append("The pairs differ only in form (both answers name the same code), so form is what DPO moved: it taught "
                      "which of two answers is better, not facts the answers share. Facts come from supervised examples (03).")
     elif gain_format <= 0:
         lines.append("The format did not improve at these settings. Read the answers: a model trained by DPO alone, from a base "
                      "that never writes the preferred form, can drift into text neither answer resembles; OpenAI's advice is "
                      "to fine-tune with SFT first and apply DPO to that model.")
     else:
-        lines.append("Code accuracy rose with the format: once the model writes the form, the code it writes is scored too.")
+        lines.append("Both moved: the form, which the pairs taught, and the codes, which the pairs share (preferring an answer "
+                     "also raises the likelihood of the code written in it).")
     return lines
 
 

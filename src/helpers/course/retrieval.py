@@ -56,10 +56,19 @@ def rag_system_prompt(request: str, k: int = 5) -> str:
     return f"{SYSTEM_PROMPT}{CANDIDATES_HEADING}{code_reference(tuple(retrieve(request, k)))}"
 
 
+def _request(messages: list[dict]) -> str:
+    return next(m["content"] for m in reversed(messages) if m["role"] == "user")
+
+
 def with_retrieval(messages: list[dict], k: int = 5) -> list[dict]:
     """The same request with its system prompt replaced by one that carries retrieved codes."""
-    user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return [{"role": "system", "content": rag_system_prompt(user, k)}, *[m for m in messages if m["role"] != "system"]]
+    return [{"role": "system", "content": rag_system_prompt(_request(messages), k)}, *[m for m in messages if m["role"] != "system"]]
+
+
+def candidate_answers(messages: list[dict], k: int = 5) -> list[str]:
+    """The answers retrieval offers a request: its ``k`` retrieved codes, each written as its answer (for constrained
+    decoding: the model may only pick one of them)."""
+    return [code.answer for code in retrieve(_request(messages), k)]
 
 
 UNASSIGNED_NUMBERS = range(2000, 10000)  # 02000-09999: after CPT's anesthesia codes, before its surgery codes; no code uses them

@@ -20,7 +20,7 @@ from helpers.course.retrieval import CANDIDATES_HEADING
 from helpers.data.dataprep import read_jsonl
 from helpers.data.token_counts import count_example_tokens
 from helpers.data.tokens import get_encoding
-from helpers.pricing.costs import Approach, break_even_queries, compare_approaches, training_cost
+from helpers.pricing.costs import Approach, break_even_queries, compare_approaches, resolve_epochs, training_cost
 
 FEW_SHOT_EXAMPLES = 20
 RETRIEVED_CODES = 5
@@ -259,47 +259,93 @@ def per_correct_findings(frame) -> list[str]:
     return lines
 
 
-# Figures the course outline (the seed this workbook grew from) states, checked against today's table and this data.
-SEED_FIGURES = {"rag_usd_per_query": 0.01, "distilled_usd_per_million": 0.10, "fine_tuning_usd": (50, 500),
-                "distillation_usd": (500, 5_000), "prompting_model": "gpt-5"}
+# Figures the course outline (the seed this workbook grew from) states, each with the row it comes from: its
+# approaches table (set-up cost per approach) and its cost table (set-up, latency and quality per approach). The
+# per-query and per-token figures and the prompting model are quoted from its text.
+SEED_FIGURES = {
+    "rag_setup": ("cost table, RAG row: set-up", "$5 (embeddings)"),
+    "rag_usd_per_query": ("the outline's RAG cost per query", 0.01),
+    "rag_latency": ("cost table, RAG row: latency", "+200ms"),
+    "distilled_usd_per_million": ("the outline's price of a distilled model", 0.10),
+    "fine_tuning_usd": ("approaches table, fine-tuning row: set-up", (10, 1_000)),
+    "fine_tuning_gpt41_usd": ("cost table, fine-tuning (GPT-4.1) row: set-up", (500, 5_000)),
+    "distillation_approaches_usd": ("approaches table, distillation row: set-up", (50, 500)),
+    "distillation_cost_table_usd": ("cost table, distillation row: set-up", (100, 1_000)),
+    "prompting_model": ("the outline's prompting model", "gpt-5"),
+    "fine_tuning_quality": ("cost table, fine-tuning row: quality", "Very High (domain)"),
+}
+
+
+def _against_range(low: float, high: float, cost: float) -> str:
+    """Where one computed cost sits against a quoted range."""
+    if cost < low:
+        return f"{low / cost:,.0f}x-{high / cost:,.0f}x this data's cost"
+    if cost > high:
+        return f"this data costs {cost / high:,.1f}x the top of the range"
+    return "this data's cost is inside the range"
 
 
 def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accuracy: tuple[float, str] | None = None):
-    """The course outline's figures against today's price table and this data, each with a verdict."""
+    """The course outline's figures, each with its source row, against today's price table and this data, with a
+    verdict and the per-token price it rests on."""
     import pandas as pd
 
     from helpers.pricing.costs import prices
 
-    seed = SEED_FIGURES
+    seed = {key: value for key, (_, value) in SEED_FIGURES.items()}
     rag, prompting, distilled = (_named(approaches, n) for n in ("RAG", "prompting", "distilled"))
     rag_query = rag.per_query_usd()
     rag_model = prices(rag.model, fine_tuned=False)
     tokens_for_seed = (seed["rag_usd_per_query"] - rag.output_tokens * rag_model.output / 1e6) / (rag_model.input / 1e6)
     nano = prices(distilled.model, fine_tuned=True)
     tuned_model = _named(approaches, "fine-tuned").model
-    tuning = training_cost(tuned_model, sizes.train_examples, sizes.train_tokens_per_example)
+    per_example, n_examples = sizes.train_tokens_per_example, sizes.train_examples
+    epochs = resolve_epochs("auto", n_examples)
+
+    def trained(model: str) -> tuple[float, str]:
+        cost = training_cost(model, n_examples, per_example)
+        return cost, (f"${cost:,.2f} to train {model} on this data's {n_examples} examples ({per_example} tokens each, "
+                      f"{epochs} epochs) at ${prices(model, fine_tuned=True).training:.2f} per 1M training tokens")
+
+    def fits(model: str, low: float, high: float) -> str:
+        return (f"; the range buys {examples_for_budget(model, low, per_example):,}-{examples_for_budget(model, high, per_example):,} "
+                f"examples of this size")
+
+    tuning, tuning_text = trained(tuned_model)
+    big_tuning, big_tuning_text = trained("gpt-4.1")
     setup = distillation_setup_cost(sizes, prompting, distilled.model)
-    low, high = seed["fine_tuning_usd"]
-    d_low, d_high = seed["distillation_usd"]
+    teacher = prices(prompting.model, fine_tuned=False)
+    setup_text = (f"${setup['total']:,.2f}: {prompting.model} labels {sizes.pool_requests} requests (${setup['teacher labelling']:,.2f} "
+                  f"at ${teacher.input:.2f} in, ${teacher.output:.2f} out per 1M), {distilled.model} trains on them "
+                  f"(${setup['student training']:,.2f} at ${prices(distilled.model, fine_tuned=True).training:.2f} per 1M)")
+    index_tokens = len(get_encoding("o200k_base").encode(billing.code_reference()))
     big = Approach("prompting", seed["prompting_model"], prompting.input_tokens, prompting.output_tokens)
     rows = [
+        ("RAG set-up", seed["rag_setup"], f"$0: the course retrieves with BM25 over the {index_tokens:,}-token code table, no embeddings",
+         "not priced: today's table in data/ carries no embedding model, and retrieval by words (BM25) needs none"),
         ("RAG per query", f"about ${seed['rag_usd_per_query']:.2f}",
-         f"${rag_query:.5f} ({rag.input_tokens:.0f} input tokens on {rag.model})",
+         f"${rag_query:.5f} ({rag.input_tokens:.0f} input tokens on {rag.model} at ${rag_model.input:.2f} per 1M, "
+         f"{rag.output_tokens:.0f} output at ${rag_model.output:.2f})",
          f"{seed['rag_usd_per_query'] / rag_query:,.0f}x too high for this task; ${seed['rag_usd_per_query']:.2f} buys a "
          f"{tokens_for_seed:,.0f}-token prompt on {rag.model}"),
+        ("RAG latency", seed["rag_latency"], f"+{rag.input_tokens - sizes.short_input:.0f} input tokens a query (the retrieved "
+         "codes); the search itself runs in process",
+         "not measured here: +200ms is an embedding call and a vector search over a network, which BM25 in process does "
+         "not make; the longer prompt's cost in time is in 04's latency columns"),
         ("a distilled model's price", f"${seed['distilled_usd_per_million']:.2f} per 1M tokens",
          f"fine-tuned {distilled.model}: ${nano.input:.2f} in, ${nano.output:.2f} out per 1M",
          f"too low: {seed['distilled_usd_per_million'] / nano.input:.0%} of today's input price and "
          f"{seed['distilled_usd_per_million'] / nano.output:.0%} of its output price for the smallest fine-tunable model"),
-        ("fine-tuning set-up", f"${low:,}-${high:,}", f"${tuning:,.2f} to train {tuned_model} on "
-         f"this data's {sizes.train_examples} examples",
-         f"{low / tuning:,.0f}x-{high / tuning:,.0f}x this data's cost; it fits data sets "
-         f"{examples_for_budget(tuned_model, low, sizes.train_tokens_per_example) // sizes.train_examples:,}x-"
-         f"{examples_for_budget(tuned_model, high, sizes.train_tokens_per_example) // sizes.train_examples:,}x larger"),
-        ("distillation set-up", f"${d_low:,}-${d_high:,}", f"${setup['total']:,.2f}: {prompting.model} labels {sizes.pool_requests} "
-         f"requests (${setup['teacher labelling']:,.2f}), {distilled.model} trains on them (${setup['student training']:,.2f})",
-         f"{d_low / setup['total']:,.0f}x-{d_high / setup['total']:,.0f}x this data's cost; the teacher's labelling is "
+        ("fine-tuning set-up", "${:,}-${:,}".format(*seed["fine_tuning_usd"]), tuning_text,
+         _against_range(*seed["fine_tuning_usd"], tuning) + fits(tuned_model, *seed["fine_tuning_usd"])),
+        ("fine-tuning GPT-4.1 set-up", "${:,}-${:,}".format(*seed["fine_tuning_gpt41_usd"]), big_tuning_text,
+         _against_range(*seed["fine_tuning_gpt41_usd"], big_tuning) + fits("gpt-4.1", *seed["fine_tuning_gpt41_usd"])),
+        ("distillation set-up (approaches table)", "${:,}-${:,}".format(*seed["distillation_approaches_usd"]), setup_text,
+         f"{_against_range(*seed['distillation_approaches_usd'], setup['total'])}; the teacher's labelling is "
          f"{setup['teacher labelling'] / setup['total']:.0%} of it"),
+        ("distillation set-up (cost table)", "${:,}-${:,}".format(*seed["distillation_cost_table_usd"]), setup_text,
+         f"{_against_range(*seed['distillation_cost_table_usd'], setup['total'])}; the outline's approaches table gives "
+         "${:,}-${:,} for the same set-up".format(*seed["distillation_approaches_usd"])),
         ("the prompting model", seed["prompting_model"], f"{seed['prompting_model']} ${big.per_query_usd():.5f} a query, "
          f"{prompting.model} ${prompting.per_query_usd():.5f}, before any reasoning tokens",
          f"the course prices {prompting.model}: no reasoning tokens to guess, and the family that can be fine-tuned; on "
@@ -309,8 +355,16 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
     if fine_tuned_accuracy is not None:
         accuracy, source = fine_tuned_accuracy
         measured = not source.startswith("assumed")
-        rows.append(("the intern analogy (accuracy by rung)", "fine-tuning: \"Very High (domain)\"",
+        rows.append(("fine-tuning's quality", f"\"{seed['fine_tuning_quality']}\"",
                      f"fine-tuned {accuracy:.0%}, {source}" if measured else "not measured yet (run 04)",
-                     "an analogy, not a measurement: 04 measures it, and \"domain\" stops at the codes in the training "
-                     "file (codes it never saw: 0% without retrieval)" if measured else "an analogy, not a measurement: run 04"))
-    return pd.DataFrame(rows, columns=["figure", "the outline says", "today's table / this data", "verdict"]).set_index("figure")
+                     "a grade, not a measurement: 04 measures it, and \"domain\" stops at the codes in the training "
+                     "file (04 scores the codes it never saw apart)" if measured else "a grade, not a measurement: run 04"))
+    sources = {"RAG set-up": "rag_setup", "RAG per query": "rag_usd_per_query", "RAG latency": "rag_latency",
+               "a distilled model's price": "distilled_usd_per_million", "fine-tuning set-up": "fine_tuning_usd",
+               "fine-tuning GPT-4.1 set-up": "fine_tuning_gpt41_usd",
+               "distillation set-up (approaches table)": "distillation_approaches_usd",
+               "distillation set-up (cost table)": "distillation_cost_table_usd", "the prompting model": "prompting_model",
+               "fine-tuning's quality": "fine_tuning_quality"}
+    rows = [(figure, SEED_FIGURES[sources[figure]][0], *rest) for figure, *rest in rows]
+    return pd.DataFrame(rows, columns=["figure", "where in the outline", "the outline says", "today's table / this data",
+                                       "verdict"]).set_index("figure")

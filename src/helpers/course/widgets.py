@@ -5,6 +5,8 @@ tests drive it by setting ``.value`` on a slider and reading ``.summary`` and ``
 """
 from __future__ import annotations
 
+import html
+
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -50,7 +52,6 @@ class CostExplorer:
         cheapest = min(costs, key=costs.get)
         self.break_even = {a.name: cheaper_from(a, approaches[0]) for a in approaches[1:]}  # 0: any volume, None: never
         self.summary = {"queries_per_month": volume, "monthly_cost_usd": costs, "cheapest": cheapest, "break_even_vs_prompting": self.break_even}
-        parts = [f"<b>{name}</b>: ${cost:,.2f}/month" for name, cost in costs.items()]
         crossings = []
         for approach in approaches[1:]:
             volume_at = self.break_even[approach.name]
@@ -60,9 +61,13 @@ class CostExplorer:
                 crossings.append(f"{approach.name} is cheaper than prompting at any volume")
             else:
                 crossings.append(f"{approach.name} beats prompting from {volume_at:,.0f} queries/month")
-        self.text.value = f"At {volume:,} queries/month: " + "; ".join(parts) + f". Cheapest: <b>{cheapest}</b>.<br>" + "<br>".join(crossings)
-        self.lines = [f"At {volume:,} queries/month: " + "; ".join(f"{name}: ${cost:,.2f}/month" for name, cost in costs.items())
-                      + f". Cheapest: {cheapest}.", *crossings]
+        # one set of sentences: the widget shows them as HTML (names in bold), static() prints them as they are
+        def first(strong) -> str:
+            return (f"At {volume:,} queries/month: " + "; ".join(f"{strong(name)}: ${cost:,.2f}/month" for name, cost in costs.items())
+                    + f". Cheapest: {strong(cheapest)}.")
+
+        self.lines = [first(str), *crossings]
+        self.text.value = "<br>".join([first(lambda name: f"<b>{html.escape(name)}</b>"), *map(html.escape, crossings)])
         with self.output:
             self.output.clear_output(wait=True)
             self._draw(approaches, volume)
