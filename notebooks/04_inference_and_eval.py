@@ -53,6 +53,14 @@ print("fine-tuned model:", tuned)
 # interval* (the rows `..._ci_low` and `..._ci_high`; Wilson's method): intervals made this way hold the true
 # accuracy on 95 of 100 samples of this size. The fewer the requests, the wider it is; two models whose intervals
 # overlap a lot have not been shown to differ.
+#
+# **Will a second run give the same numbers?** Decoding here is greedy (always the likeliest token), and a job's seed
+# fixes its start and the order of its batches. In fp32 on one machine that is enough: the same job twice gave
+# identical losses and answers, batched or one at a time (`benchmarks/repeatability.py`). With bf16 kernels (the
+# server's default where the CPU or GPU has them), every product is rounded, and how it is rounded depends on the
+# batch's shape (which requests arrived together, how long the longest is, how many threads split the work): where
+# two tokens are nearly tied the pick can flip, and a score can move by a request or two between runs. That is
+# sampling of another kind, and the interval is the scale to read it on.
 
 # %% [markdown]
 # ## 3. Hands-on
