@@ -95,11 +95,11 @@ def test_04_prompting_tokens_and_seed_sentences_follow_their_numbers():
     # the run seen here (16 requests): free 0/16 both; constrained, 7/16 from five codes (chance 16%), 0/16 from 43
     seen = evaluation.prompting_findings(base, rung((0.0, 0.1), (0.0, 0.0), (0.4375, 0.23), (0.0, 0.0)), offered)
     assert "(1200 input tokens)" in seen[0] and "the form is why" in seen[1]
-    assert "a pick at random: 16%" in seen[2] and "a pick at random: 2%" in seen[2] and "offered 43 lines" in seen[2]
-    assert seen[3].startswith("Five codes to choose from beat a pick at random; the whole table did not")
+    assert "a pick at random: 16%" in seen[2] and "a pick at random: 2%" in seen[2] and "with 43 lines offered" in seen[2]
+    assert seen[3].startswith("Five codes to choose from beat a pick at random (the 95% interval starts above it); the whole table did not")
     assert "cannot show is a large model following the prompt's form on its own" in seen[4]
     assert "Both beat" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.6, 0.4), (0.3, 0.1)), offered)[3]
-    assert "Neither beats" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.1, 0.02), (0.0, 0.0)), offered)[3]
+    assert "Neither is shown to beat" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.1, 0.02), (0.0, 0.0)), offered)[3]
     assert "retrieval's misses" in evaluation.prompting_findings(base, rung((0, 0), (0, 0), (0.1, 0.02), (0.3, 0.1)), offered)[3]
     working = evaluation.prompting_findings(base, rung((0.5, 0.9), (0.0, 0.0), (0.6, 0.4), (0.3, 0.1)), offered)
     assert "real contender" in working[1]

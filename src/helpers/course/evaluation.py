@@ -260,24 +260,26 @@ def prompting_findings(base: dict, prompting: dict[str, dict], offered: dict[str
     for name, label in (("base + RAG, constrained", "the five retrieved codes"), ("base + long prompt, constrained", "the whole table")):
         run, chance = prompting[name], offered[name]["coverage"] / offered[name]["choices"]
         above[name] = run["code_accuracy_ci_low"] > chance
-        parts.append(f"from {label} {_accuracy(run)} (offered {offered[name]['choices']:.0f} lines, the right one among them "
-                     f"for {offered[name]['coverage']:.0%} of the requests; a pick at random: {chance:.0%})")
+        parts.append(f"from {label} {_accuracy(run)}, with {offered[name]['choices']:.0f} lines offered (the right one among "
+                     f"them for {offered[name]['coverage']:.0%} of the requests; a pick at random: {chance:.0%})")
     lines.append("With the form imposed instead (constrained decoding: `response_format` with a JSON schema whose answer must "
                  "be one line of the list offered), the base model picks the right code " + ", and ".join(parts) + ".")
     rag_above, long_above = above["base + RAG, constrained"], above["base + long prompt, constrained"]
     if rag_above and long_above:
-        lines.append("Both beat a pick at random: the prompt carries the answer, and what the base model lacked was the form. "
+        lines.append("Both beat a pick at random (each 95% interval starts above it): the prompt carries the answer, and what "
+                     "the base model lacked was the form. "
                      "That is the prompting rung working, with the form supplied by the server instead of by training.")
     elif rag_above:
-        lines.append("Five codes to choose from beat a pick at random; the whole table did not. So part of the rung holds even "
+        lines.append("Five codes to choose from beat a pick at random (the 95% interval starts above it); the whole table did "
+                     "not. So part of the rung holds even "
                      "at 135M: given the form and a short list, the base model reads the right code from its prompt more often "
                      "than chance, and the long prompt is more than it can use.")
     elif long_above:
-        lines.append("The whole table beat a pick at random and the five retrieved codes did not: retrieval's misses cost more "
-                     "than the long prompt's length here.")
+        lines.append("The whole table beat a pick at random (the 95% interval starts above it) and the five retrieved codes did "
+                     "not: retrieval's misses cost more than the long prompt's length here.")
     else:
-        lines.append("Neither beats a pick at random: with the form imposed, this model still cannot read the answer from its "
-                     "prompt, so the local rung cannot show prompting working at all.")
+        lines.append("Neither is shown to beat a pick at random (each 95% interval reaches down to it): on these requests the "
+                     "local rung cannot show prompting working, even with the form imposed.")
     lines.append("What the local rung cannot show is a large model following the prompt's form on its own, which is why 01 "
                  "prices prompting as the first rung: measure it with BACKEND = \"openai\", or a bigger model brought to the "
                  "local server, before you fine-tune.")
