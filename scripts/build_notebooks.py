@@ -53,7 +53,17 @@ def execute(path: Path) -> nbformat.NotebookNode:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
         papermill.execute_notebook(path, out, cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
-        return tidy(nbformat.read(out, as_version=4), path.stem)
+        executed = nbformat.read(out, as_version=4)
+        print(slowest_cells(executed, path.stem), flush=True)
+        return tidy(executed, path.stem)
+
+
+def slowest_cells(notebook: nbformat.NotebookNode, name: str, n: int = 3) -> str:
+    """One line: the notebook's run time and its ``n`` slowest cells (papermill's per-cell durations, which ``tidy``
+    then drops from the saved file): where a notebook's minutes go, for keeping the course within its time."""
+    timed = [(cell.metadata.get("papermill", {}).get("duration") or 0.0, i) for i, cell in enumerate(notebook.cells)]
+    slow = ", ".join(f"cell {i} {seconds:.0f} s" for seconds, i in sorted(timed, reverse=True)[:n])
+    return f"{name}: {sum(seconds for seconds, _ in timed):.0f} s; slowest: {slow}"
 
 
 def main(argv: list[str]) -> int:
