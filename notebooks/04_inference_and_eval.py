@@ -161,6 +161,8 @@ course.findings("comparison", evaluation.comparison_findings(summary["base"].to_
 # - Compare on held-out data, and look at format compliance as well as accuracy: an answer your system cannot
 #   parse is a failure whatever it says.
 # - A small sample gives a wide interval: read the 95% confidence intervals before the point estimates.
+# - Before training for a form, ask whether the prompt carries the answer: impose the form (constrained decoding,
+#   `response_format`) and see what the base model picks. Training is for what is still missing then.
 #
 # **Exercises.** (1) Run with `N_TEST = 0` for the whole test set. (2) Try a checkpoint model from notebook 03
 # as `TUNED_MODEL`: is an earlier epoch better?
