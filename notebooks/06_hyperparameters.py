@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 06 · Epochs, learning rates and overfitting
-# **Time:** about 13 minutes on a 2-core CPU without bf16 kernels (fp32), about 4 with them (four short jobs; `make reports` runs the same) · **Cost:** $0 locally; on OpenAI, four small training runs (3.1 prints their prices).
+# **Time:** about 11 minutes on a 2-core CPU without bf16 kernels (fp32), about 3.5 with them (four short jobs; `make reports` runs the same) · **Cost:** $0 locally; on OpenAI, four small training runs (3.1 prints their prices).
 
 # %% tags=["parameters"]
 BACKEND = "local"
