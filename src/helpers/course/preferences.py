@@ -97,11 +97,11 @@ def with_facts(results: pd.DataFrame) -> pd.DataFrame:
     return results.assign(right_code_any_style=results["answer"].map(named_code) == results["expected_code"])
 
 
-def _one_side(after: pd.Series, before: pd.Series) -> dict[str, float]:
-    a, b = after.astype(int), before.astype(int)
-    wins, losses = int((a > b).sum()), int((a < b).sum())
-    ties = len(a) - wins - losses
-    return {"wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / max(len(a), 1)}
+def _sides(after: pd.DataFrame, before: pd.DataFrame) -> dict[str, pd.Series]:
+    """Request by request, on form and on facts: +1 where ``after`` is better, -1 where ``before`` is, 0 for a tie."""
+    after, before = with_facts(after), with_facts(before)
+    return {side: after[column].astype(int) - before[column].astype(int)
+            for side, column in (("form", "format_ok"), ("facts", "right_code_any_style"))}
 
 
 def head_to_head(after: pd.DataFrame, before: pd.DataFrame) -> dict:
@@ -109,21 +109,20 @@ def head_to_head(after: pd.DataFrame, before: pd.DataFrame) -> dict:
     **facts** (does the answer name the right code, in any style?). An answer in the form with a wrong code beats a
     chatty one with the right code on form and loses on facts; a form win is never counted as a fact win. Each
     ``win_rate`` counts a tie as half a win, as preference evaluations usually do (0.5: no change)."""
-    after, before = with_facts(after), with_facts(before)
-    return {"n": len(after), "form": _one_side(after["format_ok"], before["format_ok"]),
-            "facts": _one_side(after["right_code_any_style"], before["right_code_any_style"])}
+    def counts(sign: pd.Series) -> dict[str, float]:
+        wins, losses = int((sign > 0).sum()), int((sign < 0).sum())
+        ties = len(sign) - wins - losses
+        return {"wins": wins, "ties": ties, "losses": losses, "win_rate": (wins + ties / 2) / max(len(sign), 1)}
+
+    return {"n": len(after), **{side: counts(sign) for side, sign in _sides(after, before).items()}}
 
 
 def verdicts(after: pd.DataFrame, before: pd.DataFrame, names: tuple[str, str] = ("SFT + DPO", "SFT")) -> pd.DataFrame:
     """The requests where the two models differ on form or on facts, with each answer and who was better on each."""
-    after, before = with_facts(after), with_facts(before)
-
-    def side(a: pd.Series, b: pd.Series) -> pd.Series:
-        return (a.astype(int) - b.astype(int)).map(lambda d: f"{names[0]} better" if d > 0 else f"{names[1]} better" if d < 0 else "tie")
-
+    said = {side: sign.map(lambda d: f"{names[0]} better" if d > 0 else f"{names[1]} better" if d < 0 else "tie")
+            for side, sign in _sides(after, before).items()}
     table = pd.DataFrame({"request": before["request"], "expected code": before["expected_code"], names[1]: before["answer"],
-                          names[0]: after["answer"], "form": side(after["format_ok"], before["format_ok"]),
-                          "facts": side(after["right_code_any_style"], before["right_code_any_style"])})
+                          names[0]: after["answer"], **said})
     differ = (table["form"] != "tie") | (table["facts"] != "tie")
     return table[differ].sort_values(["facts", "form"], key=lambda c: c.map({f"{names[1]} better": 0, "tie": 1}).fillna(2))
 
