@@ -125,6 +125,13 @@ def test_taught_wrong_counts_the_held_out_requests_of_wholly_mislabelled_procedu
     assert taught["40% corrupted"]["held_out_share"] == share and 0 < share < 1
 
 
+def with_intervals(rows: list[dict], n: int = 24) -> pd.DataFrame:
+    """Checkpoint accuracy rows as ``fitting.checkpoint_accuracy`` gives them: each with its 95% interval on ``n`` requests."""
+    from helpers.course.evaluation import wilson_interval
+
+    return pd.DataFrame([{**row, **dict(zip(("ci_low", "ci_high"), wilson_interval(round(row["code_accuracy"] * n), n)))} for row in rows])
+
+
 def losses(values: list[float], train: list[float] | None = None) -> pd.DataFrame:
     return pd.DataFrame({"epoch": range(1, len(values) + 1), "full_valid_loss": values,
                          "train_loss": train or [v * 0.9 for v in values]})
@@ -145,7 +152,7 @@ def test_the_shape_of_a_fit_is_read_from_its_validation_losses():
     ten = losses([1.99, 0.93, 0.59, 0.61, 0.32, 0.19, 0.093, 0.0395, 0.0412, 0.0441], [1.6, 0.8, 0.7, 0.37, 0.2, 0.13, 0.09, 0.05, 0.02, 0.0016])
     assert fitting.shape(ten) == "settled"
     frames = {fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "12 epochs": losses([1.0, 0.4, 0.5, 0.7], [0.9, 0.3, 0.1, 0.02])}
-    accuracy = pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.7, "format_compliance": 1.0},
+    accuracy = with_intervals([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.7, "format_compliance": 1.0},
                              {"run": "12 epochs", "epoch": 3, "code_accuracy": 0.75, "format_compliance": 1.0},
                              {"run": "12 epochs", "epoch": 4, "code_accuracy": 0.65, "format_compliance": 1.0}])
     table = fitting.fit_table(frames, accuracy)
@@ -163,7 +170,7 @@ def test_06_says_which_run_broke_which_is_at_chance_and_when_nothing_memorised()
     answer parsed; the auto run ended at 1 of 12 (chance); no run turned."""
     frames = {fitting.AUTO_RUN: losses([1.61, 0.69, 0.44]), "10 epochs": losses([1.99, 0.59, 0.19, 0.09, 0.06, 0.05, 0.045, 0.04, 0.041, 0.044]),
               "auto epochs, multiplier 4": losses([2.3, 0.6, 0.343]), "auto epochs, multiplier 10": losses([9.45, 7.06, 6.38])}
-    accuracy = pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 1 / 12, "format_compliance": 1.0},
+    accuracy = with_intervals([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 1 / 12, "format_compliance": 1.0},
                              {"run": "10 epochs", "epoch": 6, "code_accuracy": 0.7, "format_compliance": 1.0},
                              {"run": "10 epochs", "epoch": 10, "code_accuracy": 0.875, "format_compliance": 0.96},
                              {"run": "auto epochs, multiplier 4", "epoch": 3, "code_accuracy": 0.125, "format_compliance": 0.75},
@@ -179,10 +186,12 @@ def test_06_says_which_run_broke_which_is_at_chance_and_when_nothing_memorised()
     # the same epochs with a larger step learned faster, and only the run that did not break is said to
     assert lines[6] == ("auto epochs, multiplier 4 trained as many epochs as auto epochs with a larger step and ended at a lower "
                         "validation loss (0.343 against 0.440): a larger step learns faster, up to the size where it breaks the model.")
-    assert "auto epochs, multiplier 10" not in lines[7]
+    # x4 (3 of 24) over auto (2 of 24) is one request: higher, not shown more accurate; 8 epochs (21 of 24) is
+    assert lines[7] == ("Against auto epochs (0.083): 10 epochs ended more accurate, beyond both 95% intervals; auto epochs, "
+                        "multiplier 4 ended higher by less than the 95% intervals can separate (the intervals overlap).")
     # a turn three or more epochs before the end: its checkpoint is gone, and the finding says how to get that point back
     early = fitting.fit_table({fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "8 epochs": losses([1.0, 0.4, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9])},
-                              pd.DataFrame([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.5, "format_compliance": 1.0},
+                              with_intervals([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.5, "format_compliance": 1.0},
                                             {"run": "8 epochs", "epoch": 8, "code_accuracy": 0.4, "format_compliance": 1.0}]))
     said = fitting.fit_findings(early, fitting.AUTO_RUN)
     assert "so epoch 3's is gone: to use that point, train again with n_epochs=3" in said[-2] and not said[-1].startswith("No run")

@@ -163,7 +163,8 @@ def shape(frame: pd.DataFrame) -> str:
 
 def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.DataFrame:
     """Per run: its epochs, the first, lowest (and its epoch) and last validation loss, the last training loss, the
-    curve's shape, the best and last checkpoint accuracy, and the last model's format compliance."""
+    curve's shape, the best and last checkpoint accuracy (the last with its 95% interval), and the last model's format
+    compliance."""
     rows = {}
     for name, frame in losses.items():
         runs = accuracy[accuracy["run"] == name].sort_values("epoch")
@@ -174,6 +175,7 @@ def fit_table(losses: dict[str, pd.DataFrame], accuracy: pd.DataFrame) -> pd.Dat
                       "last training loss": float(frame["train_loss"].iloc[-1]), "curve": shape(frame),
                       "best checkpoint accuracy": float(runs["code_accuracy"].max()),
                       "last checkpoint accuracy": float(runs["code_accuracy"].iloc[-1]),
+                      "last accuracy ci low": float(runs["ci_low"].iloc[-1]), "last accuracy ci high": float(runs["ci_high"].iloc[-1]),
                       "last format compliance": float(runs["format_compliance"].iloc[-1]) if "format_compliance" in runs else None}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -231,8 +233,12 @@ def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None
                          f"({row['last validation loss']:.3f} against {base['last validation loss']:.3f}): a larger step learns "
                          "faster, up to the size where it breaks the model.")
     better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
+    clear = [name for name in better if table.loc[name, "last accuracy ci low"] > base["last accuracy ci high"]]
+    close = [name for name in better if name not in clear]
+    said = ([f"{', '.join(clear)} ended more accurate, beyond both 95% intervals"] if clear else []) + \
+           ([f"{', '.join(close)} ended higher by less than the 95% intervals can separate (the intervals overlap)"] if close else [])
     lines.append(f"Against {baseline} ({base['last checkpoint accuracy']:.3f}): "
-                 + (f"{', '.join(better)} ended more accurate." if better else "no other run ended more accurate."))
+                 + ("; ".join(said) + "." if said else "no other run ended more accurate."))
     return lines
 
 
