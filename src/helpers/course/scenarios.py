@@ -321,32 +321,32 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
     index_tokens = len(get_encoding("o200k_base").encode(billing.code_reference()))
     big = Approach("prompting", seed["prompting_model"], prompting.input_tokens, prompting.output_tokens)
     rows = [
-        ("RAG set-up", seed["rag_setup"], f"$0: the course retrieves with BM25 over the {index_tokens:,}-token code table, no embeddings",
+        ("rag_setup", "RAG set-up", seed["rag_setup"], f"$0: the course retrieves with BM25 over the {index_tokens:,}-token code table, no embeddings",
          "not priced: today's table in data/ carries no embedding model, and retrieval by words (BM25) needs none"),
-        ("RAG per query", f"about ${seed['rag_usd_per_query']:.2f}",
+        ("rag_usd_per_query", "RAG per query", f"about ${seed['rag_usd_per_query']:.2f}",
          f"${rag_query:.5f} ({rag.input_tokens:.0f} input tokens on {rag.model} at ${rag_model.input:.2f} per 1M, "
          f"{rag.output_tokens:.0f} output at ${rag_model.output:.2f})",
          f"{seed['rag_usd_per_query'] / rag_query:,.0f}x too high for this task; ${seed['rag_usd_per_query']:.2f} buys a "
          f"{tokens_for_seed:,.0f}-token prompt on {rag.model}"),
-        ("RAG latency", seed["rag_latency"], f"+{rag.input_tokens - sizes.short_input:.0f} input tokens a query (the retrieved "
+        ("rag_latency", "RAG latency", seed["rag_latency"], f"+{rag.input_tokens - sizes.short_input:.0f} input tokens a query (the retrieved "
          "codes); the search itself runs in process",
          "not measured here: +200ms is an embedding call and a vector search over a network, which BM25 in process does "
          "not make; the longer prompt's cost in time is in 04's latency columns"),
-        ("a distilled model's price", f"${seed['distilled_usd_per_million']:.2f} per 1M tokens",
+        ("distilled_usd_per_million", "a distilled model's price", f"${seed['distilled_usd_per_million']:.2f} per 1M tokens",
          f"fine-tuned {distilled.model}: ${nano.input:.2f} in, ${nano.output:.2f} out per 1M",
          f"too low: {seed['distilled_usd_per_million'] / nano.input:.0%} of today's input price and "
          f"{seed['distilled_usd_per_million'] / nano.output:.0%} of its output price for the smallest fine-tunable model"),
-        ("fine-tuning set-up", "${:,}-${:,}".format(*seed["fine_tuning_usd"]), tuning_text,
+        ("fine_tuning_usd", "fine-tuning set-up", "${:,}-${:,}".format(*seed["fine_tuning_usd"]), tuning_text,
          _against_range(*seed["fine_tuning_usd"], tuning) + fits(tuned_model, *seed["fine_tuning_usd"])),
-        ("fine-tuning GPT-4.1 set-up", "${:,}-${:,}".format(*seed["fine_tuning_gpt41_usd"]), big_tuning_text,
+        ("fine_tuning_gpt41_usd", "fine-tuning GPT-4.1 set-up", "${:,}-${:,}".format(*seed["fine_tuning_gpt41_usd"]), big_tuning_text,
          _against_range(*seed["fine_tuning_gpt41_usd"], big_tuning) + fits("gpt-4.1", *seed["fine_tuning_gpt41_usd"])),
-        ("distillation set-up (approaches table)", "${:,}-${:,}".format(*seed["distillation_approaches_usd"]), setup_text,
+        ("distillation_approaches_usd", "distillation set-up (approaches table)", "${:,}-${:,}".format(*seed["distillation_approaches_usd"]), setup_text,
          f"{_against_range(*seed['distillation_approaches_usd'], setup['total'])}; the teacher's labelling is "
          f"{setup['teacher labelling'] / setup['total']:.0%} of it"),
-        ("distillation set-up (cost table)", "${:,}-${:,}".format(*seed["distillation_cost_table_usd"]), setup_text,
+        ("distillation_cost_table_usd", "distillation set-up (cost table)", "${:,}-${:,}".format(*seed["distillation_cost_table_usd"]), setup_text,
          f"{_against_range(*seed['distillation_cost_table_usd'], setup['total'])}; the outline's approaches table gives "
          "${:,}-${:,} for the same set-up".format(*seed["distillation_approaches_usd"])),
-        ("the prompting model", seed["prompting_model"], f"{seed['prompting_model']} ${big.per_query_usd():.5f} a query, "
+        ("prompting_model", "the prompting model", seed["prompting_model"], f"{seed['prompting_model']} ${big.per_query_usd():.5f} a query, "
          f"{prompting.model} ${prompting.per_query_usd():.5f}, before any reasoning tokens",
          f"the course prices {prompting.model}: no reasoning tokens to guess, and the family that can be fine-tuned; on "
          f"this long prompt {seed['prompting_model']} costs {big.per_query_usd() / prompting.per_query_usd():.0%} as much a "
@@ -355,16 +355,10 @@ def seed_figures(sizes: PromptSizes, approaches: list[Approach], fine_tuned_accu
     if fine_tuned_accuracy is not None:
         accuracy, source = fine_tuned_accuracy
         measured = not source.startswith("assumed")
-        rows.append(("fine-tuning's quality", f"\"{seed['fine_tuning_quality']}\"",
+        rows.append(("fine_tuning_quality", "fine-tuning's quality", f"\"{seed['fine_tuning_quality']}\"",
                      f"fine-tuned {accuracy:.0%}, {source}" if measured else "not measured yet (run 04)",
                      "a grade, not a measurement: 04 measures it, and \"domain\" stops at the codes in the training "
                      "file (04 scores the codes it never saw apart)" if measured else "a grade, not a measurement: run 04"))
-    sources = {"RAG set-up": "rag_setup", "RAG per query": "rag_usd_per_query", "RAG latency": "rag_latency",
-               "a distilled model's price": "distilled_usd_per_million", "fine-tuning set-up": "fine_tuning_usd",
-               "fine-tuning GPT-4.1 set-up": "fine_tuning_gpt41_usd",
-               "distillation set-up (approaches table)": "distillation_approaches_usd",
-               "distillation set-up (cost table)": "distillation_cost_table_usd", "the prompting model": "prompting_model",
-               "fine-tuning's quality": "fine_tuning_quality"}
-    rows = [(figure, SEED_FIGURES[sources[figure]][0], *rest) for figure, *rest in rows]
+    rows = [(figure, SEED_FIGURES[key][0], *rest) for key, figure, *rest in rows]  # each with its row in the outline
     return pd.DataFrame(rows, columns=["figure", "where in the outline", "the outline says", "today's table / this data",
                                        "verdict"]).set_index("figure")
