@@ -289,6 +289,11 @@ def test_dpo_findings_follow_the_numbers():
     both = preferences.dpo_findings(summary(0.5, 0.4, 0.25, 0.55, 0.5), summary(0.9, 0.8, 0.65, 0.9, 0.8),
                                     judged((16, 24, 0, 0.7), (12, 28, 0, 0.65)), 0.1)
     assert "0.300 of the +0.400 in code accuracy is codes the model now gets right" in both[1] and "Both moved" in both[-1]
+    # the run at the defaults (1 DPO epoch): one more right code in 40 is one request's difference, not facts learned
+    one = preferences.dpo_findings(summary(0.7, 0.7, 0.55, 0.82, 0.975), summary(0.95, 0.95, 0.83, 0.99, 1.0),
+                                   judged((10, 30, 0, 0.625), (1, 39, 0, 0.5125)), 0.1)
+    assert "one request's difference, so nearly all of code accuracy's +0.250 is form" in one[1]
+    assert "form is what DPO moved" in one[-1] and "not better everywhere" not in " ".join(one)
     flat = preferences.dpo_findings(summary(0.5, 0.5, 0.35, 0.65, 0.6), summary(0.4, 0.4, 0.25, 0.55, 0.6),
                                     judged((0, 30, 10, 0.375), (0, 40, 0, 0.5)), 0.1)
     assert "(they overlap)" in flat[0] and "did not improve" in flat[-1]

@@ -154,10 +154,14 @@ def dpo_findings(before: dict, after: dict, match: dict, beta: float) -> list[st
     fact_gain = facts["after"] - facts["before"]
     code_gain = after["code_accuracy"] - before["code_accuracy"]
     one = 1 / max(n, 1)
+    within_one = abs(fact_gain) <= one * 1.001  # a request's difference at most: what a rerun can change (benchmarks/RESULTS.md)
     facts_line = (f"Read in any style (a chatty answer's code counts), the right code went from {facts['before']:.3f} to "
                   f"{facts['after']:.3f}: ")
     if abs(fact_gain) < one / 2:
         facts_line += "the facts did not move, so the whole change in code accuracy is form: right codes now written so the billing system reads them."
+    elif within_one:
+        facts_line += (f"one request's difference, so nearly all of code accuracy's {code_gain:+.3f} is form: right codes now "
+                       "written so the billing system reads them.")
     elif fact_gain > 0:
         facts_line += (f"{fact_gain:.3f} of the {code_gain:+.3f} in code accuracy is codes the model now gets right, the rest is "
                        "right codes now written in the form.")
@@ -175,7 +179,7 @@ def dpo_findings(before: dict, after: dict, match: dict, beta: float) -> list[st
         lines.append(f"It is not better everywhere: the model it started from was better on facts on {fact['losses']} request(s) "
                      f"and on form on {form['losses']} (listed below).")
     gain_format = after["format_compliance"] - before["format_compliance"]
-    if gain_format > 0 and fact_gain <= one / 2:
+    if gain_format > 0 and (within_one or fact_gain < 0):
         lines.append("The pairs differ only in form (both answers name the same code), so form is what DPO moved: it taught "
                      "which of two answers is better, not facts the answers share. Facts come from supervised examples (03).")
     elif gain_format <= 0:
