@@ -14,12 +14,12 @@
 
 # %% [markdown]
 # # 08 · Function calling
-# **Time:** about 10 minutes on a 2-core CPU without bf16 kernels (fp32), about 3 with them (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, one training run (3.1 prints its estimate) and 3 x `N_TEST` requests.
+# **Time:** about 7 minutes on a 2-core CPU without bf16 kernels (fp32), about 2 with them (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, one training run (3.1 prints its estimate) and 3 x `N_TEST` requests.
 
 # %% tags=["parameters"]
 BACKEND = "local"
 MODEL = "gpt-4.1-mini"
-N_TRAIN = 74  # training requests, about half for each tool
+N_TRAIN = 48  # training requests, about half for each tool
 N_TEST = 24  # held-out requests (procedures phrased as training never phrased them)
 N_EPOCHS = 2
 SEED = 1
