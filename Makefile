@@ -22,6 +22,7 @@ $(STAMP): requirements.txt requirements/*.txt requirements-nodeps.txt pyproject.
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps -r requirements-nodeps.txt
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PY) scripts/install_llama_cpp.py
 	$(VENV)/bin/workbook doctor
 	@touch $(STAMP)
 
@@ -66,7 +67,7 @@ notebooks: setup
 reports: setup
 	$(VENV)/bin/workbook report --all
 
-## bench: every benchmark (data, training, inference, the server's memory over `make reports`), each printing its ratios
+## bench: every benchmark (data, training, inference, llama.cpp against the server, the server's memory over `make reports`), each printing its ratios
 bench: bench-data
 	$(PY) benchmarks/bench_model.py all
 

@@ -4,6 +4,7 @@
     python benchmarks/bench_model.py train      # speed-up vs an fp32 loop (target >= 2.0), our job vs its own loop (<= 1.10), peak memory
     python benchmarks/bench_model.py inference  # batched vs one at a time (>= 3x), HTTP vs in-process (<= 1.10)
     python benchmarks/bench_model.py reports    # the server's resident memory after each notebook of `make reports`
+    python benchmarks/bench_model.py llama      # llama.cpp's generation tokens/s against the server's, same model and prompts
 
 Training: the course train set as notebook 03 trains it at course size (all 333 examples, a quarter of them with five
 retrieved codes in the prompt), one epoch, with the local stand-in's "auto" hyperparameters (batch size, learning
@@ -418,6 +419,49 @@ inference ({result['machine']})
     return result
 
 
+# -- llama.cpp against the server ----------------------------------------------------------------------
+def bench_llama() -> dict:
+    """The same model (the base, converted by llama.cpp's own converter to f16 GGUF) and the same held-out prompts,
+    greedy, ``MAX_TOKENS`` each: the server one request at a time and 16 at a time over HTTP, llama.cpp one at a time
+    with one and with two threads. Generation tokens/s; the ratio is llama.cpp (one thread) over the server."""
+    from helpers.course import take_home
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server import llamacpp
+    from helpers.server.localmodels import weights_dir
+
+    prompts = test_prompts()
+    with tempfile.TemporaryDirectory() as work:
+        gguf = llamacpp.convert_model(weights_dir(resolve_base(MODEL)), Path(work) / "base-f16.gguf", "f16")
+        server, client = start_server(Path(work) / "server")
+        try:
+            client.chat.completions.create(model=MODEL, messages=prompts[0], max_tokens=4)  # load the model once
+            print(f"llama: {len(prompts)} held-out test requests, greedy, max_tokens {MAX_TOKENS} ...", flush=True)
+            sequential = over_http(client, prompts, 1)
+            batched = over_http(client, prompts, CONCURRENCY)
+        finally:
+            stop_server(server)
+        local = {}
+        for threads in (1, 2):
+            llm = take_home.load(gguf, threads=threads)
+            take_home.chat(llm, prompts[0], 4)  # warm
+            replies = [take_home.chat(llm, m, MAX_TOKENS) for m in prompts]
+            seconds = sum(r.seconds for r in replies)
+            local[threads] = {"seconds": seconds, "tokens": sum(r.tokens for r in replies),
+                              "tokens_per_s": sum(r.tokens for r in replies) / seconds,
+                              "p50_s": statistics.median(r.seconds for r in replies)}
+    result = {"machine": machine(), "prompts": len(prompts), "max_tokens": MAX_TOKENS, "server_sequential": sequential,
+              "server_batched": batched, "llama_1_thread": local[1], "llama_2_threads": local[2],
+              "llama_over_server": local[1]["tokens_per_s"] / sequential["tokens_per_s"]}
+    print(f"""
+llama.cpp against the server, the base model in f16 GGUF ({result['machine']})
+  server, one request at a time          {sequential['tokens_per_s']:6.1f} tokens/s  p50 {sequential['p50_s']:.2f} s
+  server, {CONCURRENCY} concurrent (batched)        {batched['tokens_per_s']:6.1f} tokens/s  p50 {batched['p50_s']:.2f} s
+  llama.cpp, one thread, one at a time   {local[1]['tokens_per_s']:6.1f} tokens/s  p50 {local[1]['p50_s']:.2f} s
+  llama.cpp, two threads, one at a time  {local[2]['tokens_per_s']:6.1f} tokens/s  p50 {local[2]['p50_s']:.2f} s
+  llama.cpp (one thread) / server (one at a time)  {result['llama_over_server']:6.2f}x""")
+    return result
+
+
 # -- memory over the course ---------------------------------------------------------------------------
 def bench_reports() -> dict:
     """Every notebook at its course size, in `make reports`' order, against one server of this run's own (as the
@@ -459,7 +503,7 @@ make reports ({result['machine']}), one server throughout:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["train", "inference", "reports", "all"], nargs="?", default="all")
+    parser.add_argument("which", choices=["train", "inference", "llama", "reports", "all"], nargs="?", default="all")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     results = {}
@@ -467,6 +511,8 @@ def main() -> int:
         results["train"] = bench_train()
     if args.which in ("inference", "all"):
         results["inference"] = bench_inference()
+    if args.which in ("llama", "all"):
+        results["llama"] = bench_llama()
     if args.which in ("reports", "all"):
         results["reports"] = bench_reports()
     (OUT / f"bench_model_{args.which}.json").write_text(json.dumps(results, indent=2))

@@ -48,7 +48,7 @@ course = setup("10_after_the_wind_down", BACKEND)
 # - **What keeps working**: this course's local backend; the same cells pointed at any server that speaks this API
 #   (`OpenAI(base_url=...)`); open-weight fine-tuning with transformers and peft, which is what the local server runs.
 # - **Taking a model home**: a local fine-tuned model is a LoRA adapter in peft's format beside the base model's
-#   weights; transformers, vLLM and llama.cpp load that pair.
+#   weights; transformers + peft and vLLM load that pair (notebook 11 takes it to llama.cpp and Ollama).
 # - **Your own model**: the local server trains and serves any open model you bring (a Hugging Face folder, a
 #   `.gguf` file), under a name of yours; the notebooks run on it with one `MODEL` line.
 # - **Patient data**: what not to upload, named checks for identifiers, scrubbing them, and deleting stored
@@ -183,8 +183,8 @@ print(f"stored: {len(stored)}; after deleting: {len(left_stored)}")
 # - After the wind-down, already trained OpenAI models keep serving; new jobs are refused with 403
 #   `training_not_available`. The course's helper says so in words, and the local backend trains the same way.
 # - A model trained here is yours: an adapter in peft's format beside open weights, loadable with transformers and
-#   peft (in the server's precision it gives the server's answers: 3.4 counts them), servable with vLLM, convertible
-#   for llama.cpp.
+#   peft (in the server's precision it gives the server's answers: 3.4 counts them), servable with vLLM; notebook 11
+#   exports it as GGUF for llama.cpp and Ollama.
 # - The server trains the open model you bring: `workbook serve --model NAME=SOURCE` (or `WORKBOOK_MODELS`) and one
 #   `MODEL` line; the client code stays the same.
 # - Keep patient identifiers out of training files: check, scrub, read what is left; delete stored completions and

@@ -88,21 +88,57 @@ def test_a_tiny_model_of_another_family_trains_stops_by_itself_and_calls_tools(s
     assert isinstance(json.loads(call.function.arguments)["query"], str)
 
 
-def test_smollm2_under_a_plain_text_template_learns_the_answer_form_and_stops(server, tmp_path):
+PLAIN_HELD_OUT = billing(read_jsonl(DATA_DIR / "billing" / "test.jsonl")[:8], system=False)
+
+
+def plain_answers(client, model: str):
+    return [client.chat.completions.create(model=model, max_tokens=40, messages=r["messages"][:-1]).choices[0] for r in PLAIN_HELD_OUT]
+
+
+@pytest.fixture(scope="module")
+def plain_job(server, tmp_path_factory):
+    """SmolLM2 under the plain-text template, fine-tuned on the course's examples without the system message."""
     client = server.client()
+    before = plain_answers(client, "smol-plain")
     rows = billing(read_jsonl(DATA_DIR / "billing" / "train.jsonl")[:48], system=False)
-    held_out = billing(read_jsonl(DATA_DIR / "billing" / "test.jsonl")[:8], system=False)
+    return before, train(client, tmp_path_factory.mktemp("plain"), "smol-plain", rows, n_epochs=2)
 
-    def answers(model: str):
-        return [client.chat.completions.create(model=model, max_tokens=40, messages=r["messages"][:-1]).choices[0] for r in held_out]
 
-    before = answers("smol-plain")
-    job = train(client, tmp_path, "smol-plain", rows, n_epochs=2)
-    after = answers(job.fine_tuned_model)
+def test_smollm2_under_a_plain_text_template_learns_the_answer_form_and_stops(server, plain_job):
+    before, job = plain_job
+    after = plain_answers(server.client(), job.fine_tuned_model)
     print("smol-plain, held out:", [(c.message.content, c.finish_reason) for c in after])
     assert all(c.finish_reason == "stop" for c in after)  # it stops by itself, at <|endoftext|>
     assert sum(bool(FORM.match(c.message.content)) for c in after) >= 7
     assert sum(bool(FORM.match(c.message.content)) for c in before) <= 2
+
+
+def test_a_model_tuned_under_a_brought_template_goes_home_with_that_template(server, plain_job, tmp_path):
+    """Exported as GGUF, the model tuned on smol-plain carries smol-plain's template and end-of-turn token, not
+    SmolLM2's own, and llama.cpp, writing the chat with it, gives the server's answers."""
+    import os
+
+    from families import PLAIN
+
+    from helpers.course import take_home
+
+    _, job = plain_job
+    env = {**os.environ, "WORKBOOK_SERVER_DIR": str(server.data_dir), "WORKBOOK_LOCAL_KEY": "key-alice"}
+    done = subprocess.run([sys.executable, "-m", "helpers.cli", "export", job.fine_tuned_model, "--format", "gguf", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr
+    took = json.loads((tmp_path / "take_home.json").read_text())
+    assert took["adapter_gguf"] is None  # a brought folder has no GGUF file the adapter could apply to
+    meta = take_home.gguf_metadata(tmp_path / took["gguf"])
+    assert meta["chat template"] == PLAIN and meta["end-of-turn token"] == "<|endoftext|>"
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert 'PARAMETER stop "<|endoftext|>"' in modelfile and "### Question:" in modelfile and "<|im_start|>" not in modelfile
+    llm = take_home.load(tmp_path / took["gguf"])
+    served = [c.message.content for c in plain_answers(server.client(), job.fine_tuned_model)]
+    at_home = [take_home.chat(llm, r["messages"][:-1], 40) for r in PLAIN_HELD_OUT]
+    print("smol-plain in llama.cpp:", [(r.text, r.finish_reason) for r in at_home])
+    assert all(r.finish_reason == "stop" for r in at_home)
+    assert sum(r.text == s for r, s in zip(at_home, served)) >= 7
 
 
 def test_smollm2_brought_from_its_folder_trains_and_answers_like_the_default(server, tmp_path):

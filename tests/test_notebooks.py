@@ -18,7 +18,7 @@ from conftest import DATA, REPO
 from families import smollm2_folder
 from server_harness import free_port
 
-from helpers.course import billing, distill, evaluation, scenarios, wind_down
+from helpers.course import billing, distill, evaluation, scenarios, take_home, wind_down
 from helpers.course.backend import stop_local_server
 from helpers.data.validate import validate_file
 from helpers.pricing.costs import estimate_training_cost, prices
@@ -396,6 +396,35 @@ def test_10_refusal_take_home_and_patient_data(nbval_run):
     assert all(row["tokens/s"] > 0 and row["server memory (MB)"] > 0 for row in brought.values())
     assert metrics["findings"]["your own model"] == wind_down.brought_findings(pd.DataFrame.from_dict(brought, orient="index"),
                                                                                "gpt-4.1-mini", "team-model")
+
+
+def test_11_llama_cpp_answers_as_the_server_and_the_template_lesson_shows_each_failure(nbval_run):
+    metrics = nbval_run["11_take_it_home"]
+    assert metrics["tuned_model"] == nbval_run["03_training"]["fine_tuned_model"] and metrics["student_model"]
+    sizes = metrics["export_mb"]
+    assert sizes["peft"] < 50 < sizes["gguf q8_0"] < sizes["gguf f16"] < sizes["merged"], sizes
+    assert metrics["gguf_metadata"]["end-of-turn token"] == "<|im_end|>" and metrics["gguf_metadata"]["architecture"] == "llama"
+    agreement = metrics["agreement"]
+    server = agreement["server"]
+    # the same weights, template and stop token: the server's answers and its accuracy; the adapter alone on the Q4_1
+    # file the server's base came from too (the weights it learned on)
+    for quant in ("f16", "q8_0", "Q4_1 + adapter"):
+        row = agreement[quant]
+        assert row["same as the server"] >= row["of"] - max(1, row["of"] // 16) and row["of"] >= 16, agreement
+        assert abs(row["code accuracy"] - server["code accuracy"]) <= max(0.02, 1 / row["of"]), agreement
+        assert row["tokens/s"] > 0
+    assert metrics["findings"]["agreement"] == take_home.agreement_findings(agreement)
+    template = metrics["template"]
+    exported, stopless = template["as exported"], template["no stop token"]
+    assert exported["stopped"] == exported["answers"] and exported["in_form"] >= exported["answers"] - 1
+    assert stopless["stopped"] == 0 and stopless["in_form"] == 0 and stopless["mean_tokens"] > 1.5 * exported["mean_tokens"]
+    wrong = template["another model's template"]  # the same weights, written to in Llama 2's [INST] format
+    assert wrong["in_form"] < exported["in_form"] and wrong["right_code"] < exported["right_code"]
+    assert metrics["findings"]["template"] == take_home.template_findings(template, 32)
+    speed = metrics["speed"]
+    teacher, student = speed["teacher (03 + retrieved codes)"], speed["student (05)"]
+    assert teacher["prompt tokens"] > student["prompt tokens"] and all(row["tokens/s"] > 0 for row in speed.values())
+    assert metrics["findings"]["speed"] == take_home.speed_findings(teacher, student)
 
 
 def test_cost_explorer_reacts_to_its_sliders():

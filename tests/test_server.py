@@ -706,3 +706,186 @@ def test_workbook_export_takes_a_tuned_model_home_and_refuses_an_unknown_one(ser
     with pytest.raises(LookupError, match=r"^No fine-tuned model 'ft:.*' on the local server"):
         wind_down.export_model(model, tmp_path / "elsewhere")
     assert not (tmp_path / "elsewhere").exists()
+
+
+# --- taking a model home: merged and GGUF (llama.cpp itself runs the GGUF) ------------------------------------
+
+NEAR_TIE = 0.5  # logits: where llama.cpp's greedy answer parts from the server's, its token is the server's runner-up within this
+
+
+def export(server, model: str, target, *arguments: str, key: str = "key-alice"):
+    """``workbook export`` as a user runs it, against the test server's store."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WORKBOOK_SERVER_DIR": str(server.data_dir), "WORKBOOK_LOCAL_KEY": key}
+    return subprocess.run([sys.executable, "-m", "helpers.cli", "export", model, "--out", str(target), *arguments],
+                          capture_output=True, text=True, timeout=1800, env=env)
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    rows = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:16]]
+    return [row["messages"][:-1] for row in rows]
+
+
+@pytest.fixture(scope="module")
+def served(server, trained, held_out):
+    """The server's greedy answers to the held-out requests (batched, as the notebooks ask)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = server.client()
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda m: client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=m,
+                                                                      max_tokens=32, temperature=0).choices[0], held_out))
+
+
+@pytest.fixture(scope="module")
+def gguf_export(server, trained, tmp_path_factory):
+    """The trained model exported as GGUF at f16 and q8_0 (one folder each), and at q4_k_m."""
+    out = {}
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        folder = tmp_path_factory.mktemp(f"gguf-{quant}")
+        done = export(server, trained["job"].fine_tuned_model, folder, "--format", "gguf", "--quant", quant)
+        assert done.returncode == 0, done.stderr
+        out[quant] = folder
+    return out
+
+
+def split_gap(model, tokenizer, messages, ours: str, theirs: str) -> tuple[float, bool]:
+    """Where two greedy answers part: the gap between the top two logits of the server's computation (transformers +
+    peft in the server's precision) there, and whether the other answer's token is the runner-up."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    a = tokenizer(ours, add_special_tokens=False)["input_ids"]
+    b = tokenizer(theirs, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + a[:k]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+    top = torch.topk(logits, 2)
+    other = b[k] if k < len(b) else tokenizer.eos_token_id
+    return float(top.values[0] - top.values[1]), int(top.indices[1]) == other
+
+
+def test_a_merged_export_is_a_plain_transformers_model_with_the_servers_answers(server, trained, held_out, served, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.localmodels import compute_dtype, load_tokenizer
+
+    done = export(server, trained["job"].fine_tuned_model, tmp_path / "merged", "--format", "merged")
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "merged"
+    names = {p.name for p in folder.iterdir()}
+    assert "adapter_config.json" not in names and {"config.json", "model.safetensors", "generation_config.json", "take_home.json"} <= names
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template == load_tokenizer(resolve_base("gpt-4.1-mini")).chat_template  # the template it was trained with
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>") and generation.get("do_sample") is False
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=compute_dtype()).eval()  # no peft
+    answers = []
+    for messages in held_out[:8]:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=32)  # its generation config: greedy, stops at <|im_end|>
+        answers.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    same = sum(a == s.message.content for a, s in zip(answers, served))
+    print("merged, plain transformers:", same, "of 8 the server's")
+    assert same >= 7, list(zip(answers, [s.message.content for s in served[:8]]))
+
+
+def test_a_gguf_export_runs_in_llama_cpp_and_answers_as_the_server(server, trained, held_out, served, gguf_export, tmp_path):
+    from helpers.course import take_home, wind_down
+
+    at_home = []  # the server's computation outside it (transformers + peft, its precision), loaded at the first difference
+    same = {}
+    for quant in ("f16", "q8_0"):
+        took = json.loads((gguf_export[quant] / "take_home.json").read_text())
+        meta = take_home.gguf_metadata(gguf_export[quant] / took["gguf"])
+        assert meta["end-of-turn token"] == "<|im_end|>" and "<|im_start|>" in meta["chat template"]
+        llm = take_home.load(gguf_export[quant] / took["gguf"])
+        replies = [take_home.chat(llm, m, 32) for m in held_out]
+        same[quant] = sum(r.text == s.message.content for r, s in zip(replies, served))
+        for messages, choice, reply in zip(held_out, served, replies):
+            ours = choice.message.content
+            if reply.text == ours:  # and it ended as the server's did: at the end-of-turn token, or at max_tokens
+                assert reply.finish_reason == choice.finish_reason, (ours, reply.finish_reason, choice.finish_reason)
+                continue
+            if not at_home:
+                done = export(server, trained["job"].fine_tuned_model, tmp_path / "peft", "--format", "peft")
+                assert done.returncode == 0, done.stderr
+                at_home.extend(wind_down.load(tmp_path / "peft"))
+            gap, runner_up = split_gap(*at_home, messages, ours, reply.text)
+            print(f"{quant}: {ours!r} / llama.cpp {reply.text!r}: top two logits {gap:.3f} apart")
+            assert gap < NEAR_TIE and runner_up, (quant, ours, reply.text, gap)  # a near-tie, not a wrong template or weights
+    print("llama.cpp answers identical to the server's (of 16):", same)
+    # This model trained for seconds: its answers are full of near-ties, which q8_0's rounding tips (measured: 6 of 16
+    # identical, every difference within 0.17 of a logit); f16 keeps them. Notebook 11 checks 15 of 16 at both on the
+    # course's model, whose answers are decided by wide margins.
+    assert same["f16"] >= 15, same
+
+
+def test_the_adapter_alone_applies_to_the_gguf_file_the_base_came_from(trained, held_out, served, gguf_export):
+    from helpers.course import take_home
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.localmodels import gguf_path
+
+    took = json.loads((gguf_export["f16"] / "take_home.json").read_text())
+    assert took["base_gguf"] == str(gguf_path(resolve_base("gpt-4.1-mini")))  # the shipped Q4_1 file itself
+    counts = {}
+    for name, lora in (("Q4_1 base + the GGUF adapter", gguf_export["f16"] / took["adapter_gguf"]), ("Q4_1 base alone", None)):
+        replies = [take_home.chat(take_home.load(took["base_gguf"], lora=lora), m, 32) for m in held_out]
+        counts[name] = (sum(r.text == s.message.content for r, s in zip(replies, served)), sum(parse_answer(r.text) is not None for r in replies))
+    print("(the server's answers, answers in the form) of 16:", counts)
+    # The adapter applies to the very file: with it the base answers in the trained form and as the server does, without
+    # it not. This model's answers are full of near-ties (see above), which Q4_1's blocks tip; on the course's model
+    # notebook 11 counts the Q4_1 base + adapter's answers identical to the server's.
+    (same, in_form), (base_same, base_in_form) = counts.values()
+    assert in_form >= 8 > base_in_form and same > base_same
+
+
+def test_q4_k_m_is_reported_and_still_stops_in_form(held_out, served, gguf_export):
+    from helpers.course import take_home
+
+    took = json.loads((gguf_export["q4_k_m"] / "take_home.json").read_text())
+    sizes = {q: (gguf_export[q] / json.loads((gguf_export[q] / "take_home.json").read_text())["gguf"]).stat().st_size for q in gguf_export}
+    assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"], sizes
+    replies = [take_home.chat(take_home.load(gguf_export["q4_k_m"] / took["gguf"]), m, 32) for m in held_out[:8]]
+    print("q4_k_m:", sum(r.text == s.message.content for r, s in zip(replies, served)), "of 8 the server's; sizes MB",
+          {q: round(b / 1e6) for q, b in sizes.items()})
+    # a 4-bit file rounds more: reported, not required to match; it still ends its answers where the server's end
+    assert sum(r.finish_reason == s.finish_reason for r, s in zip(replies, served)) >= 7
+
+
+def test_the_modelfile_writes_the_chat_as_the_template_does(gguf_export, held_out):
+    from helpers.pricing.catalogue import resolve_base
+    from helpers.server.chat_template import turn_markers
+    from helpers.server.export import ollama_template
+    from helpers.server.localmodels import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_base("gpt-4.1-mini"))
+    markers = turn_markers(tokenizer)
+    took = json.loads((gguf_export["f16"] / "take_home.json").read_text())
+    merged = (gguf_export["f16"] / "Modelfile").read_text()
+    adapter = (gguf_export["f16"] / "Modelfile.adapter").read_text()
+    assert f"FROM ./{took['gguf']}" in merged and f"FROM {took['base_gguf']}\nADAPTER ./{took['adapter_gguf']}" in adapter
+    for text in (merged, adapter):
+        assert f'TEMPLATE """{ollama_template(markers)}"""' in text and 'PARAMETER stop "<|im_end|>"' in text
+        assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    conversations = [*held_out[:4], [{"role": "user", "content": "CBC"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]]
+    for messages in conversations:  # the turns the Go template writes are the Jinja template's, turn for turn
+        assert markers.render(messages) == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_export_refuses_bad_input_in_one_line(server, trained, tmp_path):
+    model = trained["job"].fine_tuned_model
+    unknown = export(server, model + "x", tmp_path / "x", "--format", "gguf")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("workbook export: No fine-tuned model") and "Traceback" not in unknown.stderr
+    assert not (tmp_path / "x").exists()
+    wrong = export(server, model, tmp_path / "y", "--format", "onnx")
+    assert wrong.returncode == 2 and "invalid choice: 'onnx'" in wrong.stderr

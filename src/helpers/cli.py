@@ -39,6 +39,9 @@ def _doctor(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as exc:  # a WORKBOOK_DEVICE or WORKBOOK_PRECISION this machine cannot honour
         print(f"local server: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    from helpers.server import llamacpp
+
+    print(f"export: {llamacpp.describe()}")
     return status
 
 
@@ -145,14 +148,20 @@ def _export(args: argparse.Namespace) -> int:
 
     from helpers.course.backend import default_data_dir, local_key
     from helpers.server.export import export_model
+    from helpers.server.llamacpp import LlamaCppMissing
 
+    target = args.out or args.target
+    if not target or (args.out and args.target and args.out != args.target):
+        print("workbook export: name one folder to write, with --out DIR (or as the second argument).", file=sys.stderr)
+        return EXIT_USAGE
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
-        folder = export_model(data_dir, local_key(), args.model, Path(args.target))
-    except (LookupError, OSError) as exc:
-        print(f"workbook export: {exc.args[0] if isinstance(exc, LookupError) else exc}", file=sys.stderr)
+        folder = export_model(data_dir, local_key(), args.model, Path(target), format=args.format, quant=args.quant)
+    except (LookupError, LlamaCppMissing, RuntimeError, OSError) as exc:
+        print(f"workbook export: {exc.args[0] if isinstance(exc, LookupError | LlamaCppMissing | RuntimeError) else exc}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"workbook export: {args.model} -> {folder} (load it as its README.md says)")
+    files = ", ".join(sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")))
+    print(f"workbook export: {args.model} -> {folder} as {args.format}: {files} (run it as its README.md says)")
     return EXIT_OK
 
 
@@ -216,6 +225,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from helpers.server.export import FORMATS, QUANTS
+
     parser = argparse.ArgumentParser(prog="workbook", description="Fine-Tuning & Distillation Workbook tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a fine-tuning JSONL file: verdict, tokens, stats, cost")
@@ -268,10 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
     stop.add_argument("--port", type=int, default=None, help=f"default: WORKBOOK_PORT or {DEFAULT_PORT}")
     stop.set_defaults(handler=_stop)
-    export = commands.add_parser("export", help="copy a model the local server fine-tuned (yours: the notebooks' key) into a "
-                                 "folder that transformers + peft, vLLM and llama.cpp load")
+    export = commands.add_parser("export", help="write a model the local server fine-tuned (yours: the notebooks' key) into a "
+                                 "folder: a peft adapter, a merged transformers model, or GGUF for llama.cpp and Ollama")
     export.add_argument("model", help="the fine-tuned model's name, ft:...")
-    export.add_argument("target", help="the folder to write (made if missing)")
+    export.add_argument("target", nargs="?", default=None, help="the folder to write (made if missing); or --out")
+    export.add_argument("--out", default=None, metavar="DIR", help="the folder to write (made if missing)")
+    export.add_argument("--format", choices=FORMATS, default="peft",
+                        help="peft: the adapter (transformers + peft, vLLM); merged: one transformers folder, no peft; "
+                             "gguf: llama.cpp / Ollama files with a Modelfile (default: peft)")
+    export.add_argument("--quant", choices=QUANTS, default="f16", help="gguf only: f16 (closest to the server), q8_0, q4_k_m")
     export.add_argument("--data-dir", default=None, help="the server's data folder (default: WORKBOOK_SERVER_DIR or .workbook/server)")
     export.set_defaults(handler=_export)
     keys = commands.add_parser("keys", help="print COUNT new workshop keys, one per line with a name (for serve --api-keys)")

@@ -28,6 +28,8 @@ REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
     # 06, 08, 09, 10 run at their defaults: their lessons are shapes and contrasts that the defaults already show,
     # and each more example costs minutes here. 07 adds the 15% job.
     "07_garbage_in": {"CORRUPTED_SHARES": [0.0, 0.15, 0.4]},
+    # all 111 held-out requests on the server and in llama.cpp, and the 4-bit file too
+    "11_take_it_home": {"N_COMPARE": 0, "QUANTS": ["f16", "q8_0", "q4_k_m"]},
 }
 
 

@@ -199,6 +199,17 @@ def latest_model(client, metadata: dict[str, str]) -> str | None:
     return None
 
 
+STUDENT_METADATA = {"course": "billing-student"}
+
+
+def student_model(client, name: str = "") -> str:
+    """``name`` if given, else the newest student notebook 05 distilled; a clear error when there is none."""
+    model = name or latest_model(client, STUDENT_METADATA)
+    if not model:
+        raise LookupError("No distilled student yet: run 05_distillation first, or set the model name in the parameters cell.")
+    return model
+
+
 def course_model(client, name: str = "") -> str:
     """``name`` if given, else the newest model notebook 03 trained; a clear error when there is none."""
     model = name or latest_model(client, COURSE_METADATA)

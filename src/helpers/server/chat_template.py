@@ -395,3 +395,69 @@ class ChatTemplate:
 def _apply(tokenizer, conversation: list[dict[str, Any]], *, add_generation_prompt: bool = False,
            tools: list[dict[str, Any]] | None = None) -> str:
     return tokenizer.apply_chat_template(conversation, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+@dataclass(frozen=True)
+class TurnMarkers:
+    """A template's text around each turn, for runtimes that write chats with a template language of their own
+    (Ollama's Go templates): ``start`` once, then per message ``prefix[role] + content + suffix[role]``, then
+    ``prefix["assistant"]`` to ask for an answer; ``default_system`` is the system message the template writes when
+    the conversation has none (Ollama's ``SYSTEM``)."""
+
+    start: str
+    prefix: dict[str, str]
+    suffix: dict[str, str]
+    default_system: str | None
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """A conversation as these markers write it, with the generation prompt."""
+        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.default_system}, *messages]
+        turns = "".join(self.prefix[m["role"]] + m["content"] + self.suffix[m["role"]] for m in messages)
+        return self.start + turns + self.prefix["assistant"]
+
+
+def turn_markers(tokenizer) -> TurnMarkers | None:
+    """The markers around system, user and assistant turns, read from the template by rendering probe conversations;
+    None where the template is not that simple (it writes a turn differently by its position or content, or has no
+    system role): the markers are returned only if they give back the template's own text for every probe."""
+    system, user, answer, again = "Sys-probe.", "User-probe.", "Answer-probe.", "Again-probe."
+    sys_user = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    answered_turns = [*sys_user, {"role": "assistant", "content": answer}]
+    probes = [sys_user, [{"role": "user", "content": user}], [*answered_turns, {"role": "user", "content": again}]]
+    try:
+        asked = _apply(tokenizer, sys_user, add_generation_prompt=True)
+        closed = _apply(tokenizer, sys_user)
+        answered = _apply(tokenizer, answered_turns)
+        followed = _apply(tokenizer, probes[2], add_generation_prompt=True)
+        alone = _apply(tokenizer, probes[1], add_generation_prompt=True)
+    except Exception:  # noqa: BLE001  a template that refuses a system role, or its own error
+        return None
+    if system not in asked or user not in closed or answer not in answered:
+        return None
+    head, middle = asked[: asked.index(system)], asked[asked.index(system) + len(system): asked.index(user)]
+    user_suffix, after_user = closed[closed.index(user) + len(user):], asked[asked.index(user) + len(user):]
+    assistant_suffix = answered[answered.index(answer) + len(answer):]
+    between = followed[followed.index(answer) + len(answer):] if answer in followed else ""
+    if not (after_user.startswith(user_suffix) and between.startswith(assistant_suffix) and again in between):
+        return None
+    user_prefix = between[len(assistant_suffix): between.index(again)]
+    if not middle.endswith(user_prefix) or user_prefix + user not in alone:
+        return None
+    system_suffix = middle[: len(middle) - len(user_prefix)]
+    lead = alone[: alone.index(user_prefix + user)]  # what a conversation without a system message starts with
+    start, system_prefix, default_system = "", head, None
+    if lead.startswith(head) and lead.endswith(system_suffix) and len(lead) >= len(head) + len(system_suffix) and lead != head:
+        default_system = lead[len(head): len(lead) - len(system_suffix)]  # the template's own system message
+    elif head.startswith(lead):
+        start, system_prefix = lead, head[len(lead):]
+    else:
+        return None
+    markers = TurnMarkers(start=start, prefix={"system": system_prefix, "user": user_prefix, "assistant": after_user[len(user_suffix):]},
+                          suffix={"system": system_suffix, "user": user_suffix, "assistant": assistant_suffix},
+                          default_system=default_system)
+    try:
+        same = all(markers.render(p) == _apply(tokenizer, p, add_generation_prompt=True) for p in probes)
+    except Exception:  # noqa: BLE001
+        return None
+    return markers if same else None

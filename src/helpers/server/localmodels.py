@@ -39,7 +39,7 @@ def model_cache_dir() -> Path:
     return settings().model_cache or user_cache_dir() / "models"
 
 
-def _gguf_path(base: LocalBase) -> Path:
+def gguf_path(base: LocalBase) -> Path:
     if base.brought:
         return Path(base.location)
     spec = importlib.util.find_spec(base.package)
@@ -91,7 +91,7 @@ def weights_dir(base: LocalBase) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        gguf = _gguf_path(base)
+        gguf = gguf_path(base)
         with LOADING:
             tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -1,0 +1,72 @@
+"""Install llama.cpp for the workbook (``make setup`` runs this): llama-cpp-python built from its source, and
+llama.cpp's GGUF converters from that same source kept in ``.venv/llama.cpp`` (the wheel does not carry them).
+
+PyPI has only the source of llama-cpp-python; pip builds it with CMake (about 10 minutes on 2 cores) and caches the
+wheel, so a second environment installs in seconds. Only the library is built (no multimodal library, tests,
+examples or tools). If it cannot be built, this says why in one line and the set-up goes on: the peft and merged
+exports do not need it; GGUF export, notebook 11 and their tests do, and say so.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(sys.prefix) / "llama.cpp"  # as helpers.server.llamacpp finds it
+CMAKE_ARGS = "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+
+
+def pinned() -> str:
+    lines = (REPO / "requirements" / "llama.txt").read_text(encoding="utf-8").splitlines()
+    return next(line.strip() for line in lines if line.strip().startswith("llama-cpp-python=="))
+
+
+def installed_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return None
+
+
+def say(message: str) -> None:
+    print(f"make setup: {message}", flush=True)
+
+
+def main() -> int:
+    requirement = pinned()
+    wanted = requirement.split("==")[1]
+    source = SOURCE_ROOT / f"llama_cpp_python-{wanted}"
+    if installed_version() == wanted and (source / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").exists():
+        return 0
+    pip = [sys.executable, "-m", "pip"]
+    started = time.monotonic()
+    try:
+        if not source.exists():
+            SOURCE_ROOT.mkdir(parents=True, exist_ok=True)
+            subprocess.run([*pip, "download", "--quiet", "--no-deps", "--no-binary", ":all:", requirement, "-d", str(SOURCE_ROOT)],
+                           check=True, capture_output=True, text=True, timeout=900)
+            with tarfile.open(SOURCE_ROOT / f"llama_cpp_python-{wanted}.tar.gz") as archive:
+                archive.extractall(SOURCE_ROOT, filter="data")
+            (SOURCE_ROOT / f"llama_cpp_python-{wanted}.tar.gz").unlink()
+        if installed_version() != wanted:
+            say(f"building llama.cpp ({requirement}) from source: about 10 minutes on 2 cores the first time ...")
+            env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+            subprocess.run([*pip, "install", "--quiet", str(source)], check=True, capture_output=True, text=True, env=env, timeout=3600)
+            say(f"llama.cpp built and installed in {time.monotonic() - started:.0f} s")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, tarfile.TarError) as exc:
+        output = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or str(exc)
+        reason = next((line.strip() for line in reversed(str(output).splitlines()) if "error" in line.lower()),
+                      str(output).strip().splitlines()[-1] if str(output).strip() else type(exc).__name__)
+        say(f"llama.cpp ({requirement}) could not be installed: {reason[:300]} -- GGUF export, notebook 11 and their "
+            "tests need it; the rest of the workbook does not.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
