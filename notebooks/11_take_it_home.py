@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 11 · Take it home: llama.cpp, Ollama, chat templates and stop tokens
-# **Time:** about 3 minutes on a 2-core CPU without bf16 kernels (fp32) (no training; the exports and llama.cpp's answers) · **Cost:** $0 (it runs on your machine).
+# **Time:** about 3 minutes on a 2-core CPU without bf16 kernels (fp32), about 3 with them (estimated there: no training, and the exports and llama.cpp do not use the server's bf16) · **Cost:** $0 (it runs on your machine).
 
 # %% tags=["parameters"]
 BACKEND = "local"
