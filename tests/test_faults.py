@@ -40,6 +40,32 @@ def folder_hashes(folder: Path) -> dict[str, str]:
 
 # --- kill -9 -----------------------------------------------------------------------------------------
 
+def test_a_job_cancelled_just_before_the_server_dies_stays_cancelled(tmp_path):
+    """Cancel answers at once and the worker stops at its next step; a server killed in between used to resume the job
+    on restart (seen: cancel, then `workbook stop`). The request is kept with the job."""
+    data = tmp_path / "data"
+    first = ServerProcess(data).start()
+    client = first.client()
+    train = client.files.create(file=("train.jsonl", head_lines(TRAIN, 40)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 4})
+    deadline = time.monotonic() + 300
+    while client.fine_tuning.jobs.retrieve(job.id).status != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "running"  # asked; the worker has not stopped yet
+    first.stop(signal.SIGKILL)
+    second = ServerProcess(data).start()
+    try:
+        client = second.client()
+        time.sleep(2)  # long enough for a resumed job to start again
+        after = client.fine_tuning.jobs.retrieve(job.id)
+        assert after.status == "cancelled" and after.fine_tuned_model is None
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert "Fine-tuning job cancelled" in messages and not any("resume" in m for m in messages)
+    finally:
+        second.stop()
+
+
 def test_kill_9_mid_training_loses_and_duplicates_nothing(tmp_path):
     data = tmp_path / "data"
     first = ServerProcess(data).start()

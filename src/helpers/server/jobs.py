@@ -125,8 +125,10 @@ class JobRunner:
             if job_id != self._current and self._dequeue(job_id):
                 return self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
             self._cancel.add(job_id)
-        # the worker stops between steps; report the request now, as OpenAI does
-        return self._job(job_id)
+        # the worker stops between steps; report the request now, as OpenAI does, and keep it: a server stopped before
+        # that step finishes the job as cancelled when it starts again (seen: cancel, then `workbook stop` at once,
+        # and the restarted server resumed the job)
+        return self.jobs.update(job_id, cancel_requested=True)
 
     def event(self, job_id: str, message: str, *, level: str = "info", kind: str = "message", data: dict | None = None) -> None:
         owner = self._owner(job_id)
@@ -138,7 +140,9 @@ class JobRunner:
     def _recover(self) -> None:
         """Jobs left unfinished by a stopped server go back in the queue, oldest first."""
         for _, job in self.jobs.all():
-            if not job.status.finished:
+            if not job.status.finished and job.cancel_requested:
+                self._finish(job.id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
+            elif not job.status.finished:
                 if job.status == JobStatus.RUNNING:
                     self.event(job.id, "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
                 self.jobs.update(job.id, status=JobStatus.QUEUED if job.status == JobStatus.RUNNING else job.status, estimated_finish=None)

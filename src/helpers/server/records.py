@@ -71,6 +71,8 @@ class JobRecord(BaseModel):
     #: DPO's reference log-probabilities, per pair (chosen, rejected), kept so that a resumed job compares with the same
     dpo_reference: list[tuple[float, float]] | None = Field(default=None, validation_alias="_dpo_reference",
                                                             serialization_alias="_dpo_reference")
+    #: cancel was asked while the job ran; kept so that a server stopped before the worker's next step does not resume it
+    cancel_requested: bool = Field(default=False, validation_alias="_cancel_requested", serialization_alias="_cancel_requested")
 
     @property
     def kind(self) -> str:
