@@ -30,12 +30,17 @@ class LlamaCppMissing(RuntimeError):
     """llama-cpp-python is not installed in this kernel's environment."""
 
 
+class ExportFailed(LookupError):
+    """``workbook export`` refused (no such model of yours) or failed; the message is the command's own."""
+
+
 def export(model: str, target: Path, format: str = "gguf", quant: str = "f16") -> dict[str, Any]:
-    """``workbook export MODEL --format FORMAT --quant QUANT --out TARGET``; returns its ``take_home.json``."""
+    """``workbook export MODEL --format FORMAT --quant QUANT --out TARGET`` (the server's own tool: the course never
+    reads the server's store itself); returns its ``take_home.json``."""
     done = subprocess.run([sys.executable, "-m", "helpers.cli", "export", model, "--format", format, "--quant", quant,
                            "--out", str(target)], capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip().removeprefix("workbook export: "))
+        raise ExportFailed(done.stderr.strip().removeprefix("workbook export: "))
     return json.loads((Path(target) / "take_home.json").read_text(encoding="utf-8"))
 
 

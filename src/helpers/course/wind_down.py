@@ -67,13 +67,9 @@ def export_model(model: str, target: Path) -> Path:
     """Copy a fine-tuned model of the local server out of its store into ``target`` (with ``workbook export``, the
     server's own tool for it): the adapter's two files, a ``take_home.json`` naming the base model's folder, and a
     README saying how to load them. Returns ``target``."""
-    import subprocess
-    import sys
+    from helpers.course import take_home
 
-    done = subprocess.run([sys.executable, "-m", "helpers.cli", "export", model, str(target)],
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise LookupError(done.stderr.strip().removeprefix("workbook export: "))
+    take_home.export(model, target, format="peft")
     return Path(target)
 
 
