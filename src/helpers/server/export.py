@@ -17,6 +17,7 @@ that says what is where.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -76,14 +77,37 @@ def export_model(data_dir: Path, key: str, model: str, target: Path, format: str
         raise ValueError(f"--quant must be one of {', '.join(QUANTS)}, not {quant!r}")
     found = find(data_dir, key, model)
     target = Path(target)
-    made = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(target)
+    # Written beside the target, then put in its place: a failed export leaves no half-written folder and keeps an
+    # earlier export that was there; a finished one replaces it whole (seen: exporting another model into notebook
+    # 11's folder left the first model's GGUF beside the new one, and the sizes added both).
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)  # as a folder made with mkdir (mkdtemp's is the owner's alone)
     try:
-        return _write(found, target, format, quant)
+        _write(found, partial, format, quant)
+        if target.exists():
+            shutil.rmtree(target)
+        partial.rename(target)
     except BaseException:
-        if made:  # a failed export leaves no half-written folder behind (one that was there stays)
-            shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
+    return target
+
+
+def _check_replaceable(target: Path) -> None:
+    """An export goes into a new folder, an empty one, or one that holds an earlier export (its ``take_home.json``),
+    which it replaces; any other folder is the user's, and is refused rather than emptied."""
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"--out {target} is a file: name a folder (new, empty, or an earlier export to replace).")
+    if target.is_dir():
+        present = sorted(p.name for p in target.iterdir())
+        if present and "take_home.json" not in present:
+            shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+            raise FileExistsError(f"--out {target} already holds files that are not an export ({shown}); an export replaces "
+                                  "its folder, so name a new or empty folder, or an earlier export's.")
 
 
 def _write(found: Exportable, target: Path, format: str, quant: str) -> Path:
