@@ -84,10 +84,16 @@ def test_events_tell_the_story_newest_first(server, trained):
 
 
 def test_events_are_complete_the_moment_the_status_reads_final(server):
-    """Polled as fast as the client can: when a job first reads succeeded, its last event is already listed."""
+    """Polled as fast as the client can from the last step on (the job's finishing work: its checkpoint, model and
+    final status): when a job first reads succeeded, its last event is already listed. Before that step the test polls
+    gently: a client spinning on two cores starved the training it waits for (56 s for a two-step job)."""
     client = server.client("key-events")
     file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-nano", hyperparameters={"n_epochs": 1, "batch_size": 5})
+    deadline = time.monotonic() + 300
+    while not any(e.message.startswith("Step 2/2") for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data):
+        assert time.monotonic() < deadline, "the job never reached its last step"
+        time.sleep(0.1)
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         pass
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
@@ -889,3 +895,23 @@ def test_export_refuses_bad_input_in_one_line(server, trained, tmp_path):
     assert not (tmp_path / "x").exists()
     wrong = export(server, model, tmp_path / "y", "--format", "onnx")
     assert wrong.returncode == 2 and "invalid choice: 'onnx'" in wrong.stderr
+
+
+def test_an_export_replaces_an_earlier_one_whole_and_never_a_folder_of_other_files(server, trained, tmp_path):
+    model = trained["job"].fine_tuned_model
+    home = tmp_path / "home"
+    assert export(server, model, home, "--format", "peft").returncode == 0
+    (home / "gpt-4.1-mini-local-billing-OLD-f16.gguf").write_bytes(b"an earlier model's file")
+    again = export(server, model, home, "--format", "peft")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in home.iterdir()) == sorted(["README.md", "adapter_config.json", "adapter_model.safetensors", "take_home.json"])
+    # a failed export keeps the earlier one, and leaves nothing beside it
+    assert export(server, model + "x", home, "--format", "peft").returncode == 1 and (home / "take_home.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    refused = export(server, model, mine, "--format", "peft")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith(f"workbook export: --out {mine} already holds files that are not an export (notes.txt)")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
