@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 04 · Inference and evaluation
-# **Time:** about 4 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 2 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 4 + `N_NEW_CODES` x 4 requests (the tables price them).
+# **Time:** about 2.5 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 2 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_LONG_PROMPT` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
 
 # %% tags=["parameters"]
 BACKEND = "local"
@@ -22,7 +22,8 @@ BASE_MODEL = "gpt-4.1-mini"
 TUNED_MODEL = ""  # empty: the newest model notebook 03 trained
 N_TEST = 16  # 0 means all held-out test requests
 N_NEW_CODES = 6  # 0 means all requests for codes absent from training
-N_PROMPTING = 12  # test requests for the prompting rung (0 means N_TEST); its 1,400-token prompt makes them the slowest requests here
+N_PROMPTING = 12  # test requests for the prompting rung with retrieved codes (0 means N_TEST)
+N_LONG_PROMPT = 4  # the first of those for its long-prompt runs (0 means N_PROMPTING): 1,600 tokens a request, the slowest here
 RETRIEVED_CODES = 5
 MAX_TOKENS = 32
 CONCURRENCY = 16
@@ -80,7 +81,8 @@ summary.round(4)
 # ### 3.2 The prompting rung, measured
 # 01 prices prompting (the whole code table and 20 worked examples in every prompt) and RAG (five retrieved
 # codes) as the rungs before fine-tuning. Here they are measured with the base model on the first
-# `N_PROMPTING` of the same requests (the long prompt is slow on a CPU), twice each: left free, and with the form
+# `N_PROMPTING` of the same requests (the long prompt on the first `N_LONG_PROMPT` of them: it is slow on a CPU),
+# twice each: left free, and with the form
 # imposed by the server (*constrained decoding*: the request's `response_format` is a JSON schema whose answer
 # must be one line of a list, here the whole code table or the five retrieved codes; at each token the server
 # masks every token that would leave the list). Free, a run shows whether the model follows the prompt's form;
@@ -88,17 +90,18 @@ summary.round(4)
 
 # %%
 prompting_test = test[:N_PROMPTING] if N_PROMPTING else test
+long_prompt_test = prompting_test[:N_LONG_PROMPT] if N_LONG_PROMPT else prompting_test
 rag_prompt = lambda messages: retrieval.with_retrieval(messages, RETRIEVED_CODES)
 retrieved = lambda messages: retrieval.candidate_answers(messages, RETRIEVED_CODES)
-prompts = {"base + long prompt": (scenarios.with_long_prompt, None), "base + RAG": (rag_prompt, None),
-           "base + long prompt, constrained": (scenarios.with_long_prompt, billing.all_answers),
-           "base + RAG, constrained": (rag_prompt, retrieved)}
-prompting = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, BASE_MODEL, prompting_test, prompt=prompt,
+prompts = {"base + long prompt": (scenarios.with_long_prompt, None, long_prompt_test), "base + RAG": (rag_prompt, None, prompting_test),
+           "base + long prompt, constrained": (scenarios.with_long_prompt, billing.all_answers, long_prompt_test),
+           "base + RAG, constrained": (rag_prompt, retrieved, prompting_test)}
+prompting = pd.DataFrame({name: evaluation.summarize(evaluation.evaluate(course.client, BASE_MODEL, requests, prompt=prompt,
                                                                          choices=choices, max_tokens=MAX_TOKENS, concurrency=CONCURRENCY),
                                                      priced_as=BASE_MODEL, fine_tuned=False)
-                          for name, (prompt, choices) in prompts.items()})
-offered = {name: {"coverage": evaluation.choice_coverage(prompting_test, choices), "choices": len(choices(prompting_test[0]["messages"][:-1]))}
-           for name, (_, choices) in prompts.items() if choices is not None}
+                          for name, (prompt, choices, requests) in prompts.items()})
+offered = {name: {"coverage": evaluation.choice_coverage(requests, choices), "choices": len(choices(requests[0]["messages"][:-1]))}
+           for name, (_, choices, requests) in prompts.items() if choices is not None}
 course.record(prompting=prompting.to_dict(), prompting_offered=offered)
 course.findings("prompting", evaluation.prompting_findings(summary["base"].to_dict(), prompting.to_dict(), offered))
 prompting.loc[["code_accuracy", "code_accuracy_ci_low", "code_accuracy_ci_high", "format_compliance", "input_tokens",

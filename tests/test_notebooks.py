@@ -262,7 +262,9 @@ def test_04_fine_tuned_beats_base_on_format_and_codes(nbval_run):
     # the prompting rung is measured on the same requests, and its sentence says why it fails with a 135M base
     prompting = metrics["prompting"]
     assert prompting["base + long prompt"]["input_tokens"] > 10 * metrics["base"]["input_tokens"]
-    assert {row["n"] for row in prompting.values()} == {min(12, metrics["n_test"])}  # N_PROMPTING, four runs
+    # N_PROMPTING requests for the retrieved codes, the first N_LONG_PROMPT of them for the long prompt, free and constrained
+    assert {name: row["n"] for name, row in prompting.items()} == {
+        "base + long prompt": 4, "base + RAG": 12, "base + long prompt, constrained": 4, "base + RAG, constrained": 12}
     assert metrics["findings"]["prompting"] == evaluation.prompting_findings(metrics["base"], prompting, metrics["prompting_offered"])
     # with the form imposed, every answer is a line of the list offered: in the format, whatever the model knows
     assert prompting["base + RAG, constrained"]["format_compliance"] == prompting["base + long prompt, constrained"]["format_compliance"] == 1

@@ -22,7 +22,8 @@ REPORTS_DIR = REPO_ROOT / "reports"
 REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
     # all 333 examples, OpenAI's "auto" epochs (3 for 333 examples) and the local "auto" batch size (4)
     "03_training": {"N_TRAIN": 0, "N_VALID": 0, "N_EPOCHS": "auto", "BATCH_SIZE": "auto"},
-    "04_inference_and_eval": {"N_TEST": 0, "N_NEW_CODES": 0},
+    # and the long prompt on the same 12 requests as the retrieved codes
+    "04_inference_and_eval": {"N_TEST": 0, "N_NEW_CODES": 0, "N_LONG_PROMPT": 12},
     # the whole pool (444 requests): the student learns the codes from many phrasings, as the tuned model did in 03
     "05_distillation": {"N_POOL": 0, "N_TEST": 0, "N_EPOCHS": 3, "BATCH_SIZE": 4},
     # 06, 08, 09, 10 run at their defaults: their lessons are shapes and contrasts that the defaults already show,
