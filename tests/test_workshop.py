@@ -129,10 +129,11 @@ def test_the_queue_is_fair_across_keys_and_the_facilitator_sees_it(tmp_path):
             return min((e.created_at for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data
                         if e.message == "Fine-tuning job started"), default=None)
 
-        assert start(alice, jobs_a[0]) <= start(bob, job_b)
+        bobs = start(bob, job_b)
+        assert start(alice, jobs_a[0]) <= bobs
         # Alice's other two come after Bob's (not started yet, or started since); they are not waited for: cancelled
         later = [start(alice, j) for j in jobs_a[1:]]
-        assert all(t is None or t >= start(bob, job_b) for t in later), later
+        assert all(t is None or t >= bobs for t in later), later
         alice.fine_tuning.jobs.cancel(jobs_a[2])  # the last waiting job first, so the one running cannot hand it the turn
         alice.fine_tuning.jobs.cancel(jobs_a[1])
         assert [wait_for_job(alice, j).status for j in jobs_a[1:]] == ["cancelled", "cancelled"]

@@ -17,8 +17,8 @@ that says what is where.
 from __future__ import annotations
 
 import json
-import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -82,10 +82,8 @@ def export_model(data_dir: Path, key: str, model: str, target: Path, format: str
     # earlier export that was there; a finished one replaces it whole (seen: exporting another model into notebook
     # 11's folder left the first model's GGUF beside the new one, and the sizes added both).
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    partial.chmod(0o777 & ~umask)  # as a folder made with mkdir (mkdtemp's is the owner's alone)
+    partial = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
+    partial.mkdir()  # mkdir, not mkdtemp: the export's folder gets the user's usual permissions, not the owner's alone
     try:
         _write(found, partial, format, quant)
         if target.exists():
