@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser lab lint test test-fast test-browser notebooks reports bench bench-data clean-venv
+.PHONY: setup vllm browser lab lint test test-fast test-browser notebooks reports bench bench-data clean-venv
 
 $(STAMP): requirements.txt requirements/*.txt requirements-nodeps.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "): set PYTHON=/path/to/python3.11")'
@@ -28,6 +28,10 @@ $(STAMP): requirements.txt requirements/*.txt requirements-nodeps.txt pyproject.
 
 ## setup: create .venv and install everything (idempotent; instant when nothing changed)
 setup: $(STAMP)
+
+## vllm: vLLM's own environment (once per machine, in the user's cache), for `workbook serve --engine vllm` and its tests
+vllm: setup
+	$(PY) scripts/install_vllm.py
 
 ## browser: Debian's Chromium for the browser test (installed with apt-get when missing; needs root or sudo)
 CHROMIUM ?= /usr/bin/chromium
@@ -51,8 +55,8 @@ lint: setup
 test-fast: setup
 	$(PY) -m pytest tests/fast -q
 
-## test: set up, lint, then run the whole test suite (browser test included), offline
-test: setup browser lint
+## test: set up, lint, then run the whole test suite (browser and vLLM tests included), offline
+test: setup vllm browser lint
 	WORKBOOK_CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 ## test-browser: only the real-browser test (JupyterLab + Playwright + Chromium); screenshots in test-artifacts/browser/

@@ -5,6 +5,7 @@
     python benchmarks/bench_model.py inference  # batched vs one at a time (>= 3x), HTTP vs in-process (<= 1.10)
     python benchmarks/bench_model.py reports    # the server's resident memory after each notebook of `make reports`
     python benchmarks/bench_model.py llama      # llama.cpp's generation tokens/s against the server's, same model and prompts
+    python benchmarks/bench_model.py serving    # many tuned models: 64 requests over 8 adapters, 16 in flight, in-process vs vLLM
 
 Training: the course train set as notebook 03 trains it at course size (all 333 examples, a quarter of them with five
 retrieved codes in the prompt), one epoch, with the local stand-in's "auto" hyperparameters (batch size, learning
@@ -462,6 +463,127 @@ llama.cpp against the server, the base model in f16 GGUF ({result['machine']})
     return result
 
 
+# -- serving many tuned models: the in-process engine against vLLM ------------------------------------------------
+N_ADAPTERS, SERVING_REQUESTS, SERVING_IN_FLIGHT = 8, 64, 16
+
+
+def serve_process(data_dir: Path, engine: str):
+    """``workbook serve --engine ENGINE`` on a free loopback port; returns (process, client)."""
+    import socket
+    import subprocess
+
+    from openai import OpenAI
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(data_dir.parent / f"serve-{engine}.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+                                "--engine", engine], stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    while time.monotonic() - started < 900:
+        if process.poll() is not None:
+            raise RuntimeError(f"workbook serve --engine {engine} stopped; see {log.name}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                print(f"serving: --engine {engine} answers after {time.monotonic() - started:.0f} s", flush=True)
+                return process, OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=900)
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"workbook serve --engine {engine} did not answer in 900 s")
+
+
+def tuned_models(client, work: Path) -> list[str]:
+    """``N_ADAPTERS`` different tuned models: N/2 small jobs of 2 epochs, each giving its model and its epoch-1
+    checkpoint (each job trains on other examples, with another seed)."""
+    rows = TRAIN.read_text().splitlines()
+    models: list[str] = []
+    for job_index in range(N_ADAPTERS // 2):
+        path = work / f"train-{job_index}.jsonl"
+        path.write_text("\n".join(rows[job_index * 8:(job_index + 1) * 8]) + "\n")
+        file = client.files.create(file=open(path, "rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(training_file=file.id, model=MODEL, seed=job_index,
+                                             hyperparameters={"n_epochs": 2, "batch_size": 4})
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+            time.sleep(1)
+        assert job.status == "succeeded", job.error
+        checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+        models += [job.fine_tuned_model, next(c.fine_tuned_model_checkpoint for c in checkpoints if c.step_number < max(x.step_number for x in checkpoints))]
+    return models
+
+
+def serving_load(client, models: list[str], prompts: list[list[dict]]) -> dict:
+    """``SERVING_REQUESTS`` requests, request i to model i mod N, ``SERVING_IN_FLIGHT`` at a time."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> int:
+        started = time.perf_counter()
+        reply = client.chat.completions.create(model=models[i % len(models)], messages=prompts[i % len(prompts)],
+                                               max_tokens=MAX_TOKENS, temperature=0)
+        with lock:
+            latencies.append(time.perf_counter() - started)
+        return reply.usage.completion_tokens
+
+    for model in models:  # each adapter loaded once before the clock starts, on either engine
+        client.chat.completions.create(model=model, messages=prompts[0], max_tokens=2)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(SERVING_IN_FLIGHT) as pool:
+        tokens = sum(pool.map(one, range(SERVING_REQUESTS)))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "p50_s": statistics.median(latencies), "p95_s": statistics.quantiles(latencies, n=20)[-1]}
+
+
+def bench_serving() -> dict:
+    """Many tuned models at once, as a workshop or a team serves them: ``SERVING_REQUESTS`` held-out requests spread
+    over ``N_ADAPTERS`` different adapters, ``SERVING_IN_FLIGHT`` in flight, greedy, ``MAX_TOKENS`` each; the same
+    models (one store) served by the in-process engine, then by vLLM (one server at a time). On a GPU the same command
+    prints the GPU's figures."""
+    prompts = test_prompts()
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "server"
+        process, client = serve_process(data, "local")
+        try:
+            models = tuned_models(client, Path(work))
+            print(f"serving: {SERVING_REQUESTS} requests over {len(models)} tuned models, {SERVING_IN_FLIGHT} in flight ...", flush=True)
+            local = serving_load(client, models, prompts)
+        finally:
+            process.terminate()
+            process.wait()
+        started = time.monotonic()
+        process, client = serve_process(data, "vllm")
+        start_s = time.monotonic() - started
+        try:
+            vllm = serving_load(client, models, prompts)
+            rss = peak_rss_mb(process.pid)
+            vllm_pid = httpx.get(str(client.base_url).removesuffix("/v1/") + "/health").json()["inference"]["pid"]
+            vllm_rss = sum(peak_rss_mb(pid) for pid in _tree(vllm_pid))
+        finally:
+            process.terminate()
+            process.wait()
+    result = {"machine": machine(), "requests": SERVING_REQUESTS, "adapters": len(models), "in_flight": SERVING_IN_FLIGHT,
+              "max_tokens": MAX_TOKENS, "local": local, "vllm": vllm, "vllm_start_s": start_s, "server_peak_rss_mb": rss,
+              "vllm_peak_rss_mb": vllm_rss, "vllm_over_local": vllm["tokens_per_s"] / local["tokens_per_s"]}
+    print(f"""
+serving {SERVING_REQUESTS} requests over {len(models)} tuned models, {SERVING_IN_FLIGHT} in flight ({result['machine']})
+  in-process engine                      {local['tokens_per_s']:6.1f} tokens/s  p50 {local['p50_s']:.2f} s  p95 {local['p95_s']:.2f} s
+  vLLM                                   {vllm['tokens_per_s']:6.1f} tokens/s  p50 {vllm['p50_s']:.2f} s  p95 {vllm['p95_s']:.2f} s
+  vLLM / in-process                      {result['vllm_over_local']:6.2f}x
+  vLLM: answers {start_s:.0f} s after `workbook serve --engine vllm`; peak resident {vllm_rss:,.0f} MB (its processes), our server {rss:,.0f} MB""")
+    return result
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (vLLM's API server and its engine process)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    for child in children.read_text().split() if children.exists() else []:
+        found += _tree(int(child))
+    return found
+
+
 # -- memory over the course ---------------------------------------------------------------------------
 def bench_reports() -> dict:
     """Every notebook at its course size, in `make reports`' order, against one server of this run's own (as the
@@ -503,7 +625,7 @@ make reports ({result['machine']}), one server throughout:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["train", "inference", "llama", "reports", "all"], nargs="?", default="all")
+    parser.add_argument("which", choices=["train", "inference", "llama", "serving", "reports", "all"], nargs="?", default="all")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     results = {}
@@ -513,6 +635,8 @@ def main() -> int:
         results["inference"] = bench_inference()
     if args.which in ("llama", "all"):
         results["llama"] = bench_llama()
+    if args.which in ("serving", "all"):
+        results["serving"] = bench_serving()
     if args.which in ("reports", "all"):
         results["reports"] = bench_reports()
     (OUT / f"bench_model_{args.which}.json").write_text(json.dumps(results, indent=2))

@@ -17,7 +17,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_ROOT = Path(sys.prefix) / "llama.cpp"  # as helpers.server.llamacpp finds it
-CMAKE_ARGS = "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+# Not for this CPU alone (GGML_NATIVE off): AVX2, FMA, F16C and BMI2, which every x86-64 machine of this kind has (AMD
+# Zen 2 and later, Intel Xeons). A native build on a Xeon with AMX put AMX tile instructions in its matmul, and the
+# kernel here refuses them ("trap invalid opcode ... tileloadd" in libggml-cpu.so: notebook 11's kernel died, 2026-12-05),
+# and a wheel built natively on one machine must not crash on another that shares the pip cache.
+CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF "
+              "-DLLAMA_BUILD_SERVER=OFF")
 
 
 def pinned() -> str:
@@ -42,7 +47,9 @@ def main() -> int:
     requirement = pinned()
     wanted = requirement.split("==")[1]
     source = SOURCE_ROOT / f"llama_cpp_python-{wanted}"
-    if installed_version() == wanted and (source / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").exists():
+    built_with = SOURCE_ROOT / f"llama_cpp_python-{wanted}.cmake-args"  # what the installed build was made with
+    same_build = built_with.exists() and built_with.read_text() == CMAKE_ARGS
+    if installed_version() == wanted and same_build and (source / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").exists():
         return 0
     pip = [sys.executable, "-m", "pip"]
     started = time.monotonic()
@@ -54,10 +61,12 @@ def main() -> int:
             with tarfile.open(SOURCE_ROOT / f"llama_cpp_python-{wanted}.tar.gz") as archive:
                 archive.extractall(SOURCE_ROOT, filter="data")
             (SOURCE_ROOT / f"llama_cpp_python-{wanted}.tar.gz").unlink()
-        if installed_version() != wanted:
-            say(f"building llama.cpp ({requirement}) from source: about 10 minutes on 2 cores the first time ...")
+        if installed_version() != wanted or not same_build:
+            say(f"building llama.cpp ({requirement}) from source: about 5-10 minutes on 2 cores the first time ...")
             env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-            subprocess.run([*pip, "install", "--quiet", str(source)], check=True, capture_output=True, text=True, env=env, timeout=3600)
+            subprocess.run([*pip, "install", "--quiet", "--force-reinstall", "--no-deps", str(source)], check=True,
+                           capture_output=True, text=True, env=env, timeout=3600)
+            built_with.write_text(CMAKE_ARGS)
             say(f"llama.cpp built and installed in {time.monotonic() - started:.0f} s")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, tarfile.TarError) as exc:
         output = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or str(exc)

@@ -145,7 +145,9 @@ def run(name: str, root: Path, **parameters) -> dict:
 def nbval_run(course_env):
     """Every notebook run once, in order, by nbval (checking the cells tagged nbval-check-output) with its default
     parameters; returns the metrics each notebook recorded."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+    # a cell gets 20 minutes (the longest, 03's job, took 8 on a 2-core Zen 2): nbval does not notice a kernel that
+    # died (it waits for the cell's reply until its timeout: 11's kernel killed by an illegal instruction hung the run)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-cell-timeout", "1200", "-p", "no:cacheprovider", "-q",
                              "--nbval-sanitize-with", str(REPO / "tests" / "nbval_sanitize.cfg"), *map(str, NOTEBOOKS)],
                             cwd=REPO / "notebooks", capture_output=True, text=True, env=os.environ,
                             timeout=4500)  # measured: 43 min on a 2-core Zen 2 (fp32), 58.6 when that machine ran slow

@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
-from typing import Literal
 
 import httpx
 import openai
-import pydantic
 import pytest
 from conftest import DATA, head_lines
 from server_harness import ServerProcess, assert_contract, wait_for_job
@@ -199,168 +196,10 @@ def test_responses_match_the_openapi_contract(server, trained):
     assert_contract("DeleteFileResponse", server.http("DELETE", f"/files/{upload.json()['id']}").json())
 
 
-# --- chat completions ------------------------------------------------------------------------------
-
-def test_streaming_gives_the_same_text_as_a_plain_call(server):
-    client = server.client()
-    messages = [{"role": "user", "content": "Name three colours."}]
-    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=20)
-    pieces, finish, usage = [], None, None
-    for chunk in client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=20, stream=True,
-                                                stream_options={"include_usage": True}):
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-        usage = chunk.usage or usage
-    assert "".join(pieces) == plain.choices[0].message.content
-    assert finish == plain.choices[0].finish_reason
-    assert usage.completion_tokens == plain.usage.completion_tokens
-
-
-def _open_stream(server, max_tokens: int) -> socket.socket:
-    """A raw HTTP client that asks for a long stream and reads nothing (as a stalled browser tab would)."""
-    body = json.dumps({"model": "gpt-4.1-mini", "max_tokens": max_tokens, "stream": True,
-                       "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}).encode()
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server soon cannot send more
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer key-alice\r\n"
-                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    return sock
-
-
-def _streams(server) -> dict:
-    return httpx.get(f"{server.url}/health", timeout=10).json()["inference"]
-
-
-def _wait_for_no_streams(server, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _streams(server)["streams_active"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def test_a_stream_nobody_reads_holds_up_no_one(server):
-    _wait_for_no_streams(server)
-    before = _streams(server)
-    sock = _open_stream(server, 600)
-    try:
-        deadline = time.monotonic() + 30
-        while _streams(server)["streams_active"] == before["streams_active"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _streams(server)["streams_active"] == before["streams_active"] + 1
-        client = server.client("key-bob")
-        for i in range(3):  # the stream has 600 tokens to make; each short request waits a token's turn, not for them
-            started = time.monotonic()
-            reply = client.chat.completions.create(model="gpt-4.1-mini", max_tokens=4,
-                                                   messages=[{"role": "user", "content": f"Say {i}."}])
-            assert reply.usage.completion_tokens <= 4 and time.monotonic() - started < 5, time.monotonic() - started
-        assert _streams(server)["streams_active"] == before["streams_active"] + 1  # still open, not read
-    finally:
-        sock.close()
-
-
-def test_a_stream_whose_client_leaves_stops_generating(server):
-    _wait_for_no_streams(server)  # the previous test's stream, closed unread, ends by itself
-    before = _streams(server)
-    sock = _open_stream(server, 600)
-    received = b""
-    while b"data:" not in received:  # the stream began: headers, then its first chunk
-        received += sock.recv(4096)
-    assert received.startswith(b"HTTP/1.1 200") and _streams(server)["streams_active"] == before["streams_active"] + 1
-    sock.close()
-    deadline = time.monotonic() + 15  # its 600 tokens would take far longer
-    while _streams(server)["streams_active"] > before["streams_active"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    after = _streams(server)
-    assert after["streams_active"] == before["streams_active"]
-    assert after["streams_closed_early"] == before["streams_closed_early"] + 1
-
-
-def test_streams_honour_stop_strings_and_seeds(server):
-    client = server.client()
-    messages = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
-
-    def streamed(**kwargs) -> tuple[str, str]:
-        pieces, finish = [], None
-        for chunk in client.chat.completions.create(model="gpt-4.1-mini", messages=messages, stream=True, **kwargs):
-            if chunk.choices:
-                pieces.append(chunk.choices[0].delta.content or "")
-                finish = chunk.choices[0].finish_reason or finish
-        return "".join(pieces), finish
-
-    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=30, stop=["five"])
-    assert streamed(max_tokens=30, stop=["five"]) == (plain.choices[0].message.content, plain.choices[0].finish_reason)
-    assert "five" not in plain.choices[0].message.content
-    sampled = streamed(max_tokens=12, temperature=1.0, seed=7)
-    assert streamed(max_tokens=12, temperature=1.0, seed=7) == sampled  # a seed makes a sampled stream repeatable
-
+# --- a model trained on tool calls (the chat contract on both engines is tests/test_chat.py) -----------
 
 LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_cpt_code", "description": "Look up a CPT code.", "parameters": {
     "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], "additionalProperties": False}}}
-CLAIM_TOOL = {"type": "function", "function": {"name": "submit_claim", "description": "Submit a claim.", "parameters": {
-    "type": "object", "properties": {"code": {"type": "string", "pattern": "^[0-9]{5}$"}, "units": {"type": "integer"}},
-    "required": ["code", "units"], "additionalProperties": False}}}
-CODE_SCHEMA = {"type": "object", "properties": {"code": {"type": "string", "enum": ["80061", "85025", "99213"]}},
-               "required": ["code"], "additionalProperties": False}
-ASK = [{"role": "system", "content": "You are a medical billing assistant."}, {"role": "user", "content": "Lipid panel drawn today."}]
-
-
-def test_json_schema_answers_parse_and_match_the_schema_streamed_or_not(server):
-    """As the Cookbook's distillation notebook asks: a strict json_schema with an enum; json.loads always works."""
-    client = server.client()
-    fmt = {"type": "json_schema", "json_schema": {"name": "cpt_code", "strict": True, "schema": CODE_SCHEMA}}
-    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=fmt, n=2, temperature=1, seed=3)
-    for choice in reply.choices:
-        assert choice.finish_reason == "stop"
-        assert json.loads(choice.message.content)["code"] in CODE_SCHEMA["properties"]["code"]["enum"]
-    class Code(pydantic.BaseModel):  # the client's own structured-output helper sends a strict schema from a model
-        code: Literal["80061", "85025", "99213"]
-    parsed = client.chat.completions.parse(model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=Code)
-    assert parsed.choices[0].message.parsed.code in CODE_SCHEMA["properties"]["code"]["enum"]
-    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="gpt-4.1-mini", messages=ASK, max_tokens=32, response_format=fmt, stream=True) if c.choices)
-    assert json.loads(streamed)["code"] in CODE_SCHEMA["properties"]["code"]["enum"]
-
-
-def test_json_object_needs_the_word_json_and_answers_an_object(server):
-    client = server.client()
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=8, response_format={"type": "json_object"})
-    assert caught.value.body["param"] == "messages" and "json" in caught.value.body["message"]
-    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=[*ASK, {"role": "user", "content": "Reply in JSON."}],
-                                           max_tokens=200, response_format={"type": "json_object"})
-    if reply.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(reply.choices[0].message.content), dict)
-    else:  # a length cut leaves a prefix of an object
-        assert reply.choices[0].finish_reason == "length" and reply.choices[0].message.content.startswith("{")
-
-
-@pytest.mark.parametrize("choice, name", [("required", None), ({"type": "function", "function": {"name": "submit_claim"}}, "submit_claim")])
-def test_required_and_named_tool_choice_return_tool_calls_streamed_or_not(server, choice, name):
-    client = server.client()
-    tools = [LOOKUP_TOOL, CLAIM_TOOL]
-    reply = client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=64, tools=tools, tool_choice=choice,
-                                           parallel_tool_calls=False)
-    message = reply.choices[0].message
-    assert reply.choices[0].finish_reason == "tool_calls" and message.content is None and len(message.tool_calls) == 1
-    call = message.tool_calls[0]
-    assert call.type == "function" and call.id.startswith("call_") and call.function.name in (name or "lookup_cpt_code submit_claim")
-    arguments = json.loads(call.function.arguments)
-    assert set(arguments) == set(next(t for t in tools if t["function"]["name"] == call.function.name)["function"]["parameters"]["required"])
-    if call.function.name == "submit_claim":
-        assert len(arguments["code"]) == 5 and arguments["code"].isdigit() and isinstance(arguments["units"], int)
-    chunks = list(client.chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=64, tools=tools, tool_choice=choice,
-                                                 parallel_tool_calls=False, stream=True, store=True))
-    deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices and c.choices[0].delta.tool_calls]
-    assert chunks[-1].choices[0].finish_reason == "tool_calls" and len(deltas) == 1
-    assert deltas[0][0].function.name == call.function.name and json.loads(deltas[0][0].function.arguments) == arguments
-    stored = client.chat.completions.retrieve(chunks[0].id)  # stored as it was streamed, the same call id
-    assert stored.choices[0].finish_reason == "tool_calls" and stored.choices[0].message.tool_calls[0].id == deltas[0][0].id
-
-
-def test_tool_choice_none_answers_in_text(server):
-    reply = server.client().chat.completions.create(model="gpt-4.1-mini", messages=ASK, max_tokens=16, tools=[LOOKUP_TOOL], tool_choice="none")
-    assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content
-    assert reply.choices[0].finish_reason in ("stop", "length")
 
 
 def tool_rows(n: int) -> bytes:
@@ -386,39 +225,6 @@ def test_a_model_trained_on_tool_calls_calls_tools_with_tool_choice_auto(server,
     assert isinstance(json.loads(calls[0].function.arguments)["query"], str)
     plain = client.chat.completions.create(model=job.fine_tuned_model, messages=[request], max_tokens=96, tools=[LOOKUP_TOOL], tool_choice="none")
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
-
-
-@pytest.mark.parametrize("extra, param, code", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "wat"}}}}, "response_format", "invalid_json_schema"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"schema": CODE_SCHEMA}}}, "response_format.json_schema", None),
-    ({"response_format": {"type": "yaml"}}, "response_format", None),
-    ({"tool_choice": "required"}, "tool_choice", None),
-    ({"tools": [LOOKUP_TOOL], "tool_choice": {"type": "function", "function": {"name": "submit_claim"}}}, "tool_choice", None),
-    ({"tools": [{"type": "code_interpreter"}]}, "tools[0]", None),
-    ({"functions": [LOOKUP_TOOL["function"]]}, "functions", "unsupported_parameter"),
-])
-def test_what_the_local_server_cannot_honour_is_a_400_not_silence(server, extra, param, code):
-    client = server.client()
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Code a CBC."}], max_tokens=8, **extra)
-    assert caught.value.body["param"] == param and caught.value.body["code"] == code
-    plain = client.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Hi."}], max_tokens=4,
-                                           response_format={"type": "text"}, tool_choice="none")
-    assert plain.choices[0].message.content is not None  # what it can honour still works
-
-
-def test_max_tokens_stop_and_n(server):
-    client = server.client()
-    messages = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
-    short = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=3)
-    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
-    # greedy (temperature 0 by default), so the answer is reproducible on this machine; stop at a piece of its middle
-    whole = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=40).choices[0].message.content
-    stop = whole[len(whole) // 2 :][:2]
-    stopped = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=40, stop=[stop])
-    assert stopped.choices[0].message.content == whole[: whole.index(stop)] and stopped.choices[0].finish_reason == "stop"
-    several = client.chat.completions.create(model="gpt-4.1-mini", messages=messages, max_tokens=5, n=2, temperature=1.0, seed=1)
-    assert [c.index for c in several.choices] == [0, 1]
 
 
 def test_stored_completions_are_listed_by_model_and_metadata(server):

@@ -49,14 +49,15 @@ def accepts(grammar: str, tokenizer, text: str) -> bool:
     import llguidance
     import llguidance.hf
 
-    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), grammar)
+    matcher = llguidance.LLMatcher(llguidance.hf.from_tokenizer(tokenizer), llguidance.LLMatcher.grammar_from_lark(grammar))
     return all(matcher.consume_token(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]) and matcher.is_accepting()
 
 
 def test_required_calls_follow_each_functions_parameters():
     schemas = structured.tool_call_schemas([LOOKUP, {"name": "ping"}], None)
     assert [v["properties"]["name"]["const"] for v in schemas] == ["lookup_cpt_code", "ping"]
-    assert schemas[0]["properties"]["arguments"] == LOOKUP["parameters"] and schemas[1]["properties"]["arguments"] == {"type": "object"}
+    assert schemas[0]["properties"]["arguments"] == {**LOOKUP["parameters"], "additionalProperties": False}
+    assert schemas[1]["properties"]["arguments"] == {"type": "object"}  # no declared keys: free-form arguments
     tokenizer = localmodels.load_tokenizer(catalogue.default_local_base())
     tools = [{"type": "function", "function": f} for f in (LOOKUP, {"name": "ping"})]
     one = structured.answering({"tools": tools, "tool_choice": "required", "parallel_tool_calls": False}).grammar
@@ -81,3 +82,22 @@ def test_a_schema_the_server_cannot_follow_is_blamed_on_the_parameter_that_sent_
         structured.answering({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": bad}}})
     assert caught.value.param == "response_format"
     assert structured.answering({"tools": tools, "tool_choice": "none"}).grammar is None  # 'none' never constrains
+
+
+def test_arguments_hold_only_the_keys_a_function_declares_unless_it_opens_them():
+    """OpenAI's strict reading of a tool's schema: a key the function does not declare cannot be written (a small
+    model otherwise copies the schema into its arguments); ``additionalProperties: true`` still opens an object."""
+    tokenizer = localmodels.load_tokenizer(catalogue.default_local_base())
+    nested = {"name": "claim", "parameters": {"type": "object", "properties": {"line": {"type": "object", "properties": {"code": {"type": "string"}}}},
+                                              "required": ["line"]}}
+    opened = {"name": "note", "parameters": {"type": "object", "properties": {"text": {"type": "string"}}, "additionalProperties": True}}
+    grammar = structured.answering({"tools": [{"type": "function", "function": f} for f in (LOOKUP, nested, opened)],
+                                    "tool_choice": "required", "parallel_tool_calls": False}).grammar
+
+    def call(name: str, arguments: dict) -> str:
+        return json.dumps({"tool_calls": [{"name": name, "arguments": arguments}]})
+    assert accepts(grammar, tokenizer, call("lookup_cpt_code", {"query": "x"}))
+    assert not accepts(grammar, tokenizer, call("lookup_cpt_code", {"query": "x", "type": "string"}))
+    assert accepts(grammar, tokenizer, call("claim", {"line": {"code": "80061"}}))
+    assert not accepts(grammar, tokenizer, call("claim", {"line": {"code": "80061", "units": 1}}))  # at any depth
+    assert accepts(grammar, tokenizer, call("note", {"text": "x", "extra": 1}))

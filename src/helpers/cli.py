@@ -114,8 +114,29 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_resident_models < 1:
         print(f"workbook serve: --max-resident-models must be at least 1, got {args.max_resident_models}.", file=sys.stderr)
         return EXIT_USAGE
-    app = create_app(Path(args.data_dir or default_data_dir()), api_keys=api_keys, limits=limits, idle_timeout_s=idle,
-                     allowed_hosts=allowed, bases=bases, max_resident_models=args.max_resident_models)
+    if args.engine != "vllm" and (args.vllm_url or args.vllm_base):
+        print("workbook serve: --vllm-url and --vllm-base go with --engine vllm.", file=sys.stderr)
+        return EXIT_USAGE
+    data_dir = Path(args.data_dir or default_data_dir())
+    engine = None
+    if args.engine == "vllm":
+        from helpers.pricing import catalogue
+        from helpers.server.vllm_engine import VllmEngine, VllmUnavailable
+        from helpers.settings import settings
+
+        base = bases.resolve(args.vllm_base or catalogue.default_local_base().name)
+        if base is None:
+            print(f"workbook serve: --vllm-base {args.vllm_base!r} is not a model this server knows ({', '.join(bases.names())}).",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            engine = (VllmEngine.connect(base, args.vllm_url, settings().vllm_key.get_secret_value()) if args.vllm_url
+                      else VllmEngine.start(base, data_dir / "vllm.log"))
+        except VllmUnavailable as exc:
+            print(f"workbook serve: cannot use vLLM: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    app = create_app(data_dir, api_keys=api_keys, limits=limits, idle_timeout_s=idle, allowed_hosts=allowed, bases=bases,
+                     max_resident_models=args.max_resident_models, engine=engine)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return EXIT_OK
 
@@ -265,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, default=None, metavar="MINUTES",
                        help="stop after this many minutes with no request and no running or waiting job (default: never; "
                        "a server that the notebooks start stops after WORKBOOK_IDLE_MINUTES, default 30)")
+    serve.add_argument("--engine", choices=("local", "vllm"), default="local",
+                       help="what answers chat requests: local (default: the server's own process) or vllm (vLLM, started "
+                       "on loopback from the environment `make vllm` makes; training stays in the server)")
+    serve.add_argument("--vllm-url", default=None, metavar="URL",
+                       help="with --engine vllm: use the vLLM already running at URL (its key, if any, in WORKBOOK_VLLM_KEY) "
+                       "instead of starting one")
+    serve.add_argument("--vllm-base", default=None, metavar="NAME",
+                       help="with --engine vllm: the base model vLLM runs (default: the shipped one; or a NAME given with --model)")
     serve.set_defaults(handler=_serve)
     check = commands.add_parser("check-device", help="prove this machine (a GPU above all) end to end: a server of its own "
                                 "trains a small job, the tuned model answers held-out requests; prints the device, dtype, "

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     #: A file of models the local server brings besides the shipped one, ``NAME=SOURCE`` per line (as ``workbook serve
     #: --models FILE``).
     models: Path | None = None
+    #: vLLM's own environment, which ``make vllm`` makes (default: the user's cache; one per machine).
+    vllm_env: Path | None = None
+    #: The key of a vLLM already running (``workbook serve --engine vllm --vllm-url URL``), if it was started with one.
+    vllm_key: SecretStr = SecretStr("")
+    #: On a GPU, the share of its memory vLLM takes (training, in the server's process, has the rest).
+    vllm_gpu_memory: float = 0.5
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
     #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds.

@@ -35,6 +35,12 @@ class FakeEngine:
     def call_format(self, base) -> CallFormat:
         return PROJECT_CALLS
 
+    def unavailable(self, base) -> str | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
     def submit(self, target, messages, sampling, functions=None) -> Future:
         self.stats["requests"] += 1
         self.asked.append((target, messages, sampling))

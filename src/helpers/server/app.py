@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request, Response
 from helpers.server import errors, localmodels
 from helpers.server.bases import Bases
 from helpers.server.errors import ApiError
-from helpers.server.inference import Engine
+from helpers.server.inference import Engine, LocalEngine
 from helpers.server.jobs import JobRunner
 from helpers.server.routes import admin, chat, files, jobs
 from helpers.server.routes import models as model_routes
@@ -90,15 +90,16 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     addressed to (default: loopback names only, which defeats DNS rebinding; None: any). Requests a browser makes
     from another origin are refused either way. ``bases``: the models the server knows besides the shipped one
     (``bases.brought_bases``, checked before the server starts); ``max_resident_models``: base models kept loaded at
-    once. ``models``, ``engine``, ``runner``: parts to use
-    instead of the real ones (the fast tests pass fakes that need no model)."""
+    once. ``engine``: what answers chat requests (default:
+    the in-process engine; ``helpers.server.vllm_engine.VllmEngine`` for vLLM). ``models``, ``engine``, ``runner``: parts
+    to use instead of the real ones (the fast tests pass fakes that need no model)."""
     bases = bases or Bases()
     store = Store(data_dir)
     if models is None:
         localmodels.tame_allocator()  # before any worker thread exists
         localmodels.import_libraries()
         models = SharedModels(max_resident_models)  # one copy of each base model, for the trainer and the engine
-    state = ServerState(store=store, models=models, engine=engine or Engine(models),
+    state = ServerState(store=store, models=models, engine=engine or LocalEngine(models),
                         runner=runner or JobRunner(store, models, bases), limits=limits or Limits(), bases=bases,
                         labels={owner_of(k): label for k, label in api_keys.items()} if isinstance(api_keys, dict) else {})
 
@@ -108,7 +109,10 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
             state.runner.start()
         if idle_timeout_s is not None:
             threading.Thread(target=stop_when_idle, args=(idle_timeout_s, state), name="idle", daemon=True).start()
-        yield
+        try:
+            yield
+        finally:
+            state.engine.close()
 
     app = FastAPI(title="Fine-Tuning Workbook local backend", version="1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.workbook = state

@@ -82,6 +82,42 @@ class CallFormat:
                 break
         return None
 
+    def read_cut(self, text: str, names: set[str]) -> tuple[str, list[tuple[str, str]]] | None:
+        """Calls cut off by ``max_tokens`` (the answer was made under this format's grammar, so it is a prefix of
+        well-formed calls): the text before them and each call's (name, arguments as the JSON text written so far, the
+        last one cut short), as OpenAI returns a call cut by the length limit. A name itself cut short is completed when
+        one function's name begins so; None if ``text`` holds no opening of calls."""
+        decoder = json.JSONDecoder()
+        head = re.compile(r"\{" + re.escape(json.dumps(self.name_key)) + r':\s*"(?P<name>[^"]*)(?P<closed>")?'
+                          r"(?:\s*,\s*" + re.escape(json.dumps(self.arguments_key)) + r":\s*(?P<arguments>.*))?", re.DOTALL)
+        opening, separator = _loose(self.opening), _loose(self.separator or "\0")
+        for start in [0, *(m.end() for m in re.finditer("\n", text))]:
+            found = opening.match(text, start)
+            if found is None:
+                continue
+            at, calls = found.end(), []
+            while at < len(text):
+                try:
+                    call, at = decoder.raw_decode(text, at)
+                except ValueError:
+                    cut = head.match(text, at)
+                    if cut is not None:
+                        name = cut["name"] if cut["closed"] else next(iter(sorted(n for n in names if n.startswith(cut["name"]))), "")
+                        if name in names and (cut["closed"] or sum(n.startswith(cut["name"]) for n in names) == 1):
+                            calls.append((name, cut["arguments"] or ""))
+                    break
+                if isinstance(call, dict) and call.get(self.name_key) in names:
+                    arguments = call.get(self.arguments_key, {})
+                    calls.append((call[self.name_key], arguments if isinstance(arguments, str) else json.dumps(arguments)))
+                between = separator.match(text, at) if self.separator is not None else None
+                if between is None:
+                    break
+                at = between.end()
+            return text[:start].strip(), calls
+        if text.strip() and self.opening.startswith(text.strip()):
+            return "", []  # cut within the opening itself
+        return None
+
     def grammar(self, call_schemas: list[dict[str, Any]], parallel: bool, json_format: dict[str, Any],
                 answer_schema: dict[str, Any] | None = None) -> str:
         """A Lark grammar (llguidance's) for an answer that is one or more calls (one if not ``parallel``), each

@@ -1,6 +1,12 @@
-"""Chat completions with the local base model and any fine-tuned model or checkpoint.
+"""Chat completions with a base model and any fine-tuned model or checkpoint: the engine seam and the in-process engine.
 
-The base model is the one copy the server shares with the trainer (``helpers.server.shared``); fine-tuned
+``Engine`` is what the API asks of an inference engine (submit, generate, stream, forget, prompt_tokens, call_format);
+what every engine shares lives there: the prompt is rendered by the base model's own chat template here, in the server,
+so that every engine answers the very tokens training saw, and an answer's tokens are turned into its text and finish
+reason here too (``Engine.finish``). Two engines implement it: ``LocalEngine`` (below, the default) and
+``helpers.server.vllm_engine.VllmEngine`` (vLLM, for a GPU box or many tuned models).
+
+In the local engine, the base model is the one copy the server shares with the trainer (``helpers.server.shared``); fine-tuned
 LoRA adapters are attached to it by name and kept (least recently used first out), so no request reloads
 weights. Requests that arrive together for the same model and settings are generated as one left-padded
 batch, between a training job's steps; a stream is generated a token at a time, taking turns with both.
@@ -11,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -43,7 +50,7 @@ class Sampling:
     n: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    grammar: str | None = None  # the answer follows this llguidance grammar (``helpers.server.structured``)
+    grammar: str | None = None  # the answer follows this grammar (llguidance's Lark: ``helpers.server.structured``)
 
 
 @dataclass
@@ -71,31 +78,49 @@ class _Request:
     future: Future = field(default_factory=Future)
 
 
-class Engine:
-    """Generates completions; thread-safe; batches concurrent requests."""
+class Engine(ABC):
+    """What answers chat requests: thread-safe; the route awaits ``submit``'s future and reads ``stream``."""
 
-    def __init__(self, models: SharedModels) -> None:
-        self.models = models
+    def __init__(self) -> None:
         self._counting: dict[str, ChatTemplate] = {}  # base name -> a tokenizer (and template) only for counting and decoding
         self._counting_lock = threading.Lock()
-        self._requests: queue.Queue[_Request] = queue.Queue()
-        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "streams_active": 0, "streams_closed_early": 0}
+        self.stats: dict[str, Any] = {"engine": self.name, "requests": 0, "batches": 0, "largest_batch": 0,
+                                      "streams_active": 0, "streams_closed_early": 0}
         self._stats_lock = threading.Lock()  # streams start and end in the HTTP server's threads
-        self._unreleased = False  # batches have run since memory was last released
-        self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
-        self._worker.start()
 
+    name = "engine"
+
+    def unavailable(self, base: catalogue.LocalBase) -> str | None:
+        """Why this engine cannot answer for ``base`` (a sentence saying what to do), or None."""
+        return None
+
+    @abstractmethod
+    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+               functions: list[dict[str, Any]] | None = None) -> Future:
+        """Queue a request (whose answer may call ``functions``); the future holds its Generation. Waiting on it ties
+        up no thread (the HTTP server awaits it)."""
+
+    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+                 functions: list[dict[str, Any]] | None = None) -> Generation:
+        return self.submit(target, messages, sampling, functions).result()
+
+    @abstractmethod
     def forget(self, weights: Path) -> None:
-        """Drop a deleted model's adapter from memory."""
-        for shared in self.models.loaded():
-            with shared.hold():
-                shared.forget(weights)
+        """Drop a deleted model's adapter."""
+
+    def close(self) -> None:  # noqa: B027  # most engines start nothing of their own
+        """Stop what the engine started (the server is shutting down)."""
 
     def prompt_tokens(self, base: catalogue.LocalBase, messages: list[dict[str, Any]],
                       functions: list[dict[str, Any]] | None = None) -> int:
         """Tokens of the rendered prompt. Uses a tokenizer of its own (a fast tokenizer must not be used by two
         threads at once), so counting never waits for a generation in progress."""
-        return self._with_counting_tokenizer(base, lambda chat: len(chat.prompt_ids(messages, functions)))
+        return len(self.prompt_ids(base, messages, functions))
+
+    def prompt_ids(self, base: catalogue.LocalBase, messages: list[dict[str, Any]],
+                   functions: list[dict[str, Any]] | None = None) -> list[int]:
+        """The prompt's tokens, rendered by the base model's chat template (with ``functions`` shown as it shows them)."""
+        return self._with_counting_tokenizer(base, lambda chat: chat.prompt_ids(messages, functions))
 
     def call_format(self, base: catalogue.LocalBase) -> CallFormat:
         """How ``base`` writes tool calls: its template's own format, or the project's."""
@@ -109,19 +134,137 @@ class Engine:
                 chat = self._counting[base.name] = localmodels.load_chat(base)
             return work(chat)
 
+    def _count(self, batch: int) -> None:
+        with self._stats_lock:
+            self.stats["requests"] += batch
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], batch)
+
+    def finish(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
+        """``Engine._finish`` with this engine's own tokenizer for ``base``."""
+        return self._with_counting_tokenizer(base, lambda chat: self._finish(chat, new, sampling))
+
+    @staticmethod
+    def _finish(chat: ChatTemplate, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
+        """Text, finish reason and tokens used of one generated sequence: it ends at the first of the model's stop
+        tokens (not counted in the text, counted as used)."""
+        end = next((i for i, token in enumerate(new) if token in chat.stop_ids), None)
+        if end is not None:
+            new = new[: end + 1]
+            text, reason = chat.tokenizer.decode(new[:-1], skip_special_tokens=True), "stop"
+        else:
+            text, reason = chat.tokenizer.decode(new, skip_special_tokens=True), "length"
+        for stop in sampling.stop:
+            if stop in text:
+                text, reason = text[: text.index(stop)], "stop"
+        return text, reason, len(new)
+
+    def stream(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+               closed: threading.Event | None = None, functions: list[dict[str, Any]] | None = None
+               ) -> Iterator[tuple[str, str | None, int, int]]:
+        """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far).
+
+        The tokens are made by a thread of the stream's own (the engine's ``_produce``), at most ``STREAM_AHEAD``
+        tokens ahead of the reader (a client that stops reading stops its generation without holding anything), and
+        that thread ends as soon as the stream is closed (a client that goes away): when ``closed`` is set, or this
+        generator is closed."""
+        tokens: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
+        closed = closed or threading.Event()
+        producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed, functions),
+                                    name="stream", daemon=True)
+        with self._stats_lock:
+            self.stats["streams_active"] += 1
+        producer.start()
+        new: list[int] = []
+        emitted, reason, prompt_tokens = "", None, 0
+        try:
+            while True:
+                try:
+                    kind, value = tokens.get(timeout=0.1)
+                except queue.Empty:
+                    if closed.is_set():
+                        return
+                    continue
+                if kind == "error":
+                    raise value
+                if kind == "prompt":
+                    prompt_tokens = value
+                    continue
+                if kind == "end":
+                    break
+                new.append(value)
+                text, reason, _ = self._finish_stream(target.base, new, sampling)
+                # hold back what could still become a stop string, and half of a character
+                longest = max((len(stop) for stop in sampling.stop), default=0)
+                hold = max((len(text) - i for stop in sampling.stop for i in range(max(0, len(text) - longest), len(text))
+                            if stop.startswith(text[i:])), default=0)
+                visible = text if reason is not None else text[:len(text) - hold].rstrip("\ufffd")
+                if len(visible) > len(emitted):
+                    yield visible[len(emitted):], None, prompt_tokens, 0
+                    emitted = visible
+                if reason is not None:
+                    break
+            text, reason, used = self._finish_stream(target.base, new, sampling)
+            if len(text) > len(emitted):
+                yield text[len(emitted):], None, prompt_tokens, 0
+            yield "", reason or "length", prompt_tokens, used
+        finally:
+            closed.set()
+            with self._stats_lock:
+                self.stats["streams_active"] -= 1
+                self.stats["streams_closed_early"] += int(reason is None)
+
+    def _finish_stream(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
+        """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
+        # the engine's own tokenizer: the shared one may be decoding a batch right now
+        text, reason, used = self.finish(base, new, sampling)
+        done = reason == "stop" or len(new) >= sampling.max_tokens
+        return text, reason if done else None, used
+
+    @abstractmethod
+    def _produce(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling, out: queue.Queue,
+                 closed: threading.Event, functions: list[dict[str, Any]] | None) -> None:
+        """A stream's tokens into ``out`` (by ``put_until_closed``): ("prompt", prompt tokens) first, then ("token",
+        id) each, then ("end", None); or ("error", exception). Stops as soon as ``closed`` is set."""
+
+
+def put_until_closed(out: queue.Queue, closed: threading.Event, item: tuple[str, Any]) -> bool:
+    """Put ``item`` into a stream's queue, waiting while the reader is behind; False once the stream is closed."""
+    while not closed.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class LocalEngine(Engine):
+    """The in-process engine: generates with the server's own copy of each base model; batches concurrent requests."""
+
+    name = "local"
+
+    def __init__(self, models: SharedModels) -> None:
+        super().__init__()
+        self.models = models
+        self._requests: queue.Queue[_Request] = queue.Queue()
+        self._unreleased = False  # batches have run since memory was last released
+        self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
+        self._worker.start()
+
+    def forget(self, weights: Path) -> None:
+        """Drop a deleted model's adapter from memory."""
+        for shared in self.models.loaded():
+            with shared.hold():
+                shared.forget(weights)
+
     # -- generation -----------------------------------------------------------------------------
     def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
                functions: list[dict[str, Any]] | None = None) -> Future:
-        """Queue a request (whose answer may call ``functions``) for the next batch; the future holds its Generation.
-        Waiting on it ties up no thread (the HTTP server awaits it), so every request that arrives can join a batch,
-        up to MAX_BATCH."""
+        """Queued for the next batch: every request that arrives can join one, up to MAX_BATCH."""
         request = _Request(target, messages, sampling, functions)
         self._requests.put(request)
         return request.future
-
-    def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
-                 functions: list[dict[str, Any]] | None = None) -> Generation:
-        return self.submit(target, messages, sampling, functions).result()
 
     def _batch_loop(self) -> None:
         while True:
@@ -153,9 +296,7 @@ class Engine:
                     held.append(item)
             for item in held:
                 self._requests.put(item)
-            self.stats["requests"] += len(batch)
-            self.stats["batches"] += 1
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+            self._count(len(batch))
             try:
                 results = in_own_thread(partial(self._run_batch, first.target, [(r.messages, r.functions) for r in batch], first.sampling),
                                         "inference batch")
@@ -206,97 +347,12 @@ class Engine:
             results.append(Generation(texts, reasons, prompt_tokens, completion_tokens))
         return results
 
-    @staticmethod
-    def _finish(chat: ChatTemplate, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
-        """Text, finish reason and tokens used of one generated sequence: it ends at the first of the model's stop
-        tokens (not counted in the text, counted as used)."""
-        end = next((i for i, token in enumerate(new) if token in chat.stop_ids), None)
-        if end is not None:
-            new = new[: end + 1]
-            text, reason = chat.tokenizer.decode(new[:-1], skip_special_tokens=True), "stop"
-        else:
-            text, reason = chat.tokenizer.decode(new, skip_special_tokens=True), "length"
-        for stop in sampling.stop:
-            if stop in text:
-                text, reason = text[: text.index(stop)], "stop"
-        return text, reason, len(new)
-
-    def stream(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
-               closed: threading.Event | None = None, functions: list[dict[str, Any]] | None = None
-               ) -> Iterator[tuple[str, str | None, int, int]]:
-        """Yields (text piece, finish reason or None, prompt tokens, completion tokens so far).
-
-        A stream is generated a token at a time, and holds the model only for each token's forward pass, so other
-        requests and a training job's steps take their turns between its tokens: a long stream delays a short
-        request by a token, not by the whole answer. The tokens are made by a thread of the stream's own, at most
-        ``STREAM_AHEAD`` tokens ahead of the reader (a client that stops reading stops its generation without
-        holding anything), and that thread ends as soon as the stream is closed (a client that goes away): when
-        ``closed`` is set, or this generator is closed."""
-        tokens: queue.Queue = queue.Queue(maxsize=STREAM_AHEAD)
-        closed = closed or threading.Event()
-        producer = threading.Thread(target=self._produce, args=(target, messages, sampling, tokens, closed, functions),
-                                    name="stream", daemon=True)
-        with self._stats_lock:
-            self.stats["streams_active"] += 1
-        producer.start()
-        new: list[int] = []
-        emitted, reason, prompt_tokens = "", None, 0
-        try:
-            while True:
-                try:
-                    kind, value = tokens.get(timeout=0.1)
-                except queue.Empty:
-                    if closed.is_set():
-                        return
-                    continue
-                if kind == "error":
-                    raise value
-                if kind == "prompt":
-                    prompt_tokens = value
-                    continue
-                if kind == "end":
-                    break
-                new.append(value)
-                text, reason, _ = self._finish_stream(target.base, new, sampling)
-                # hold back what could still become a stop string, and half of a character
-                longest = max((len(stop) for stop in sampling.stop), default=0)
-                hold = max((len(text) - i for stop in sampling.stop for i in range(max(0, len(text) - longest), len(text))
-                            if stop.startswith(text[i:])), default=0)
-                visible = text if reason is not None else text[:len(text) - hold].rstrip("\ufffd")
-                if len(visible) > len(emitted):
-                    yield visible[len(emitted):], None, prompt_tokens, 0
-                    emitted = visible
-                if reason is not None:
-                    break
-            text, reason, used = self._finish_stream(target.base, new, sampling)
-            if len(text) > len(emitted):
-                yield text[len(emitted):], None, prompt_tokens, 0
-            yield "", reason or "length", prompt_tokens, used
-        finally:
-            closed.set()
-            with self._stats_lock:
-                self.stats["streams_active"] -= 1
-                self.stats["streams_closed_early"] += int(reason is None)
-
-    def _finish_stream(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str | None, int]:
-        """Text so far, finish reason if the stream is done (end of text or a stop string; None if not), tokens used."""
-        # the engine's own tokenizer: the shared one may be decoding a batch right now
-        text, reason, used = self._with_counting_tokenizer(base, lambda chat: self._finish(chat, new, sampling))
-        done = reason == "stop" or len(new) >= sampling.max_tokens
-        return text, reason if done else None, used
-
     def _produce(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling, out: queue.Queue,
                  closed: threading.Event, functions: list[dict[str, Any]] | None) -> None:
-        """A stream's tokens, one forward pass per turn of the model, until the answer ends or the stream closes."""
-        def put(item: tuple[str, Any]) -> bool:
-            while not closed.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
+        """One forward pass per turn of the model, holding it only for that pass, so other requests and a training
+        job's steps take their turns between a stream's tokens: a long stream delays a short request by a token, not by
+        the whole answer."""
+        put = partial(put_until_closed, out, closed)
         try:
             shared = self.models.get(target.base)
             generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None

@@ -11,8 +11,9 @@ template's own, or the project's), and a grammar the answer must follow:
   against each function's ``parameters``; a named function: exactly one call of it; ``"auto"``: the model may
   call (with ``response_format`` too: the answer is either such JSON or calls); ``"none"``: plain text.
 
-A grammar is llguidance's (JSON schemas, inside a Lark grammar for calls in the model's format); at each token, tokens
-that would break it are masked out.
+A grammar is llguidance's Lark text (JSON schemas embedded as ``%json``, calls in the model's format around them): the
+in-process engine masks out, at each token, the tokens that would break it, and vLLM's guidance backend takes the same
+text as a structured-outputs ``grammar``, so both engines follow one grammar.
 """
 from __future__ import annotations
 
@@ -140,37 +141,52 @@ def _response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
                        f"'json_schema': {{...}}}}, got {response_format!r}.", "response_format")
 
 
+def closed_objects(schema: Any) -> Any:
+    """``schema`` with every object that lists its ``properties`` closed to other keys (``additionalProperties``
+    false) unless it says otherwise, at any depth: a function's arguments as OpenAI's strict mode reads its schema.
+
+    Why: JSON Schema lets an object without ``additionalProperties`` hold any other key, and a grammar built from it
+    lets the model write them; a small model then copies the schema itself into its arguments and runs to
+    ``max_tokens`` (found with instructor's default tools mode: 64 tokens of invented keys). A function reads only the
+    keys it declares, so the grammar admits only those. ``required`` is kept as given (strict mode would require every
+    key; a non-strict tool may leave optional ones out); an object with no ``properties`` stays open (free-form)."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: (value if key in ("const", "enum", "default", "examples") else
+                    {name: closed_objects(sub) for name, sub in value.items()} if key in ("properties", "$defs", "definitions", "patternProperties")
+                    else closed_objects(value)) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema and "patternProperties" not in schema:
+        closed["additionalProperties"] = False
+    return closed
+
+
 def tool_call_schemas(functions: list[dict[str, Any]], only: str | None, calls: CallFormat = PROJECT_CALLS) -> list[dict[str, Any]]:
     """One JSON schema per function that may be called (``only`` that one): the call's object in the format ``calls``,
-    ``{"name": ..., "arguments": {...}}`` (or the template's keys), the arguments valid against its ``parameters``."""
-    return [{"type": "object", "properties": {calls.name_key: {"const": f["name"]}, calls.arguments_key: f.get("parameters") or {"type": "object"}},
+    ``{"name": ..., "arguments": {...}}`` (or the template's keys), the arguments valid against its ``parameters``
+    (closed to keys it does not declare: ``closed_objects``)."""
+    return [{"type": "object", "properties": {calls.name_key: {"const": f["name"]},
+                                              calls.arguments_key: closed_objects(f.get("parameters") or {"type": "object"})},
              "required": [calls.name_key, calls.arguments_key], "additionalProperties": False}
             for f in functions if only is None or f["name"] == only]
 
 
 def compile_lark(lark: str, param: str) -> str:
-    """An llguidance grammar from Lark text (calls in a model's format, their arguments as JSON schemas)."""
+    """``lark`` (calls in a model's format, their arguments as JSON schemas), checked: a RequestError naming ``param``
+    when llguidance cannot follow it."""
     import llguidance
 
-    return _checked(llguidance.LLMatcher.grammar_from_lark(lark), param)
-
-
-def compile_grammar(schema: dict[str, Any], param: str) -> str:
-    """An llguidance grammar for ``schema``; a RequestError naming ``param`` when llguidance cannot follow it."""
-    import llguidance
-
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_FORMAT)  # type: ignore[arg-type]  # a JsonCompileOptions dict
-    return _checked(grammar, param)
-
-
-def _checked(grammar: str, param: str) -> str:
-    import llguidance
-
-    failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(llguidance.LLMatcher.grammar_from_lark(lark))
     if failed:
         raise RequestError(f"The local server cannot follow this JSON schema: {'; '.join(messages)}.", param,
                            code="invalid_json_schema")
-    return grammar
+    return lark
+
+
+def compile_grammar(schema: dict[str, Any], param: str) -> str:
+    """A grammar for JSON valid against ``schema``, written as the local models write JSON (``JSON_FORMAT``)."""
+    return compile_lark(f"start: %json {json.dumps({**schema, 'x-guidance': JSON_FORMAT})}", param)
 
 
 def read_tool_calls(text: str, functions: list[dict[str, Any]], calls: CallFormat = PROJECT_CALLS
@@ -187,6 +203,18 @@ def read_tool_calls(text: str, functions: list[dict[str, Any]], calls: CallForma
     return before or None, shaped
 
 
+def read_cut_tool_calls(text: str, functions: list[dict[str, Any]], calls: CallFormat = PROJECT_CALLS
+                        ) -> tuple[str | None, list[dict[str, Any]]] | None:
+    """Tool calls cut off by ``max_tokens``, in OpenAI's shape (the last call's arguments cut short, as OpenAI returns
+    them with finish reason "length"); None when ``text`` holds no calls."""
+    found = calls.read_cut(text, {f["name"] for f in functions})
+    if found is None:
+        return None
+    before, read = found
+    return before or None, [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
+                             "function": {"name": name, "arguments": arguments}} for name, arguments in read]
+
+
 class Constraint:
     """One sequence's grammar: which tokens may come next, and the tokens it has taken."""
 
@@ -194,7 +222,7 @@ class Constraint:
         import llguidance
 
         ll_tokenizer = _ll_tokenizer(tokenizer)
-        self.matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
+        self.matcher = llguidance.LLMatcher(ll_tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar))
         self.vocab = ll_tokenizer.vocab_size
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:

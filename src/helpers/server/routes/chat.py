@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
 from helpers.server import structured
-from helpers.server.errors import bad_request
+from helpers.server.errors import ApiError, bad_request
 from helpers.server.protocol import MODEL_REQUIRED, ChatCompletion, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches, newest_first
 from helpers.server.records import StoredCompletion
@@ -37,12 +37,19 @@ class ClosingStreamingResponse(StreamingResponse):
 
 def answer_message(text: str, reason: str, answering: structured.Answering) -> tuple[dict[str, Any], str]:
     """The assistant message of one answer, and its finish reason: tool calls the model wrote, when it may call
-    tools, come back as ``tool_calls`` (content null when it wrote nothing else) with finish reason "tool_calls"."""
+    tools, come back as ``tool_calls`` (content null when it wrote nothing else) with finish reason "tool_calls"; calls
+    cut off by ``max_tokens`` come back as OpenAI returns them, in ``tool_calls`` with their arguments cut short and
+    finish reason "length" (never as the text the model wrote them in)."""
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
     if answering.read_tool_calls and reason == "stop":
         content, calls = structured.read_tool_calls(text, answering.function_list, answering.calls)
         if calls:
             return {**message, "content": content, "tool_calls": calls}, "tool_calls"
+    if answering.read_tool_calls and reason == "length":
+        cut = structured.read_cut_tool_calls(text, answering.function_list, answering.calls)
+        if cut is not None:
+            content, calls = cut
+            return ({**message, "content": content, "tool_calls": calls} if calls else {**message, "content": content}), "length"
     return message, reason
 
 
@@ -73,6 +80,10 @@ async def chat_completions(request: Request, state: State, owner: Owner):
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad_request(MODEL_REQUIRED, "model")  # before the model is looked up, as the body's other fields are checked after
     _, target = find_model(state, owner, body["model"])
+    unavailable = state.engine.unavailable(target.base)
+    if unavailable is not None:
+        raise ApiError(404, f"The model '{body['model']}' cannot answer on this server: {unavailable}", param="model",
+                       code="model_not_available")
     asked = parsed(body, ChatCompletion)
     model, engine, loop = asked.model, state.engine, asyncio.get_running_loop()
     try:  # the model's tool-call format: its template's own, or the project's
