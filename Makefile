@@ -71,8 +71,8 @@ notebooks: setup
 reports: setup
 	$(VENV)/bin/workbook report --all
 
-## bench: every benchmark (data, training, inference, llama.cpp against the server, the server's memory over `make reports`), each printing its ratios
-bench: bench-data
+## bench: every benchmark (data, training, inference, llama.cpp against the server, many tuned models served in-process and by vLLM, the server's memory over `make reports`), each printing its ratios
+bench: bench-data vllm
 	$(PY) benchmarks/bench_model.py all
 
 ## bench-data: validate + count tokens of a generated 1,000,000-example file

@@ -311,9 +311,9 @@ def test_a_tuned_model_answers_through_vllm_as_the_in_process_engine_does(server
     monkeypatch.setenv("WORKBOOK_PRECISION", "fp32")
     engine = LocalEngine(SharedModels(1))
     futures = [engine.submit(Target(default_local_base(), weights), messages, Sampling(max_tokens=32)) for messages in HELD_OUT]
-    in_process = [future.result().texts[0] for future in futures]
-    assert [a.message.content for a in through_vllm] == in_process
-    assert all(a.finish_reason == "stop" for a in through_vllm)  # each stops at the model's end-of-turn token
+    in_process = [(g.texts[0], g.finish_reasons[0]) for g in (future.result() for future in futures)]
+    assert [(a.message.content, a.finish_reason) for a in through_vllm] == in_process
+    assert sum(reason == "stop" for _, reason in in_process) >= 8  # most stop at the end-of-turn token, as trained
 
 
 @pytest.mark.parametrize("server", ["vllm"], indirect=True)

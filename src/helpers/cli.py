@@ -145,7 +145,7 @@ def _check_device(args: argparse.Namespace) -> int:
     from helpers.course.device_check import CheckFailed, run
 
     try:
-        run(args.base, args.model, examples=args.examples, epochs=args.epochs, requests=args.requests)
+        run(args.base, args.model, examples=args.examples, epochs=args.epochs, requests=args.requests, engine=args.engine)
     except CheckFailed as exc:
         print(f"workbook check-device: FAILED: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--examples", type=int, default=32, help="course examples to train on (default: 32)")
     check.add_argument("--epochs", type=int, default=1)
     check.add_argument("--requests", type=int, default=16, help="held-out requests answered at once (default: 16)")
+    check.add_argument("--engine", choices=("local", "vllm"), default="local",
+                       help="what answers them: the server's own process (default) or vLLM (`make vllm` first)")
     check.set_defaults(handler=_check_device)
     stop = commands.add_parser("stop", help="stop the local server on this machine at once (a running job resumes at the next start)")
     stop.add_argument("--port", type=int, default=None, help=f"default: WORKBOOK_PORT or {DEFAULT_PORT}")

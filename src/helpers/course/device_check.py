@@ -33,9 +33,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(folder: Path, brought: list[str], timeout_s: float) -> tuple[subprocess.Popen, str, Path]:
+def _start(folder: Path, brought: list[str], timeout_s: float, engine: str = "local",
+           engine_base: str | None = None) -> tuple[subprocess.Popen, str, Path]:
     port, log_path = _free_port(), folder / "server.log"
-    command = [sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(folder / "data")]
+    command = [sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(folder / "data"),
+               "--engine", engine, *(["--vllm-base", engine_base] if engine == "vllm" and engine_base else [])]
     for spec in brought:
         command += ["--model", spec]
     with open(log_path, "wb") as log:
@@ -56,15 +58,16 @@ def _start(folder: Path, brought: list[str], timeout_s: float) -> tuple[subproce
 
 
 def run(model: str = "gpt-4.1-mini", brought: list[str] | None = None, *, examples: int = 32, epochs: int = 1,
-        requests: int = 16, max_tokens: int = 32, say: Callable[[str], None] = print) -> dict[str, Any]:
+        requests: int = 16, max_tokens: int = 32, engine: str = "local", say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``examples`` course examples for ``epochs`` on ``model`` (the shipped model by default, or one of
-    ``brought``: ``NAME=SOURCE``), answer ``requests`` held-out requests at once, and report. Raises CheckFailed."""
+    ``brought``: ``NAME=SOURCE``), answer ``requests`` held-out requests at once (through ``engine``: ``local`` or
+    ``vllm``), and report. Raises CheckFailed."""
     from openai import APIError, OpenAI
 
     data = settings().data_dir / "billing"
     folder = Path(tempfile.mkdtemp(prefix="workbook-check-"))  # kept when the check fails: its server.log tells more
     started = time.perf_counter()
-    process, url, log_path = _start(folder, list(brought or []), timeout_s=600)
+    process, url, log_path = _start(folder, list(brought or []), timeout_s=900, engine=engine, engine_base=model)
     try:
         say(f"server: started in {time.perf_counter() - started:.1f} s")
         client = OpenAI(base_url=f"{url}/v1", api_key="device-check", max_retries=0, timeout=600)
@@ -101,6 +104,7 @@ def run(model: str = "gpt-4.1-mini", brought: list[str] | None = None, *, exampl
     memory = health["memory"]
     say(f"device: {loaded.get('device')}, dtype {loaded.get('dtype')}; peak memory: {memory['peak_resident_mb']:.0f} MiB resident"
         + (f", {memory['device_peak_mb']:.0f} MiB on the device" if memory.get("device_peak_mb") is not None else ""))
-    return {"job_seconds": job_s, "answer_seconds": answer_s, "completion_tokens": tokens, "tokens_per_second": tokens / answer_s,
+    say(f"engine: {health['inference'].get('engine', engine)}" + (f" at {health['inference']['url']}" if engine == "vllm" else ""))
+    return {"engine": health["inference"].get("engine", engine), "job_seconds": job_s, "answer_seconds": answer_s, "completion_tokens": tokens, "tokens_per_second": tokens / answer_s,
             "device": loaded.get("device"), "dtype": loaded.get("dtype"), "memory": memory,
             "first_answer": answers[0].choices[0].message.content}
