@@ -22,6 +22,7 @@ REFUND = {"name": "issue_refund", "description": "Refund a payment.",
           "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}, "required": ["amount"]}}
 TOOLS = [{"type": "function", "function": LOOKUP}, {"type": "function", "function": REFUND}]
 TINY = {f"tiny-{name}": name for name in FAMILIES}
+pytestmark = pytest.mark.usefixtures("fp32")  # its export is compared with the server in fp32 (conftest.fp32)
 
 
 @pytest.fixture(scope="module")

@@ -359,7 +359,10 @@ def test_08_tuned_model_calls_the_right_tool_with_the_right_arguments(nbval_run)
     assert metrics["ready"] and metrics["status"] == "succeeded"
     assert metrics["tuned"]["right_arguments"] > metrics["base"]["right_arguments"]
     assert metrics["tuned"]["right_tool"] >= metrics["tuned"]["right_arguments"]
-    assert metrics["forced"]["valid_json"] == metrics["forced"]["called_a_tool"] > metrics["base"]["called_a_tool"]  # calls, schema-valid
+    # forced, every answer is a call: one cut off by max_tokens comes back as a call with its arguments cut short (as on
+    # OpenAI), so not all of them are valid JSON
+    forced = metrics["forced"]
+    assert forced["called_a_tool"] == 1 and metrics["base"]["called_a_tool"] < forced["valid_json"] <= forced["called_a_tool"]
     assert metrics["tuned"]["right_arguments"] > metrics["forced"]["right_arguments"]  # the form is not the content
     assert metrics["findings"]["calls"] == tool_use.tool_findings(metrics["base"], metrics["forced"], metrics["tuned"])
 

@@ -17,18 +17,7 @@ from helpers.data.validate import validate_file
 TRAIN = DATA / "billing" / "train.jsonl"
 VALID = DATA / "billing" / "validation.jsonl"
 N_TRAIN, N_VALID, EPOCHS, BATCH = 16, 8, 2, 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fp32():
-    """This module's server, and the runtimes its exports are compared with here, compute in fp32: an export must give
-    the server's answers, and in fp32 every runtime computes the same thing. In bf16 (a CPU with AMX, a GPU) the
-    server's own answers carry bf16 roundings that an f16 file or a merged model does not share: measured on a Xeon
-    with AMX (2026-12-05), this module's small model (16 examples, 2 epochs) then gave the server's answer 3 times in 8
-    merged, and llama.cpp at f16 parted from it away from any near-tie; in fp32 all of these tests pass."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("WORKBOOK_PRECISION", "fp32")
-        yield
+pytestmark = pytest.mark.usefixtures("fp32")  # exports are compared with the server in fp32 (conftest.fp32)
 
 
 @pytest.fixture(scope="module")

@@ -102,9 +102,9 @@ class CallFormat:
                 except ValueError:
                     cut = head.match(text, at)
                     if cut is not None:
-                        name = cut["name"] if cut["closed"] else next(iter(sorted(n for n in names if n.startswith(cut["name"]))), "")
-                        if name in names and (cut["closed"] or sum(n.startswith(cut["name"]) for n in names) == 1):
-                            calls.append((name, cut["arguments"] or ""))
+                        named = [cut["name"]] if cut["closed"] else [n for n in names if n.startswith(cut["name"])]
+                        if len(named) == 1 and named[0] in names:
+                            calls.append((named[0], cut["arguments"] or ""))
                     break
                 if isinstance(call, dict) and call.get(self.name_key) in names:
                     arguments = call.get(self.arguments_key, {})

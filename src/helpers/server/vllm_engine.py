@@ -199,9 +199,6 @@ class VllmProcess:
         errors = [line for line in lines if "Error" in line or "error" in line]
         return (errors or lines or ["no output"])[-1].strip()[:400]
 
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -241,7 +238,9 @@ class VllmEngine(Engine):
 
     def _new_client(self, key: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {},
-                            timeout=httpx.Timeout(600.0, connect=10.0), limits=httpx.Limits(max_connections=IN_FLIGHT + 8))
+                            timeout=httpx.Timeout(600.0, connect=10.0),
+                            # idle connections are dropped before vLLM's server closes them (uvicorn: after 5 s)
+                            limits=httpx.Limits(max_connections=IN_FLIGHT + 8, keepalive_expiry=2.0))
 
     @classmethod
     def start(cls, base: catalogue.LocalBase, log_path: Path) -> VllmEngine:
@@ -327,9 +326,12 @@ class VllmEngine(Engine):
             try:
                 request = client.build_request("POST", "/v1/completions", json={**body, "model": self._model(target)})
                 response = client.send(request, stream=stream)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):  # vLLM went away
-                if attempt == 2 or not self._restarted(client):
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # vLLM went away (a process of ours is started again), or it closed a kept-alive connection just as
+                # this request took it ("Connection reset by peer", seen here once in 40 requests): send it again
+                if attempt == 2:
                     raise
+                self._restarted(client)
                 continue
             if response.status_code == 404 and target.weights is not None and attempt < 2:
                 response.close()
@@ -340,13 +342,17 @@ class VllmEngine(Engine):
         raise AssertionError("unreachable")
 
     def _restarted(self, failed: httpx.Client) -> bool:
-        """Whether vLLM is up again after ``failed`` could not reach it: a process of ours that died is started again
-        (once, whichever request finds it first; the others wait and retry)."""
+        """Whether vLLM was started again after ``failed`` could not reach it: a process of ours that died is (once,
+        whichever request finds it first; the others wait, then retry)."""
         with self._restarting:
             if self.client is not failed:
                 return True  # another request restarted it meanwhile
-            if self.process is None or self.process.running():
+            if self.process is None or self.process.process is None:
                 return False
+            try:  # a vLLM just killed may not be reaped yet when its connections drop
+                self.process.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                return False  # alive: it closed a kept-alive connection
             log.warning("vLLM stopped (exit %s): starting it again", self.process.process.returncode if self.process.process else None)
             self.url = self.process.start()
             self.client = self._new_client(self.process.key)
@@ -358,7 +364,8 @@ class VllmEngine(Engine):
 
     @staticmethod
     def _tokens(choice: dict[str, Any]) -> list[int]:
-        """A choice's generated tokens, with the stop token vLLM stopped at (it may leave it out of ``token_ids``)."""
+        """A choice's (or a streamed chunk's) generated tokens, with the stop token vLLM stopped at (it may leave it out
+        of ``token_ids``)."""
         tokens = list(choice.get("token_ids") or [])
         stopped_at = choice.get("stop_reason")
         if choice.get("finish_reason") == "stop" and isinstance(stopped_at, int) and (not tokens or tokens[-1] != stopped_at):
@@ -403,10 +410,7 @@ class VllmEngine(Engine):
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     for choice in json.loads(line[6:]).get("choices") or []:
-                        tokens = list(choice.get("token_ids") or [])
-                        if choice.get("finish_reason") == "stop" and isinstance(choice.get("stop_reason"), int):
-                            tokens.append(choice["stop_reason"])
-                        for token in tokens:
+                        for token in self._tokens(choice):
                             if not put(("token", token)):
                                 return
             finally:
