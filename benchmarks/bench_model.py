@@ -496,12 +496,12 @@ def serve_process(data_dir: Path, engine: str):
 
 def tuned_models(client, work: Path) -> list[str]:
     """``N_ADAPTERS`` different tuned models: N/2 small jobs of 2 epochs, each giving its model and its epoch-1
-    checkpoint (each job trains on other examples, with another seed)."""
+    checkpoint (each job trains on 10 other examples, with another seed)."""
     rows = TRAIN.read_text().splitlines()
     models: list[str] = []
     for job_index in range(N_ADAPTERS // 2):
         path = work / f"train-{job_index}.jsonl"
-        path.write_text("\n".join(rows[job_index * 8:(job_index + 1) * 8]) + "\n")
+        path.write_text("\n".join(rows[job_index * 10:(job_index + 1) * 10]) + "\n")  # 10: OpenAI's least
         file = client.files.create(file=open(path, "rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(training_file=file.id, model=MODEL, seed=job_index,
                                              hyperparameters={"n_epochs": 2, "batch_size": 4})
