@@ -39,6 +39,26 @@ def installed_version() -> str | None:
         return None
 
 
+def missing_dependencies() -> list[str]:
+    """llama-cpp-python's own requirements (not its extras') that are not installed."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for line in requires("llama_cpp_python") or []:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            if requirement.specifier.contains(version(requirement.name), prereleases=True):
+                continue
+        except PackageNotFoundError:
+            pass
+        missing.append(str(requirement))
+    return missing
+
+
 def say(message: str) -> None:
     print(f"make setup: {message}", flush=True)
 
@@ -49,7 +69,8 @@ def main() -> int:
     source = SOURCE_ROOT / f"llama_cpp_python-{wanted}"
     built_with = SOURCE_ROOT / f"llama_cpp_python-{wanted}.cmake-args"  # what the installed build was made with
     same_build = built_with.exists() and built_with.read_text() == CMAKE_ARGS
-    if installed_version() == wanted and same_build and (source / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").exists():
+    if (installed_version() == wanted and same_build and not missing_dependencies()
+            and (source / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py").exists()):
         return 0
     pip = [sys.executable, "-m", "pip"]
     started = time.monotonic()
@@ -64,10 +85,16 @@ def main() -> int:
         if installed_version() != wanted or not same_build:
             say(f"building llama.cpp ({requirement}) from source: about 5-10 minutes on 2 cores the first time ...")
             env = {**os.environ, "CMAKE_ARGS": CMAKE_ARGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+            # --no-deps: a rebuild must not upgrade numpy or anything else the workbook pinned; its own dependencies
+            # (diskcache, jinja2, ...) are installed next, pinned by what is installed already where they are
             subprocess.run([*pip, "install", "--quiet", "--force-reinstall", "--no-deps", str(source)], check=True,
                            capture_output=True, text=True, env=env, timeout=3600)
             built_with.write_text(CMAKE_ARGS)
             say(f"llama.cpp built and installed in {time.monotonic() - started:.0f} s")
+        missing = missing_dependencies()
+        if missing:  # a first install with --no-deps left them out (CI's fresh clone: "No module named 'diskcache'")
+            subprocess.run([*pip, "install", "--quiet", *missing], check=True, capture_output=True, text=True, timeout=900)
+        subprocess.run([sys.executable, "-c", "import llama_cpp"], check=True, capture_output=True, text=True, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, tarfile.TarError) as exc:
         output = getattr(exc, "stderr", None) or getattr(exc, "stdout", None) or str(exc)
         reason = next((line.strip() for line in reversed(str(output).splitlines()) if "error" in line.lower()),

@@ -90,6 +90,11 @@ class ServerProcess:
                 self.process.wait()
         self.log.close()
 
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the server's log, for a failing test's message."""
+        self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
     def client(self, key: str = "key-alice") -> OpenAI:
         return OpenAI(base_url=f"{self.url}/v1", api_key=key, _strict_response_validation=True, max_retries=0, timeout=300)
 

@@ -63,6 +63,17 @@ def _open_stream(server, max_tokens: int) -> socket.socket:
     return sock
 
 
+def _unread(sock: socket.socket) -> bytes:
+    """What the server has sent so far on a raw stream (its first 2,000 bytes), without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(2000)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
 def _streams(server) -> dict:
     return httpx.get(f"{server.url}/health", timeout=10).json()["inference"]
 
@@ -81,7 +92,8 @@ def test_a_stream_nobody_reads_holds_up_no_one(server):
         deadline = time.monotonic() + 30
         while _streams(server)["streams_active"] == before["streams_active"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _streams(server)["streams_active"] == before["streams_active"] + 1
+        # failed once in CI on vLLM (stop 39, not seen here in 3 runs): what the stream sent, and the server's log
+        assert _streams(server)["streams_active"] == before["streams_active"] + 1, (_streams(server), _unread(sock), server.log_tail())
         client = server.client("key-bob")
         for i in range(3):  # the stream has 600 tokens to make; each short request waits a token's turn, not for them
             started = time.monotonic()
