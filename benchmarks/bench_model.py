@@ -6,6 +6,7 @@
     python benchmarks/bench_model.py reports    # the server's resident memory after each notebook of `make reports`
     python benchmarks/bench_model.py llama      # llama.cpp's generation tokens/s against the server's, same model and prompts
     python benchmarks/bench_model.py serving    # many tuned models: 64 requests over 8 adapters, 16 in flight, in-process vs vLLM
+    python benchmarks/bench_model.py agreement  # 03's model on the 111 held-out requests: vLLM's answers against the in-process engine's, fp32 and bf16
 
 Training: the course train set as notebook 03 trains it at course size (all 333 examples, a quarter of them with five
 retrieved codes in the prompt), one epoch, with the local stand-in's "auto" hyperparameters (batch size, learning
@@ -116,10 +117,11 @@ def course_rows(work: Path) -> list[dict]:
 def settings(n_examples: int):
     """The server's "auto" hyperparameters for this many examples, for EPOCHS epochs."""
     from helpers.server import training
-    from helpers.server.hyperparameters import AUTO_LR_MULTIPLIER, auto_batch_size
+    from helpers.server.hyperparameters import auto_batch_size
+    from helpers.server.methods import METHODS
 
     return training.TrainSettings(n_epochs=EPOCHS, batch_size=auto_batch_size(n_examples), seed=SEED,
-                                  learning_rate_multiplier=AUTO_LR_MULTIPLIER["supervised"])
+                                  learning_rate_multiplier=METHODS["supervised"].auto_lr_multiplier)
 
 
 def encoded(tokenizer, rows: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -467,8 +469,9 @@ llama.cpp against the server, the base model in f16 GGUF ({result['machine']})
 N_ADAPTERS, SERVING_REQUESTS, SERVING_IN_FLIGHT = 8, 64, 16
 
 
-def serve_process(data_dir: Path, engine: str):
-    """``workbook serve --engine ENGINE`` on a free loopback port; returns (process, client)."""
+def serve_process(data_dir: Path, engine: str, precision: str | None = None):
+    """``workbook serve --engine ENGINE`` on a free loopback port (``WORKBOOK_PRECISION=precision`` if given);
+    returns (process, client)."""
     import socket
     import subprocess
 
@@ -478,8 +481,9 @@ def serve_process(data_dir: Path, engine: str):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log = open(data_dir.parent / f"serve-{engine}.log", "ab")
+    env = {**os.environ, **({"WORKBOOK_PRECISION": precision} if precision else {})}
     process = subprocess.Popen([sys.executable, "-m", "helpers.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                                "--engine", engine], stdout=log, stderr=subprocess.STDOUT)
+                                "--engine", engine], stdout=log, stderr=subprocess.STDOUT, env=env)
     started = time.monotonic()
     while time.monotonic() - started < 900:
         if process.poll() is not None:
@@ -575,6 +579,63 @@ serving {SERVING_REQUESTS} requests over {len(models)} tuned models, {SERVING_IN
     return result
 
 
+def course_model(client, work: Path) -> str:
+    """Notebook 03's model at its defaults: the whole train set, a quarter with five retrieved codes (half of those
+    renumbered), 2 epochs, batch "auto", 12 validation examples, seed 1."""
+    from helpers.course import retrieval
+    from helpers.data import dataprep
+
+    train, valid = work / "train_rag.jsonl", dataprep.take(VALID, 12, work)
+    retrieval.augment_file(TRAIN, train, 0.25, 5, 1, 0.5)
+    files = [client.files.create(file=open(path, "rb"), purpose="fine-tune").id for path in (train, valid)]
+    job = client.fine_tuning.jobs.create(training_file=files[0], validation_file=files[1], model=MODEL, seed=1, suffix="billing",
+                                         hyperparameters={"n_epochs": 2, "batch_size": "auto"})
+    started = time.monotonic()
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(2)
+    assert job.status == "succeeded", job.error
+    print(f"agreement: 03's model trained in {time.monotonic() - started:.0f} s: {job.fine_tuned_model}", flush=True)
+    return job.fine_tuned_model
+
+
+def bench_agreement() -> dict:
+    """The engines' token-for-token agreement: notebook 03's model (trained here at its defaults) and its base on the
+    111 held-out requests, greedy, 32 tokens, through ``workbook serve --engine local`` and then ``--engine vllm``
+    (one server at a time, one store), in fp32 and, where the CPU has bf16 kernels, in bf16. Counts the answers that
+    are the same text, and the code accuracy of each engine."""
+    from helpers.course.evaluation import evaluate
+    from helpers.server.localmodels import compute_dtype, default_device
+
+    examples = [json.loads(line) for line in TEST.read_text().splitlines() if line.strip()]
+    precisions = ["fp32"] + (["bf16"] if str(compute_dtype(default_device())).endswith("bfloat16") else [])
+    result: dict = {"machine": machine(), "requests": len(examples)}
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "server"
+        process, client = serve_process(data, "local")
+        try:
+            tuned = course_model(client, Path(work))
+        finally:
+            process.terminate()
+            process.wait()
+        for precision in precisions:
+            answers: dict[str, dict] = {}
+            for engine in ("local", "vllm"):
+                process, client = serve_process(data, engine, precision)
+                try:
+                    answers[engine] = {name: evaluate(client, model, examples) for name, model in (("base", MODEL), ("tuned", tuned))}
+                finally:
+                    process.terminate()
+                    process.wait()
+            for name in ("base", "tuned"):
+                local, vllm = answers["local"][name], answers["vllm"][name]
+                same = int((local["answer"] == vllm["answer"]).sum())
+                result[f"{precision}_{name}"] = {"same": same, "local_code_accuracy": float(local["code_ok"].mean()),
+                                                 "vllm_code_accuracy": float(vllm["code_ok"].mean())}
+                print(f"agreement {precision} {name:<5}: {same}/{len(examples)} answers the same; code accuracy in-process "
+                      f"{local['code_ok'].mean():.3f}, vLLM {vllm['code_ok'].mean():.3f}", flush=True)
+    return result
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants (vLLM's API server and its engine process)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -625,7 +686,7 @@ make reports ({result['machine']}), one server throughout:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["train", "inference", "llama", "serving", "reports", "all"], nargs="?", default="all")
+    parser.add_argument("which", choices=["train", "inference", "llama", "serving", "agreement", "reports", "all"], nargs="?", default="all")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     results = {}
@@ -637,6 +698,8 @@ def main() -> int:
         results["llama"] = bench_llama()
     if args.which in ("serving", "all"):
         results["serving"] = bench_serving()
+    if args.which in ("agreement", "all"):
+        results["agreement"] = bench_agreement()
     if args.which in ("reports", "all"):
         results["reports"] = bench_reports()
     (OUT / f"bench_model_{args.which}.json").write_text(json.dumps(results, indent=2))

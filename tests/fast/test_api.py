@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from helpers.server.app import create_app
 from helpers.server.chat_template import PROJECT_CALLS, CallFormat
-from helpers.server.hyperparameters import hyperparameters
+from helpers.server.hyperparameters import hyperparameters, resolve_auto
 from helpers.server.inference import Generation
 from helpers.server.jobs import JobRunner, JobStatus
 from helpers.server.protocol import ChatCompletion, CreateJob
@@ -376,3 +376,15 @@ def test_answers_are_the_openai_packages_own_types(api):
         exactly(Model, model)
     exactly(ChatCompletionType, api.post("/v1/chat/completions", json={"model": "gpt-4.1-mini", "messages": [
         {"role": "user", "content": "hi"}]}).json())
+
+
+def test_the_methods_the_server_trains_are_its_registry_and_the_catalogues():
+    from helpers.pricing.catalogue import OPEN_MODEL_METHODS
+    from helpers.server.hyperparameters import COMMON
+    from helpers.server.methods import METHODS
+
+    assert tuple(METHODS) == OPEN_MODEL_METHODS  # what a brought model's catalogue entry says it can be trained with
+    for name, method in METHODS.items():
+        assert method.name == name and method.examples in ("chat", "preference")
+        assert set(hyperparameters(None, name)) == {*COMMON, *method.own_hyperparameters}
+        assert resolve_auto(name, {}, 100)["learning_rate_multiplier"] == method.auto_lr_multiplier

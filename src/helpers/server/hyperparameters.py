@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from helpers.pricing.costs import auto_epochs
 from helpers.server.errors import problem
+from helpers.server.methods import METHODS
 
 
 def is_number(value: Any) -> bool:
@@ -16,12 +17,9 @@ def is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int)
 
 
-#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times this, for a
-#: model of REFERENCE_WIDTH (SmolLM2-135M's hidden size). Supervised: 4e-3, the best of the sweep in benchmarks/RESULTS.md
-#: (8e-3 diverged). DPO: 1e-4; 1e-3 turned an SFT model's answers into degenerate text (format 0.525 -> 0.000) where 1e-4
-#: took it to 1.000 (benchmarks/RESULTS.md, "DPO after SFT").
-AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 0.05}
-#: A wider model takes a proportionally smaller step: "auto" is scaled by REFERENCE_WIDTH / hidden size (1/width, as
+#: ``learning_rate_multiplier="auto"``: the LoRA learning rate is training.BASE_LEARNING_RATE (2e-3) times the method's
+#: ``auto_lr_multiplier`` (measured for each: ``helpers.server.methods``), for a model of REFERENCE_WIDTH (SmolLM2-135M's
+#: hidden size). A wider model takes a proportionally smaller step: "auto" is scaled by REFERENCE_WIDTH / hidden size (1/width, as
 #: muP prescribes for hidden weights). Measured (benchmarks/RESULTS.md, "LoRA learning rate and width"): the best rate
 #: was 4e-3 at width 576 and 1.6e-2 at width 128 (1/width predicts 1.8e-2); a 2,048-wide model gets 1.1e-3.
 REFERENCE_WIDTH = 576
@@ -49,12 +47,15 @@ def hyperparameter(value: Any, name: str) -> int | float | Literal["auto"]:
     return kind(value)
 
 
+COMMON = ("n_epochs", "batch_size", "learning_rate_multiplier")  # every method's; a method declares its own beyond them
+
+
 def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
-    """A job's hyperparameters, each resolved to a value or "auto"; ``beta`` for DPO only."""
+    """A ``method`` job's hyperparameters, each resolved to a value or "auto" (the method's own too: DPO's ``beta``)."""
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise problem("'hyperparameters' must be an object.", "hyperparameters")
-    known = {"n_epochs", "batch_size", "learning_rate_multiplier"} | ({"beta"} if method == "dpo" else set())
+    known = {*COMMON, *METHODS[method].own_hyperparameters}
     unknown = set(raw) - known
     if unknown:
         raise problem(f"Unknown hyperparameter(s) {sorted(unknown)} for a {method} job; known: {sorted(known)}.", "hyperparameters")
@@ -63,18 +64,18 @@ def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
 
 def auto_lr_multiplier(kind: str, width: int = REFERENCE_WIDTH) -> float:
     """``learning_rate_multiplier="auto"`` for a ``kind`` job on a model whose hidden size is ``width``."""
-    return float(f"{AUTO_LR_MULTIPLIER[kind] * REFERENCE_WIDTH / width:.3g}")
+    return float(f"{METHODS[kind].auto_lr_multiplier * REFERENCE_WIDTH / width:.3g}")
 
 
 def resolve_auto(kind: str, requested: dict[str, Any], n_examples: int, width: int = REFERENCE_WIDTH) -> dict[str, Any]:
     """A ``kind`` job's ``requested`` hyperparameters with each "auto" resolved for a training file of ``n_examples``
     and a model of hidden size ``width``: epochs by OpenAI's rule, batch size and learning rate by the local rules
-    above, DPO's beta 0.1."""
+    above, the method's own by its "auto" values (DPO's beta 0.1)."""
     resolved = {
         "n_epochs": auto_epochs(n_examples) if requested.get("n_epochs", "auto") == "auto" else requested["n_epochs"],
         "batch_size": auto_batch_size(n_examples) if requested.get("batch_size", "auto") == "auto" else requested["batch_size"],
         "learning_rate_multiplier": auto_lr_multiplier(kind, width) if requested.get("learning_rate_multiplier", "auto") == "auto" else requested["learning_rate_multiplier"],
     }
-    if kind == "dpo":
-        resolved["beta"] = 0.1 if requested.get("beta", "auto") == "auto" else requested["beta"]
+    for name, auto in METHODS[kind].own_hyperparameters.items():
+        resolved[name] = auto if requested.get(name, "auto") == "auto" else requested[name]
     return resolved

@@ -84,8 +84,7 @@ class Engine(ABC):
     def __init__(self) -> None:
         self._counting: dict[str, ChatTemplate] = {}  # base name -> a tokenizer (and template) only for counting and decoding
         self._counting_lock = threading.Lock()
-        self.stats: dict[str, Any] = {"engine": self.name, "requests": 0, "batches": 0, "largest_batch": 0,
-                                      "streams_active": 0, "streams_closed_early": 0}
+        self.stats: dict[str, Any] = {"engine": self.name, "requests": 0, "streams_active": 0, "streams_closed_early": 0}
         self._stats_lock = threading.Lock()  # streams start and end in the HTTP server's threads
 
     name = "engine"
@@ -134,11 +133,10 @@ class Engine(ABC):
                 chat = self._counting[base.name] = localmodels.load_chat(base)
             return work(chat)
 
-    def _count(self, batch: int) -> None:
+    def _count(self, requests: int) -> None:
+        """``requests`` more requests answered (or begun, for a stream)."""
         with self._stats_lock:
-            self.stats["requests"] += batch
-            self.stats["batches"] += 1
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], batch)
+            self.stats["requests"] += requests
 
     def finish(self, base: catalogue.LocalBase, new: list[int], sampling: Sampling) -> tuple[str, str, int]:
         """``Engine._finish`` with this engine's own tokenizer for ``base``."""
@@ -246,11 +244,18 @@ class LocalEngine(Engine):
 
     def __init__(self, models: SharedModels) -> None:
         super().__init__()
+        self.stats.update(batches=0, largest_batch=0)  # batches are this engine's own (vLLM batches in its own way)
         self.models = models
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._unreleased = False  # batches have run since memory was last released
         self._worker = threading.Thread(target=self._batch_loop, name="inference", daemon=True)
         self._worker.start()
+
+    def _count_batch(self, size: int) -> None:
+        self._count(size)
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], size)
 
     def forget(self, weights: Path) -> None:
         """Drop a deleted model's adapter from memory."""
@@ -296,7 +301,7 @@ class LocalEngine(Engine):
                     held.append(item)
             for item in held:
                 self._requests.put(item)
-            self._count(len(batch))
+            self._count_batch(len(batch))
             try:
                 results = in_own_thread(partial(self._run_batch, first.target, [(r.messages, r.functions) for r in batch], first.sampling),
                                         "inference batch")

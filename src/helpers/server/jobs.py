@@ -1,9 +1,8 @@
 """Fine-tuning jobs: the lifecycle OpenAI's API shows, run one at a time by a worker thread.
 
 ``validating_files`` (the validator checks the uploaded files) -> ``queued`` -> ``running`` ->
-``succeeded`` | ``failed`` | ``cancelled``. The queue is fair across API keys: the next job is the oldest
-waiting job of the key served least recently, so one workshop participant's five jobs do not hold up
-everyone else's first. Events use OpenAI's wording; one checkpoint per epoch, the last
+``succeeded`` | ``failed`` | ``cancelled``. The queue is fair across API keys (``fair_queue``); what a job's
+method does is its module's (``methods``). Events use OpenAI's wording; one checkpoint per epoch, the last
 three kept, each usable as a model; a results file (purpose ``fine-tune-results``) holds the step metrics
 as base64 CSV, as OpenAI returns it. A job that was running when the server stopped is resumed from its
 last checkpoint (or from the start) when the server starts again.
@@ -16,7 +15,6 @@ import shutil
 import threading
 import time
 import traceback
-from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,9 @@ from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
 from helpers.server import chat_template, localmodels
 from helpers.server.bases import Bases
+from helpers.server.fair_queue import FairQueue
 from helpers.server.hyperparameters import resolve_auto
+from helpers.server.methods import METHODS, Preparation
 from helpers.server.records import (
     CheckpointRecord,
     Checkpoints,
@@ -48,9 +48,6 @@ ORGANIZATION = "org-local"
 OWNER_LABEL = "local"
 
 
-REFERENCE_BATCH = 8  # DPO pairs per forward pass when their reference log-probabilities are computed
-
-
 class JobRunner:
     """Runs queued jobs in a background thread: keys take turns, each key's jobs oldest first."""
 
@@ -59,10 +56,7 @@ class JobRunner:
         self.jobs = Jobs(store)
         self.models = models
         self.bases = bases or Bases()
-        self._queues: dict[str, deque[str]] = {}  # owner -> its waiting job ids, oldest first (owners in arrival order)
-        self._served: dict[str, int] = {}  # owner -> the turn in which one of its jobs last started
-        self._turn = 0
-        self._wake = threading.Condition()
+        self.queue = FairQueue()
         self._cancel: set[str] = set()
         self._current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="fine-tuning", daemon=True)
@@ -73,20 +67,11 @@ class JobRunner:
         self._thread.start()
 
     def submit(self, job_id: str) -> None:
-        with self._wake:
-            self._enqueue(job_id)
-            self._wake.notify()
+        self.queue.put(self._owner(job_id), job_id)
 
     def waiting(self) -> list[str]:
         """Waiting job ids in the order they will run, if nothing else arrives."""
-        with self._wake:
-            queues = {owner: deque(jobs) for owner, jobs in self._queues.items()}
-            served, turn = dict(self._served), self._turn
-        order = []
-        while queues:
-            turn += 1
-            order.append(_take_next(queues, served, turn))
-        return order
+        return self.queue.order()
 
     @property
     def current(self) -> str | None:
@@ -105,26 +90,14 @@ class JobRunner:
             raise KeyError(f"no fine-tuning job {job_id} in the store")
         return owner
 
-    def _enqueue(self, job_id: str) -> None:
-        self._queues.setdefault(self._owner(job_id), deque()).append(job_id)
-
-    def _dequeue(self, job_id: str) -> bool:
-        for owner, jobs in self._queues.items():
-            if job_id in jobs:
-                jobs.remove(job_id)
-                if not jobs:
-                    del self._queues[owner]
-                return True
-        return False
-
     def cancel(self, job_id: str) -> JobRecord:
         job = self._job(job_id)
         if job.status.finished:
             return job
-        with self._wake:
-            if job_id != self._current and self._dequeue(job_id):
-                return self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
-            self._cancel.add(job_id)
+        if job_id != self._current and self.queue.remove(job_id):
+            return self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
+        # running, or just taken from the queue: the run checks this set before its first step and between steps
+        self._cancel.add(job_id)
         # the worker stops between steps; report the request now, as OpenAI does, and keep it: a server stopped before
         # that step finishes the job as cancelled when it starts again (seen: cancel, then `workbook stop` at once,
         # and the restarted server resumed the job)
@@ -146,16 +119,11 @@ class JobRunner:
                 if job.status == JobStatus.RUNNING:
                     self.event(job.id, "The server restarted while this job was running; it will resume from its last checkpoint.", level="warn")
                 self.jobs.update(job.id, status=JobStatus.QUEUED if job.status == JobStatus.RUNNING else job.status, estimated_finish=None)
-                self._enqueue(job.id)
+                self.queue.put(self._owner(job.id), job.id)
 
     def _loop(self) -> None:
         while True:
-            with self._wake:
-                while not self._queues:
-                    self._wake.wait()
-                self._turn += 1
-                job_id = _take_next(self._queues, self._served, self._turn)
-                self._current = job_id
+            job_id = self._current = self.queue.take()
             try:
                 in_own_thread(partial(self._run, job_id), f"fine-tuning {job_id}")
             except Exception as exc:  # a bug or resource problem: the job fails, the server lives on
@@ -166,9 +134,8 @@ class JobRunner:
                 except Exception:  # a record that cannot be written: the queue still goes on to the next job
                     log.error("job %s could not be marked failed: %s", job_id, traceback.format_exc())
             finally:
-                with self._wake:
-                    self._current = None
-                    self._cancel.discard(job_id)
+                self._current = None
+                self._cancel.discard(job_id)
                 localmodels.release_memory()  # what training passes of many shapes freed goes back to the system
 
     def _finish(self, job_id: str, status: JobStatus, *, error: dict | None = None, message: str | None = None, **fields: Any) -> JobRecord:
@@ -201,12 +168,11 @@ class JobRunner:
                 return None
             reports.append(report)
         train_report, valid_report = reports
-        method = job.kind
-        expected = "preference" if method == "dpo" else "chat"
+        expected = METHODS[job.kind].examples
         for param, checked in (("training_file", train_report), ("validation_file", valid_report)):
             if checked is not None and checked.format != expected:
                 self._finish(job.id, JobStatus.FAILED, error={"code": f"invalid_{param}", "param": param,
-                             "message": f"A {method} job needs {expected} examples, but {getattr(job, param)} holds {checked.format} examples."})
+                             "message": f"A {job.kind} job needs {expected} examples, but {getattr(job, param)} holds {checked.format} examples."})
                 return None
         return train_report, valid_report
 
@@ -249,9 +215,9 @@ class JobRunner:
     def _train(self, job: JobRecord, owner: str, base: catalogue.LocalBase) -> None:
         from helpers.server import training
 
-        job_id, method = job.id, job.kind
+        job_id, method = job.id, METHODS[job.kind]
         hyper = job.method_hyperparameters  # numbers since the files were validated
-        settings = training.TrainSettings(method=method, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
+        settings = training.TrainSettings(method=job.kind, n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=job.seed)
         chat = localmodels.load_chat(base)
@@ -266,13 +232,13 @@ class JobRunner:
         adapter = f"train_{job_id.replace('-', '_')}"
         with shared.hold():
             model = shared.add_training_adapter(adapter, settings, resume_from)
-        if method == "dpo":
-            try:
-                self._attach_reference(job_id, train_examples, shared, adapter)
-            except BaseException:
-                with shared.hold():
-                    shared.remove_training_adapter(adapter)
-                raise
+        try:
+            method.prepare(Preparation(self._job(job_id), train_examples, shared, adapter, cancelled=lambda: job_id in self._cancel,
+                                       event=partial(self.event, job_id), keep=partial(self.jobs.update, job_id)))
+        except BaseException:
+            with shared.hold():
+                shared.remove_training_adapter(adapter)
+            raise
         started = time.monotonic()
 
         def on_step(m: training.StepMetrics) -> None:
@@ -322,20 +288,15 @@ class JobRunner:
 
     def _examples(self, job: JobRecord, owner: str, chat: chat_template.ChatTemplate, base: catalogue.LocalBase,
                   file_id: str | None) -> list:
-        """A job's file, tokenized for its method; chat examples longer than the model's training window are skipped
-        (with a warning event)."""
+        """A job's file, encoded by its method; examples longer than the model's training window are skipped (with a
+        warning event)."""
         from helpers.server import training
 
         if not file_id:
             return []
-        rows = read_jsonl(self.store.file_path(owner, file_id))
-        if job.kind == "dpo":
-            return [chat.encode_preference(row) for row in rows]
-        encoded = [chat.encode_chat(row["messages"], chat_template.functions_of(row.get("tools") or row.get("functions")))
-                   for row in rows]
-        kept = [e for e in encoded if len(e[0]) <= training.MAX_SEQ_LEN]
-        if len(kept) < len(encoded):
-            self.event(job.id, f"{len(encoded) - len(kept)} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} "
+        kept, skipped = METHODS[job.kind].encode_file(chat, read_jsonl(self.store.file_path(owner, file_id)), training.MAX_SEQ_LEN)
+        if skipped:
+            self.event(job.id, f"{skipped} examples are longer than {training.MAX_SEQ_LEN} tokens for {base.name} "
                                   "and were skipped.", level="warn")
         return kept
 
@@ -356,27 +317,6 @@ class JobRunner:
                 return None
             return 0, folder, 0
         return 0, None, 0
-
-    def _attach_reference(self, job_id: str, pairs: list[dict], shared, adapter: str) -> None:
-        """DPO's reference: each pair's log-probabilities under the model the job starts from (the base, or the
-        fine-tuned model it continues), computed once before the first step with the adapter as it starts, and kept
-        with the job so that a resumed job compares with the same reference."""
-        from helpers.server import training
-
-        job = self._job(job_id)
-        reference = job.dpo_reference
-        if reference is None or len(reference) != len(pairs):
-            reference = []
-            pad_id = training.padding_id(shared.tokenizer)
-            for first in range(0, len(pairs), REFERENCE_BATCH):
-                if job_id in self._cancel:
-                    raise training.Cancelled()
-                with shared.training_turn(adapter):
-                    reference += training.reference_logprobs(shared.peft, pairs[first : first + REFERENCE_BATCH], pad_id)
-            self.jobs.update(job_id, dpo_reference=reference)
-            self.event(job_id, f"Reference log-probabilities computed for {len(pairs)} preference pairs (the starting model's).")
-        for pair, (chosen, rejected) in zip(pairs, reference):
-            pair["ref_chosen"], pair["ref_rejected"] = chosen, rejected
 
     def _metrics_history(self, job_id: str, keep_through: int) -> list:
         """Step metrics already recorded up to ``keep_through``; later ones (from a run that stopped before
@@ -404,17 +344,6 @@ class JobRunner:
         self.store.put("file", {"object": "file", "id": file_id, "purpose": "fine-tune-results", "filename": "step_metrics.csv",
                                 "bytes": len(data), "created_at": now(), "status": "processed"}, owner)
         return file_id
-
-
-def _take_next(queues: dict[str, deque[str]], served: dict[str, int], turn: int) -> str:
-    """Pop the next job: the oldest of the key whose last turn is longest ago (a key never served first; ties go
-    to the key that has waited longest). Updates ``queues`` and ``served``."""
-    owner = min(queues, key=lambda o: served.get(o, 0))  # min keeps the first of equals: dicts keep arrival order
-    job_id = queues[owner].popleft()
-    if not queues[owner]:
-        del queues[owner]
-    served[owner] = turn
-    return job_id
 
 
 def _catalogue_model(model: str) -> str:

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from helpers.server.errors import bad_request, problem
 from helpers.server.hyperparameters import hyperparameters, is_number, is_whole
 from helpers.server.inference import Sampling
+from helpers.server.methods import METHODS
 
 MAX_SEED = 2_147_483_647
 MODEL_REQUIRED = "'model' is required."
@@ -102,8 +103,8 @@ class CreateJob(RequestBody):
     @model_validator(mode="after")
     def _method_and_hyperparameters(self) -> CreateJob:
         method = self.method or {"type": "supervised"}
-        if not isinstance(method, dict) or method.get("type") not in ("supervised", "dpo"):
-            raise problem("'method.type' must be 'supervised' or 'dpo' on the local backend.", "method")
+        if not isinstance(method, dict) or method.get("type") not in METHODS:
+            raise problem(f"'method.type' must be {' or '.join(repr(name) for name in METHODS)} on the local backend.", "method")
         kind = method["type"]
         settings = method.get(kind)
         method_hyper = settings.get("hyperparameters") if isinstance(settings, dict) else None
@@ -117,7 +118,7 @@ class CreateJob(RequestBody):
 
     @property
     def kind(self) -> str:
-        """The method's type: "supervised" or "dpo"."""
+        """The method's type: a name in ``helpers.server.methods.METHODS``."""
         return self._kind
 
     @property

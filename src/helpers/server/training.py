@@ -37,11 +37,11 @@ MEGABATCH = 16  # length grouping: examples are sorted by length within runs of 
 
 @dataclass
 class TrainSettings:
-    method: str = "supervised"          # or "dpo"
+    method: str = "supervised"          # a name in helpers.server.methods.METHODS
     n_epochs: int = 3
     batch_size: int = 4
     learning_rate_multiplier: float = 1.0
-    beta: float = 0.1                   # DPO only
+    beta: float = 0.1                   # DPO's
     seed: int = 0
     lora_r: int = 16
     lora_alpha: int = 32
@@ -253,10 +253,6 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
-def example_length(example) -> int:
-    return len(example[0]) if isinstance(example, tuple) else len(example["prompt"]) + max(len(example["chosen"]), len(example["rejected"]))
-
-
 # -- the loop --------------------------------------------------------------------------------------
 
 def prepare_model(base_model, settings: TrainSettings, resume_from: Path | None = None):
@@ -326,10 +322,14 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
           on_step: Callable[[StepMetrics], None], on_epoch_end: Callable[[int, int, StepMetrics], None],
           should_stop: Callable[[], bool], start_epoch: int = 0,
           hold: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext) -> StepMetrics:
-    """Run the epochs from ``start_epoch``; ``train_examples`` are encoded (ids, labels) or DPO pairs.
+    """Run the epochs from ``start_epoch``; ``train_examples`` are encoded by the settings' method, whose step each
+    batch takes (``helpers.server.methods``).
 
     ``hold()`` is entered around every step, evaluation and ``on_epoch_end``: a model shared with an inference
     engine is used by one thread at a time, and the engine gets its turns between steps."""
+    from helpers.server.methods import METHODS
+
+    method = METHODS[settings.method]
     device = str(next(model.parameters()).device)
     pad_id = padding_id(tokenizer)
     torch.manual_seed(settings.seed)
@@ -337,11 +337,11 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
     total_steps = steps_per_epoch * settings.n_epochs
     with hold():  # which parameters train is the model's state while the adapter is active
         trainable, optimizer, scheduler = optimizer_and_schedule(model, settings, total_steps, start_epoch * steps_per_epoch)
-    lengths = [example_length(e) for e in train_examples]
+    lengths = [method.length(e) for e in train_examples]
     step = start_epoch * steps_per_epoch
     metrics = StepMetrics(step, total_steps, float("nan"), float("nan"))
-    noisy = settings.method == "supervised" and settings.neftune_alpha > 0
-    validating = bool(valid_examples) and settings.method != "dpo"
+    noisy = method.neftune and settings.neftune_alpha > 0
+    validating = bool(valid_examples) and method.validation_loss
     with neftune(model, settings.neftune_alpha) if noisy else contextlib.nullcontext():
         for epoch in range(start_epoch, settings.n_epochs):
             for indices in length_grouped_batches(lengths, settings.batch_size, settings.seed * 1000 + epoch):
@@ -351,16 +351,12 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                 with hold():
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
-                    if settings.method == "dpo":
-                        loss, accuracy = dpo_loss(model, chunk, settings.beta, pad_id)
-                        loss.backward()
-                    else:
-                        loss, accuracy = accumulate_gradients(model, chunk, pad_id, device)
+                    loss, accuracy = method.step(model, chunk, settings, pad_id, device)
                     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
                     scheduler.step()
                 step += 1
-                metrics = StepMetrics(step, total_steps, float(loss.detach()), accuracy)
+                metrics = StepMetrics(step, total_steps, float(loss), accuracy)
                 if validating and (step % settings.eval_every == 0 or step == total_steps):
                     sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
                     with hold():
