@@ -24,7 +24,7 @@ from helpers.server.bases import Bases
 from helpers.server.errors import ApiError
 from helpers.server.inference import Engine, LocalEngine
 from helpers.server.jobs import JobRunner
-from helpers.server.routes import admin, chat, files, jobs
+from helpers.server.routes import admin, chat, files, graders, jobs
 from helpers.server.routes import models as model_routes
 from helpers.server.shared import MAX_RESIDENT_MODELS, SharedModels
 from helpers.server.state import LOOPBACK_NAMES, Limits, ServerState
@@ -117,7 +117,7 @@ def create_app(data_dir: Path, *, api_keys: dict[str, str] | set[str] | None = N
     app = FastAPI(title="Fine-Tuning Workbook local backend", version="1.0", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.workbook = state
     errors.install(app)
-    for resource in (admin, files, jobs, model_routes, chat):
+    for resource in (admin, files, jobs, graders, model_routes, chat):
         app.include_router(resource.router)
 
     @app.middleware("http")

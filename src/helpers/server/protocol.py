@@ -13,7 +13,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
+from helpers.server import graders
 from helpers.server.errors import bad_request, problem
+from helpers.server.graders import Grader
 from helpers.server.hyperparameters import hyperparameters, is_number, is_whole
 from helpers.server.inference import Sampling
 from helpers.server.methods import METHODS
@@ -125,6 +127,33 @@ class CreateJob(RequestBody):
     def resolved(self) -> dict[str, Any]:
         """The method's hyperparameters, each a value or "auto"."""
         return dict(self._hyper)
+
+
+# -- graders (reinforcement fine-tuning) ---------------------------------------------------------------------------
+def _grader(value: Any) -> Grader:
+    try:
+        return graders.check(value)
+    except graders.GraderError as exc:
+        raise problem(str(exc), exc.param, code="invalid_grader") from None
+
+
+class ValidateGrader(RequestBody):
+    """``POST /v1/fine_tuning/alpha/graders/validate``: the grader, checked as a job would check it."""
+
+    grader: Annotated[Any, BeforeValidator(_grader)] = Field(None, validate_default=True)
+
+
+class RunGrader(ValidateGrader):
+    """``POST /v1/fine_tuning/alpha/graders/run``: the grader, a model's answer (``sample``) and the dataset row (``item``)."""
+
+    model_sample: Any = None
+    item: Any = None
+
+    @model_validator(mode="after")
+    def _sample_is_text(self) -> RunGrader:
+        if not isinstance(self.model_sample, str):
+            raise problem("'model_sample' is required: the model's answer to grade, as text.", "model_sample")
+        return self
 
 
 # -- chat completions ---------------------------------------------------------------------------------------------

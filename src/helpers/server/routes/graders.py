@@ -1,0 +1,31 @@
+"""``/v1/fine_tuning/alpha/graders``: check a grader (``validate``) and score one answer with it (``run``), as OpenAI's
+endpoints do (``client.fine_tuning.alpha.graders``); what each grader does: :mod:`helpers.server.graders`."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from helpers.server import graders
+from helpers.server.protocol import RunGrader, ValidateGrader
+from helpers.server.state import Owner, State, json_body, parsed
+
+router = APIRouter(prefix="/v1/fine_tuning/alpha/graders")
+
+
+@router.post("/validate")
+async def validate(request: Request, state: State, owner: Owner) -> dict[str, Any]:
+    body = await json_body(request)
+    parsed(body, ValidateGrader)  # a 400 naming the field, for a grader the server cannot run
+    return {"grader": body["grader"]}  # as written (a multi grader's graders by name, or one grader)
+
+
+@router.post("/run")
+async def run(request: Request, state: State, owner: Owner) -> dict[str, Any]:
+    asked = parsed(await json_body(request), RunGrader)
+    sandbox = graders.Sandbox.for_server(state.store.data_dir)
+    # a python grader runs in a process of its own for up to its wall limit: not on the event loop
+    return await asyncio.get_running_loop().run_in_executor(None, graders.run_response, asked.grader, asked.model_sample,
+                                                            asked.item, sandbox)
+
