@@ -333,11 +333,12 @@ def test_a_vllm_that_dies_is_started_again_and_the_adapter_loaded_again(server, 
     import os
     import signal
 
-    before = _answers(server, tuned.fine_tuned_model)[:2]
+    client = server.client(TUNED_KEY)  # one request loads the adapter (the 16 of _answers cost 20 s more here)
+    before = client.chat.completions.create(model=tuned.fine_tuned_model, messages=HELD_OUT[0], max_tokens=32)
     stats = _inference(server)
     os.killpg(os.getpgid(stats["pid"]), signal.SIGKILL)  # vLLM and its engine process, as an out-of-memory kill would
-    after = server.client(TUNED_KEY).chat.completions.create(model=tuned.fine_tuned_model, messages=HELD_OUT[0], max_tokens=32)
-    assert after.choices[0].message.content == before[0].message.content
+    after = client.chat.completions.create(model=tuned.fine_tuned_model, messages=HELD_OUT[0], max_tokens=32)
+    assert after.choices[0].message.content == before.choices[0].message.content
     now = _inference(server)
     assert now["restarts"] == stats["restarts"] + 1 and now["pid"] != stats["pid"] and now["adapters_loaded"] == 1
 
@@ -345,7 +346,7 @@ def test_a_vllm_that_dies_is_started_again_and_the_adapter_loaded_again(server, 
 @pytest.mark.parametrize("server", ["vllm"], indirect=True)
 def test_deleting_a_tuned_model_unloads_its_adapter_from_vllm(server, tuned):
     client = server.client(TUNED_KEY)
-    _answers(server, tuned.fine_tuned_model)
+    client.chat.completions.create(model=tuned.fine_tuned_model, messages=HELD_OUT[0], max_tokens=4)
     assert _inference(server)["adapters_loaded"] == 1
     with pytest.raises(openai.NotFoundError):  # another key cannot reach it, on vLLM or anywhere
         server.client("key-other").chat.completions.create(model=tuned.fine_tuned_model, messages=HELD_OUT[0], max_tokens=4)
