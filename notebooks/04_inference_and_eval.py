@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 04 · Inference and evaluation
-# **Time:** about 2.5 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 2 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_LONG_PROMPT` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
+# **Time:** about 2.5 minutes on a 2-core CPU without bf16 kernels (fp32), about 1 with them; on the whole test set about 7 and 3 · **Cost:** $0 locally; on OpenAI, `N_TEST` x 2 + `N_PROMPTING` x 2 + `N_LONG_PROMPT` x 2 + `N_NEW_CODES` x 4 requests (the tables price them).
 
 # %% tags=["parameters"]
 BACKEND = "local"
