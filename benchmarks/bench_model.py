@@ -580,16 +580,19 @@ serving {SERVING_REQUESTS} requests over {len(models)} tuned models, {SERVING_IN
 
 
 def course_model(client, work: Path) -> str:
-    """Notebook 03's model at its defaults: the whole train set, a quarter with five retrieved codes (half of those
-    renumbered), 2 epochs, batch "auto", 12 validation examples, seed 1."""
+    """Notebook 03's model at its defaults, read from its ``parameters`` cell (the whole train set, a share with
+    retrieved codes, some of those renumbered, its epochs, batch size, validation examples and seed)."""
     from helpers.course import retrieval
     from helpers.data import dataprep
+    from helpers.reports import notebook_parameters
 
-    train, valid = work / "train_rag.jsonl", dataprep.take(VALID, 12, work)
-    retrieval.augment_file(TRAIN, train, 0.25, 5, 1, 0.5)
+    p = notebook_parameters("03_training")
+    train, valid = work / "train_rag.jsonl", dataprep.take(ROOT / p["VALID_PATH"], p["N_VALID"], work)
+    retrieval.augment_file(dataprep.take(ROOT / p["TRAIN_PATH"], p["N_TRAIN"], work), train, p["RAG_SHARE"],
+                           p["RETRIEVED_CODES"], p["SEED"], p["RENUMBERED_SHARE"])
     files = [client.files.create(file=open(path, "rb"), purpose="fine-tune").id for path in (train, valid)]
-    job = client.fine_tuning.jobs.create(training_file=files[0], validation_file=files[1], model=MODEL, seed=1, suffix="billing",
-                                         hyperparameters={"n_epochs": 2, "batch_size": "auto"})
+    job = client.fine_tuning.jobs.create(training_file=files[0], validation_file=files[1], model=p["MODEL"], seed=p["SEED"],
+                                         suffix=p["SUFFIX"], hyperparameters={"n_epochs": p["N_EPOCHS"], "batch_size": p["BATCH_SIZE"]})
     started = time.monotonic()
     while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
         time.sleep(2)

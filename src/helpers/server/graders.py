@@ -50,6 +50,7 @@ from openai.types.graders import (
     TextSimilarityGrader,
 )
 
+from helpers.paths import user_cache_dir
 from helpers.server.errors import bad_request
 
 TYPES: dict[str, type[pydantic.BaseModel]] = {
@@ -196,7 +197,7 @@ class Sandbox:
 
     @classmethod
     def for_server(cls, data_dir: Path) -> Sandbox:
-        folders = (Path(data_dir), Path.home() / ".cache" / "fine-tuning-workbook")
+        folders = (Path(data_dir), user_cache_dir())
         return cls(tuple(folder.resolve() for folder in folders if folder.is_dir()))
 
 
@@ -357,10 +358,11 @@ def run_python(graders: list[Grader], sample: dict[str, Any], item: dict[str, An
     """Each python grader on one sample, in one sandboxed process."""
     request = {"limits": PYTHON_LIMITS, "cases": [[g.spec.source, sample, item] for g in graders]}
 
-    def failed(flag: str, detail: str) -> list[Outcome]:
-        details = {"python_grader_runtime_error": "python_grader_runtime_error_details"}.get(flag)
-        flags = {flag: True, **({details: detail} if details else {"python_grader_server_error_type": "sandbox"})}
-        return [Outcome(0.0, flags, detail) for _ in graders]
+    def failed(detail: str) -> list[Outcome]:  # the grader's own doing
+        return [Outcome(0.0, {"python_grader_runtime_error": True, "python_grader_runtime_error_details": detail}, detail) for _ in graders]
+
+    def unrun(detail: str) -> list[Outcome]:  # the machine's: the sandbox could not start
+        return [Outcome(0.0, {"python_grader_server_error": True, "python_grader_server_error_type": "sandbox"}, detail) for _ in graders]
 
     with tempfile.TemporaryDirectory(prefix="grader-") as home:
         try:
@@ -368,19 +370,17 @@ def run_python(graders: list[Grader], sample: dict[str, Any], item: dict[str, An
                                   text=True, cwd=home, timeout=PYTHON_LIMITS["wall_s"],
                                   env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "LANG": "C.UTF-8"})
         except SandboxMissing as exc:
-            return failed("python_grader_server_error", str(exc))
+            return unrun(str(exc))
         except subprocess.TimeoutExpired:
-            return failed("python_grader_runtime_error", f"it ran longer than {PYTHON_LIMITS['wall_s']} s")
+            return failed(f"it ran longer than {PYTHON_LIMITS['wall_s']} s")
     try:
         results = json.loads(done.stdout)
     except ValueError:
         if not sandbox_works():
-            return failed("python_grader_server_error", f"the sandbox could not start: {done.stderr.strip()[-300:]}")
-        return failed("python_grader_runtime_error", f"it was stopped without an answer (at its limits: {PYTHON_LIMITS['cpu_s']} "
+            return unrun(f"the sandbox could not start: {done.stderr.strip()[-300:]}")
+        return failed(f"it was stopped without an answer (at its limits: {PYTHON_LIMITS['cpu_s']} "
                       f"CPU seconds, {PYTHON_LIMITS['memory_bytes'] >> 20} MB)")
-    return [Outcome(r["score"]) if "score" in r else
-            Outcome(0.0, {"python_grader_runtime_error": True, "python_grader_runtime_error_details": r["error"]}, r["error"])
-            for r in results]
+    return [Outcome(r["score"]) if "score" in r else failed(r["error"])[0] for r in results]
 
 
 # -- the endpoints' answers ------------------------------------------------------------------------------------------
@@ -405,7 +405,3 @@ def run_response(grader: Grader, model_sample: str, item: Any, sandbox: Sandbox)
                          "scores": outcome.sub or {grader.name: outcome.score}, "token_usage": None, "sampled_model_name": None}}
     return GraderRunResponse.model_validate(body).model_dump(mode="json", by_alias=True)
 
-
-def as_bad_request(exc: GraderError):
-    """A grader the server cannot run, as the 400 that says which field and why."""
-    return bad_request(str(exc), exc.param, code="invalid_grader")
