@@ -142,6 +142,8 @@ def test_the_active_job_limit_is_a_429_with_retry_after(api):
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "hyperparameters": {"n_epochs": 51}}, 400, "n_epochs", "between 1 and 50"),
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "hyperparameters": {"warmup": 3}}, 400, "hyperparameters", "warmup"),
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "method": {"type": "rft"}}, 400, "method", "'supervised' or 'dpo'"),
+    # a type that is no text (schemathesis sent an object: it was a 500)
+    ({"model": "gpt-4.1-mini", "training_file": "file-x", "method": {"type": {}}}, 400, "method", "'supervised' or 'dpo'"),
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "suffix": "a b"}, 400, "suffix", "'suffix'"),
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "seed": -1}, 400, "seed", "'seed'"),
     ({"model": "gpt-4.1-mini", "training_file": "file-x", "colour": "red"}, 400, "colour", "Unknown field(s) ['colour']"),

@@ -180,7 +180,8 @@ def test_a_bare_json_call_format_reads_only_whole_calls_of_offered_functions():
     call = '{"name": "lookup_cpt_code", "parameters": {"query": "lipid panel"}}'
     assert bare.read(call, {"lookup_cpt_code"}) == ("", [("lookup_cpt_code", {"query": "lipid panel"})])
     assert bare.text([{"function": {"name": "lookup_cpt_code", "arguments": '{"query": "lipid panel"}'}}]) == call
-    for other in ("Lipid panel - CPT Code: 80061", '{"name": "refund", "parameters": {}}', '{"answer": "80061"}', call + call):
+    for other in ("Lipid panel - CPT Code: 80061", '{"name": "refund", "parameters": {}}', '{"answer": "80061"}', call + call,
+                  '{"name": ["lookup_cpt_code"], "parameters": {}}'):  # a model may write any JSON: a name that is no text
         assert bare.read(other, {"lookup_cpt_code"}) is None
     lookup = {"name": "lookup_cpt_code", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}
     answering = structured.answering({"tools": [{"type": "function", "function": lookup}], "tool_choice": "required"}, bare)

@@ -79,6 +79,7 @@ def test_a_python_grader_that_fails_scores_0_and_says_why(client, source, says, 
 
 @pytest.mark.parametrize("grader, param, says", [
     ({"type": "nope", "name": "x"}, "grader.type", "must be one of"),
+    ({"type": ["string_check"], "name": "x"}, "grader.type", "must be one of"),
     ({**CODE, "operation": "contains"}, "grader.operation", "'eq', 'ne', 'like' or 'ilike'"),
     ({k: v for k, v in CODE.items() if k != "reference"}, "grader.reference", "Field required"),
     ({**CODE, "reference": "{{ answer }}"}, "grader.reference", "may name only sample"),

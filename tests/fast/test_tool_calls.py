@@ -29,3 +29,6 @@ def test_a_templates_own_format_is_read_cut_too_and_plain_text_is_not_a_call():
     content, read = structured.read_cut_tool_calls('<tool_call>\n{"name": "submit_claim", "arguments": {"code": "8006', FUNCTIONS, QWEN)
     assert content is None and read[0]["function"] == {"name": "submit_claim", "arguments": '{"code": "8006'}
     assert structured.read_cut_tool_calls("Lipid panel - CPT Code: 8006", FUNCTIONS, PROJECT_CALLS) is None
+    # a whole call whose name is no text (a model may write any JSON) is no call of an offered function
+    content, read = structured.read_cut_tool_calls('{"tool_calls": [{"name": {"x": 1}, "arguments": {}}, {"na', FUNCTIONS, PROJECT_CALLS)
+    assert read == []

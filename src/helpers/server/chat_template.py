@@ -70,7 +70,8 @@ class CallFormat:
                 except ValueError:
                     break
                 if not (isinstance(call, dict) and set(call) == {self.name_key, self.arguments_key}
-                        and call[self.name_key] in names and isinstance(call[self.arguments_key], (dict, str))):
+                        and isinstance(call[self.name_key], str) and call[self.name_key] in names
+                        and isinstance(call[self.arguments_key], (dict, str))):
                     break
                 calls.append((call[self.name_key], call[self.arguments_key]))
                 if self.separator is not None and (between := separator.match(text, at)):
@@ -106,7 +107,7 @@ class CallFormat:
                         if len(named) == 1 and named[0] in names:
                             calls.append((named[0], cut["arguments"] or ""))
                     break
-                if isinstance(call, dict) and call.get(self.name_key) in names:
+                if isinstance(call, dict) and isinstance(call.get(self.name_key), str) and call[self.name_key] in names:
                     arguments = call.get(self.arguments_key, {})
                     calls.append((call[self.name_key], arguments if isinstance(arguments, str) else json.dumps(arguments)))
                 between = separator.match(text, at) if self.separator is not None else None

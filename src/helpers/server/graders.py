@@ -97,7 +97,7 @@ def check(raw: Any, param: str = "grader") -> Grader:
     if not isinstance(raw, dict):
         raise GraderError(f"'{param}' must be an object with a 'type' ({', '.join(TYPES)}).", param)
     kind = raw.get("type")
-    if kind not in TYPES:
+    if not isinstance(kind, str) or kind not in TYPES:
         raise GraderError(f"'{param}.type' must be one of {', '.join(TYPES)}, got {kind!r}.", f"{param}.type")
     if kind in NOT_HERE:
         raise GraderError(f"'{param}.type' {kind!r} ({NOT_HERE[kind]}) is not run by the local backend yet; use "

@@ -105,7 +105,8 @@ class CreateJob(RequestBody):
     @model_validator(mode="after")
     def _method_and_hyperparameters(self) -> CreateJob:
         method = self.method or {"type": "supervised"}
-        if not isinstance(method, dict) or method.get("type") not in METHODS:
+        # a type that is not text (an object, a list) is refused as any other: it is no key of METHODS
+        if not isinstance(method, dict) or not isinstance(method.get("type"), str) or method["type"] not in METHODS:
             raise problem(f"'method.type' must be {' or '.join(repr(name) for name in METHODS)} on the local backend.", "method")
         kind = method["type"]
         settings = method.get(kind)
