@@ -189,6 +189,18 @@ def test_06_says_which_run_broke_which_is_at_chance_and_when_nothing_memorised()
     # x4 (3 of 24) over auto (2 of 24) is one request: higher, not shown more accurate; 8 epochs (21 of 24) is
     assert lines[7] == ("Against auto epochs (0.083): 10 epochs ended more accurate, beyond both 95% intervals; auto epochs, "
                         "multiplier 4 ended higher by less than the 95% intervals can separate (the intervals overlap).")
+    # at course size (measured): x4 ended 1.6% below auto's loss and less accurate; no sentence may call that faster learning
+    close = {fitting.AUTO_RUN: losses([1.2, 0.6, 0.438]), "auto epochs, multiplier 4": losses([1.9, 0.7, 0.431])}
+    lower_but_worse = {**close, "auto epochs, multiplier 4": losses([1.9, 0.7, 0.35])}
+    scored = with_intervals([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.167, "format_compliance": 1.0},
+                             {"run": "auto epochs, multiplier 4", "epoch": 3, "code_accuracy": 0.083, "format_compliance": 1.0}])
+    same = fitting.fit_findings(fitting.fit_table(close, scored), fitting.AUTO_RUN)
+    assert ("auto epochs, multiplier 4 trained as many epochs as auto epochs and ended at about the same validation loss "
+            "(0.431 against 0.438), within 5%: on this data the step size changed little.") in same
+    assert not any("learns faster" in line for line in same)
+    worse = fitting.fit_findings(fitting.fit_table(lower_but_worse, scored), fitting.AUTO_RUN)
+    assert any("lower validation loss than auto epochs (0.350 against 0.438) but at a lower held-out accuracy (0.083 against "
+               "0.167)" in line for line in worse) and not any("learns faster" in line for line in worse)
     # a turn three or more epochs before the end: its checkpoint is gone, and the finding says how to get that point back
     early = fitting.fit_table({fitting.AUTO_RUN: losses([1.0, 0.6, 0.5]), "8 epochs": losses([1.0, 0.4, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9])},
                               with_intervals([{"run": fitting.AUTO_RUN, "epoch": 3, "code_accuracy": 0.5, "format_compliance": 1.0},
