@@ -14,7 +14,7 @@
 
 # %% [markdown]
 # # 08 · Function calling
-# **Time:** about 7 minutes on a 2-core CPU without bf16 kernels (fp32), about 2 with them (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, one training run (3.1 prints its estimate) and 3 x `N_TEST` requests.
+# **Time:** about 7 minutes on a 2-core CPU without bf16 kernels (fp32), about 2.5 with them (`make reports` runs the same) · **Cost:** $0 locally; on OpenAI, one training run (3.1 prints its estimate) and 3 x `N_TEST` requests.
 
 # %% tags=["parameters"]
 BACKEND = "local"
