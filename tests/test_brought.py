@@ -99,16 +99,17 @@ def plain_answers(client, model: str):
 
 @pytest.fixture(scope="module")
 def plain_job(server, tmp_path_factory):
-    """SmolLM2 under the plain-text template, fine-tuned on the course's examples without the system message."""
+    """SmolLM2 under the plain-text template, fine-tuned on the course's examples without the system message: its
+    answers to the held-out requests before and after (in-process), and the job."""
     client = server.client()
     before = plain_answers(client, "smol-plain")
     rows = billing(read_jsonl(DATA_DIR / "billing" / "train.jsonl")[:48], system=False)
-    return before, train(client, tmp_path_factory.mktemp("plain"), "smol-plain", rows, n_epochs=2)
+    job = train(client, tmp_path_factory.mktemp("plain"), "smol-plain", rows, n_epochs=2)
+    return before, job, plain_answers(client, job.fine_tuned_model)
 
 
 def test_smollm2_under_a_plain_text_template_learns_the_answer_form_and_stops(server, plain_job):
-    before, job = plain_job
-    after = plain_answers(server.client(), job.fine_tuned_model)
+    before, job, after = plain_job
     print("smol-plain, held out:", [(c.message.content, c.finish_reason) for c in after])
     assert all(c.finish_reason == "stop" for c in after)  # it stops by itself, at <|endoftext|>
     assert sum(bool(FORM.match(c.message.content)) for c in after) >= 7
@@ -124,7 +125,7 @@ def test_a_model_tuned_under_a_brought_template_goes_home_with_that_template(ser
 
     from helpers.course import take_home
 
-    _, job = plain_job
+    _, job, served = plain_job
     env = {**os.environ, "WORKBOOK_SERVER_DIR": str(server.data_dir), "WORKBOOK_LOCAL_KEY": "key-alice"}
     done = subprocess.run([sys.executable, "-m", "helpers.cli", "export", job.fine_tuned_model, "--format", "gguf", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, env=env)
@@ -136,11 +137,10 @@ def test_a_model_tuned_under_a_brought_template_goes_home_with_that_template(ser
     modelfile = (tmp_path / "Modelfile").read_text()
     assert 'PARAMETER stop "<|endoftext|>"' in modelfile and "### Question:" in modelfile and "<|im_start|>" not in modelfile
     llm = take_home.load(tmp_path / took["gguf"])
-    served = [c.message.content for c in plain_answers(server.client(), job.fine_tuned_model)]
     at_home = [take_home.chat(llm, r["messages"][:-1], 40) for r in PLAIN_HELD_OUT]
     print("smol-plain in llama.cpp:", [(r.text, r.finish_reason) for r in at_home])
     assert all(r.finish_reason == "stop" for r in at_home)
-    assert sum(r.text == s for r, s in zip(at_home, served)) >= 7
+    assert sum(r.text == s.message.content for r, s in zip(at_home, served)) >= 7
 
 
 def test_smollm2_brought_from_its_folder_trains_and_answers_like_the_default(server, tmp_path):
@@ -161,8 +161,7 @@ def test_a_brought_model_and_its_adapter_answer_through_vllm_as_in_process(serve
     the prompt with that folder's own (plain-text, not ChatML) template and hands vLLM its token ids, and the model
     tuned on it answers through vLLM as the in-process engine answered (both fp32), text and finish. Models on another
     base are a 404 that names the flag. Last in this module: it stops the in-process server (one server on a store)."""
-    _, job = plain_job
-    served = plain_answers(server.client(), job.fine_tuned_model)
+    _, job, served = plain_job
     flags = ["--model", f"smol-plain={brought_folder(server, 'smol-plain')}", "--engine", "vllm", "--vllm-base", "smol-plain"]
     server.stop()
     through = ServerProcess(server.data_dir, *flags).start(timeout_s=900)

@@ -180,13 +180,13 @@ print(json.dumps({{"job": job.id, "was": running, "status": job.status,
 
 # --- load --------------------------------------------------------------------------------------------
 
-def test_20_clients_for_60_seconds_while_a_job_trains(tmp_path):
+def test_20_clients_at_once_while_a_job_trains(tmp_path):
     server = ServerProcess(tmp_path / "data").start()
     try:
         owner = server.client("key-trainer")
         train = owner.files.create(file=("train.jsonl", head_lines(TRAIN, 40)), purpose="fine-tune")
-        job = owner.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini",
-                                            hyperparameters={"n_epochs": 3, "batch_size": 4})
+        job = owner.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini",  # 20 steps: about LOAD_SECONDS
+                                            hyperparameters={"n_epochs": 2, "batch_size": 4})
         deadline = time.monotonic() + 300
         while owner.fine_tuning.jobs.retrieve(job.id).status != "running":
             assert time.monotonic() < deadline
@@ -410,7 +410,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     report = tmp_path / "junit.xml"
     command = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(tmp_path / "schemathesis.toml"),
                "run", str(tmp_path / "contract.json"), "--url", f"{server.url}/v1",
-               "--header", "Authorization: Bearer key-fuzz", "--checks", "not_a_server_error", "--max-examples", "15",
+               "--header", "Authorization: Bearer key-fuzz", "--checks", "not_a_server_error", "--max-examples", "8",
                "--phases", "examples,coverage,fuzzing", "--request-timeout", "120", "--seed", "7",
                "--report", "junit", "--report-junit-path", str(report), "--no-color"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path,  # its cache stays there

@@ -197,35 +197,8 @@ def test_responses_match_the_openapi_contract(server, trained):
     assert_contract("DeleteFileResponse", server.http("DELETE", f"/files/{upload.json()['id']}").json())
 
 
-# --- a model trained on tool calls (the chat contract on both engines is tests/test_chat.py) -----------
-
-LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup_cpt_code", "description": "Look up a CPT code.", "parameters": {
-    "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], "additionalProperties": False}}}
-
-
-def tool_rows(n: int) -> bytes:
-    """Examples that answer every request with a call of lookup_cpt_code (the request as its query)."""
-    rows = [json.loads(line) for line in TRAIN.read_text().splitlines()[:n]]
-    return "".join(json.dumps({"tools": [LOOKUP_TOOL], "parallel_tool_calls": False, "messages": [r["messages"][1], {
-        "role": "assistant", "content": None, "tool_calls": [{"id": f"call_{i}", "type": "function", "function": {
-            "name": "lookup_cpt_code", "arguments": json.dumps({"query": r["messages"][1]["content"]})}}]}]}) + "\n"
-        for i, r in enumerate(rows)).encode()
-
-
-def test_a_model_trained_on_tool_calls_calls_tools_with_tool_choice_auto(server, tmp_path):
-    client = server.client()
-    (tmp_path / "tools.jsonl").write_bytes(tool_rows(16))
-    file = client.files.create(file=open(tmp_path / "tools.jsonl", "rb"), purpose="fine-tune")
-    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", seed=1,
-                                                              hyperparameters={"n_epochs": 3, "batch_size": 4}).id)
-    assert job.status == "succeeded", job.error
-    request = json.loads(TRAIN.read_text().splitlines()[20])["messages"][1]
-    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=[request], max_tokens=96, tools=[LOOKUP_TOOL])
-    calls = tuned.choices[0].message.tool_calls
-    assert tuned.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "lookup_cpt_code"
-    assert isinstance(json.loads(calls[0].function.arguments)["query"], str)
-    plain = client.chat.completions.create(model=job.fine_tuned_model, messages=[request], max_tokens=96, tools=[LOOKUP_TOOL], tool_choice="none")
-    assert plain.choices[0].message.tool_calls is None and plain.choices[0].finish_reason in ("stop", "length")
+# A model trained on tool calls: notebook 08 trains one at its defaults and scores its calls with tool_choice "auto" (in
+# make test, through nbval); tool_choice "none" and "required" are tests/test_chat.py's, on both engines.
 
 
 def test_stored_completions_are_listed_by_model_and_metadata(server):
@@ -455,33 +428,6 @@ def test_dpo_from_a_fine_tuned_model_takes_that_model_as_its_reference(server, t
     assert "_dpo_reference" not in server.http("GET", f"/fine_tuning/jobs/{job.id}").text
 
 
-def test_a_job_running_when_the_server_is_killed_finishes_after_restart(tmp_path):
-    import signal
-    import time
-
-    first = ServerProcess(tmp_path / "data").start()
-    client = first.client()
-    file = client.files.create(file=("t.jsonl", head_lines(TRAIN, 10)), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(training_file=file.id, model="gpt-4.1-mini", hyperparameters={"n_epochs": 3, "batch_size": 5})
-    deadline = time.monotonic() + 300
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-        assert time.monotonic() < deadline and client.fine_tuning.jobs.retrieve(job.id).status != "failed"
-        time.sleep(0.2)
-    first.stop(signal.SIGKILL)
-    second = ServerProcess(tmp_path / "data").start()
-    try:
-        client = second.client()
-        finished = wait_for_job(client, job.id)
-        assert finished.status == "succeeded", finished.error
-        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-        assert any("server restarted" in m for m in messages) and any(m.startswith("Resuming from checkpoint") for m in messages)
-        steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
-        assert max(steps) == 6
-        assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [6, 4, 2]
-    finally:
-        second.stop()
-
-
 def test_requests_that_arrive_together_are_batched(server):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -523,9 +469,6 @@ def test_workbook_export_takes_a_tuned_model_home_and_refuses_an_unknown_one(ser
 
 # --- taking a model home: merged and GGUF (llama.cpp itself runs the GGUF) ------------------------------------
 
-NEAR_TIE = 0.5  # logits: where llama.cpp's greedy answer parts from the server's, its token is the server's runner-up within this
-
-
 def export(server, model: str, target, *arguments: str, key: str = "key-alice"):
     """``workbook export`` as a user runs it, against the test server's store."""
     import os
@@ -539,7 +482,7 @@ def export(server, model: str, target, *arguments: str, key: str = "key-alice"):
 
 @pytest.fixture(scope="module")
 def held_out():
-    rows = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:16]]
+    rows = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:8]]
     return [row["messages"][:-1] for row in rows]
 
 
@@ -556,31 +499,16 @@ def served(server, trained, held_out):
 
 @pytest.fixture(scope="module")
 def gguf_export(server, trained, tmp_path_factory):
-    """The trained model exported as GGUF at f16 and q8_0 (one folder each), and at q4_k_m."""
+    """The trained model exported as GGUF at f16 and at q4_k_m (one folder each). That llama.cpp answers as the server
+    does (f16, q8_0, and the adapter alone on the Q4_1 file the base came from) notebook 11 checks on 03's model: its
+    answers are decided by wide margins, where this model's (seconds of training) are full of near-ties."""
     out = {}
-    for quant in ("f16", "q8_0", "q4_k_m"):
+    for quant in ("f16", "q4_k_m"):
         folder = tmp_path_factory.mktemp(f"gguf-{quant}")
         done = export(server, trained["job"].fine_tuned_model, folder, "--format", "gguf", "--quant", quant)
         assert done.returncode == 0, done.stderr
         out[quant] = folder
     return out
-
-
-def split_gap(model, tokenizer, messages, ours: str, theirs: str) -> tuple[float, bool]:
-    """Where two greedy answers part: the gap between the top two logits of the server's computation (transformers +
-    peft in the server's precision) there, and whether the other answer's token is the runner-up."""
-    import torch
-
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    a = tokenizer(ours, add_special_tokens=False)["input_ids"]
-    b = tokenizer(theirs, add_special_tokens=False)["input_ids"]
-    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + a[:k]
-    with torch.no_grad():
-        logits = model(torch.tensor([ids])).logits[0, -1].float()
-    top = torch.topk(logits, 2)
-    other = b[k] if k < len(b) else tokenizer.eos_token_id
-    return float(top.values[0] - top.values[1]), int(top.indices[1]) == other
 
 
 def test_a_merged_export_is_a_plain_transformers_model_with_the_servers_answers(server, trained, held_out, served, tmp_path):
@@ -611,62 +539,12 @@ def test_a_merged_export_is_a_plain_transformers_model_with_the_servers_answers(
     assert same >= 7, list(zip(answers, [s.message.content for s in served[:8]]))
 
 
-def test_a_gguf_export_runs_in_llama_cpp_and_answers_as_the_server(server, trained, held_out, served, gguf_export, tmp_path):
-    from helpers.course import take_home, wind_down
-
-    at_home = []  # the server's computation outside it (transformers + peft, its precision), loaded at the first difference
-    same = {}
-    for quant in ("f16", "q8_0"):
-        took = json.loads((gguf_export[quant] / "take_home.json").read_text())
-        meta = take_home.gguf_metadata(gguf_export[quant] / took["gguf"])
-        assert meta["end-of-turn token"] == "<|im_end|>" and "<|im_start|>" in meta["chat template"]
-        llm = take_home.load(gguf_export[quant] / took["gguf"])
-        replies = [take_home.chat(llm, m, 32) for m in held_out]
-        same[quant] = sum(r.text == s.message.content for r, s in zip(replies, served))
-        for messages, choice, reply in zip(held_out, served, replies):
-            ours = choice.message.content
-            if reply.text == ours:  # and it ended as the server's did: at the end-of-turn token, or at max_tokens
-                assert reply.finish_reason == choice.finish_reason, (ours, reply.finish_reason, choice.finish_reason)
-                continue
-            if not at_home:
-                done = export(server, trained["job"].fine_tuned_model, tmp_path / "peft", "--format", "peft")
-                assert done.returncode == 0, done.stderr
-                at_home.extend(wind_down.load(tmp_path / "peft"))
-            gap, runner_up = split_gap(*at_home, messages, ours, reply.text)
-            print(f"{quant}: {ours!r} / llama.cpp {reply.text!r}: top two logits {gap:.3f} apart")
-            assert gap < NEAR_TIE and runner_up, (quant, ours, reply.text, gap)  # a near-tie, not a wrong template or weights
-    print("llama.cpp answers identical to the server's (of 16):", same)
-    # This model trained for seconds: its answers are full of near-ties, which q8_0's rounding tips (measured: 6 of 16
-    # identical, every difference within 0.17 of a logit); f16 keeps them. Notebook 11 checks 15 of 16 at both on the
-    # course's model, whose answers are decided by wide margins.
-    assert same["f16"] >= 15, same
-
-
-def test_the_adapter_alone_applies_to_the_gguf_file_the_base_came_from(trained, held_out, served, gguf_export):
-    from helpers.course import take_home
-    from helpers.pricing.catalogue import resolve_base
-    from helpers.server.localmodels import gguf_path
-
-    took = json.loads((gguf_export["f16"] / "take_home.json").read_text())
-    assert took["base_gguf"] == str(gguf_path(resolve_base("gpt-4.1-mini")))  # the shipped Q4_1 file itself
-    counts = {}
-    for name, lora in (("Q4_1 base + the GGUF adapter", gguf_export["f16"] / took["adapter_gguf"]), ("Q4_1 base alone", None)):
-        replies = [take_home.chat(take_home.load(took["base_gguf"], lora=lora), m, 32) for m in held_out]
-        counts[name] = (sum(r.text == s.message.content for r, s in zip(replies, served)), sum(parse_answer(r.text) is not None for r in replies))
-    print("(the server's answers, answers in the form) of 16:", counts)
-    # The adapter applies to the very file: with it the base answers in the trained form and as the server does, without
-    # it not. This model's answers are full of near-ties (see above), which Q4_1's blocks tip; on the course's model
-    # notebook 11 counts the Q4_1 base + adapter's answers identical to the server's.
-    (same, in_form), (base_same, base_in_form) = counts.values()
-    assert in_form >= 8 > base_in_form and same > base_same
-
-
 def test_q4_k_m_is_reported_and_still_stops_in_form(held_out, served, gguf_export):
     from helpers.course import take_home
 
     took = json.loads((gguf_export["q4_k_m"] / "take_home.json").read_text())
     sizes = {q: (gguf_export[q] / json.loads((gguf_export[q] / "take_home.json").read_text())["gguf"]).stat().st_size for q in gguf_export}
-    assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"], sizes
+    assert sizes["q4_k_m"] < 0.5 * sizes["f16"], sizes
     replies = [take_home.chat(take_home.load(gguf_export["q4_k_m"] / took["gguf"]), m, 32) for m in held_out[:8]]
     print("q4_k_m:", sum(r.text == s.message.content for r, s in zip(replies, served)), "of 8 the server's; sizes MB",
           {q: round(b / 1e6) for q, b in sizes.items()})
@@ -678,11 +556,12 @@ def test_the_modelfile_writes_the_chat_as_the_template_does(gguf_export, held_ou
     from helpers.pricing.catalogue import resolve_base
     from helpers.server.chat_template import turn_markers
     from helpers.server.export import ollama_template
-    from helpers.server.localmodels import load_tokenizer
+    from helpers.server.localmodels import gguf_path, load_tokenizer
 
     tokenizer = load_tokenizer(resolve_base("gpt-4.1-mini"))
     markers = turn_markers(tokenizer)
     took = json.loads((gguf_export["f16"] / "take_home.json").read_text())
+    assert took["base_gguf"] == str(gguf_path(resolve_base("gpt-4.1-mini")))  # the adapter's base: the shipped Q4_1 file itself
     merged = (gguf_export["f16"] / "Modelfile").read_text()
     adapter = (gguf_export["f16"] / "Modelfile.adapter").read_text()
     assert f"FROM ./{took['gguf']}" in merged and f"FROM {took['base_gguf']}\nADAPTER ./{took['adapter_gguf']}" in adapter

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
     #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds.
-    load_seconds: float = 60.0
+    load_seconds: float = 30.0
 
 
 def settings() -> Settings:
