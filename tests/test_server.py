@@ -469,6 +469,9 @@ def test_workbook_export_takes_a_tuned_model_home_and_refuses_an_unknown_one(ser
 
 # --- taking a model home: merged and GGUF (llama.cpp itself runs the GGUF) ------------------------------------
 
+NEAR_TIE = 0.5  # logits: where llama.cpp's greedy answer parts from the server's, its token is the server's runner-up within this
+
+
 def export(server, model: str, target, *arguments: str, key: str = "key-alice"):
     """``workbook export`` as a user runs it, against the test server's store."""
     import os
@@ -482,7 +485,7 @@ def export(server, model: str, target, *arguments: str, key: str = "key-alice"):
 
 @pytest.fixture(scope="module")
 def held_out():
-    rows = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:8]]
+    rows = [json.loads(line) for line in (DATA / "billing" / "test.jsonl").read_text().splitlines()[:16]]
     return [row["messages"][:-1] for row in rows]
 
 
@@ -499,16 +502,32 @@ def served(server, trained, held_out):
 
 @pytest.fixture(scope="module")
 def gguf_export(server, trained, tmp_path_factory):
-    """The trained model exported as GGUF at f16 and at q4_k_m (one folder each). That llama.cpp answers as the server
-    does (f16, q8_0, and the adapter alone on the Q4_1 file the base came from) notebook 11 checks on 03's model: its
-    answers are decided by wide margins, where this model's (seconds of training) are full of near-ties."""
+    """The trained model exported as GGUF at f16, q8_0 and q4_k_m (one folder each). That the adapter alone applies to
+    the Q4_1 file the base came from, notebook 11 checks on 03's model (15 of 16 answers the server's)."""
     out = {}
-    for quant in ("f16", "q4_k_m"):
+    for quant in ("f16", "q8_0", "q4_k_m"):
         folder = tmp_path_factory.mktemp(f"gguf-{quant}")
         done = export(server, trained["job"].fine_tuned_model, folder, "--format", "gguf", "--quant", quant)
         assert done.returncode == 0, done.stderr
         out[quant] = folder
     return out
+
+
+def split_gap(model, tokenizer, messages, ours: str, theirs: str) -> tuple[float, bool]:
+    """Where two greedy answers part: the gap between the top two logits of the server's computation (transformers +
+    peft in the server's precision) there, and whether the other answer's token is the runner-up."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    a = tokenizer(ours, add_special_tokens=False)["input_ids"]
+    b = tokenizer(theirs, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] + a[:k]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+    top = torch.topk(logits, 2)
+    other = b[k] if k < len(b) else tokenizer.eos_token_id
+    return float(top.values[0] - top.values[1]), int(top.indices[1]) == other
 
 
 def test_a_merged_export_is_a_plain_transformers_model_with_the_servers_answers(server, trained, held_out, served, tmp_path):
@@ -539,12 +558,43 @@ def test_a_merged_export_is_a_plain_transformers_model_with_the_servers_answers(
     assert same >= 7, list(zip(answers, [s.message.content for s in served[:8]]))
 
 
+def test_a_gguf_export_runs_in_llama_cpp_and_answers_as_the_server(server, trained, held_out, served, gguf_export, tmp_path):
+    from helpers.course import take_home, wind_down
+
+    at_home = []  # the server's computation outside it (transformers + peft, its precision), loaded at the first difference
+    same = {}
+    for quant in ("f16", "q8_0"):
+        took = json.loads((gguf_export[quant] / "take_home.json").read_text())
+        meta = take_home.gguf_metadata(gguf_export[quant] / took["gguf"])
+        assert meta["end-of-turn token"] == "<|im_end|>" and "<|im_start|>" in meta["chat template"]
+        llm = take_home.load(gguf_export[quant] / took["gguf"])
+        replies = [take_home.chat(llm, m, 32) for m in held_out]
+        same[quant] = sum(r.text == s.message.content for r, s in zip(replies, served))
+        for messages, choice, reply in zip(held_out, served, replies):
+            ours = choice.message.content
+            if reply.text == ours:  # and it ended as the server's did: at the end-of-turn token, or at max_tokens
+                assert reply.finish_reason == choice.finish_reason, (ours, reply.finish_reason, choice.finish_reason)
+                continue
+            if not at_home:
+                done = export(server, trained["job"].fine_tuned_model, tmp_path / "peft", "--format", "peft")
+                assert done.returncode == 0, done.stderr
+                at_home.extend(wind_down.load(tmp_path / "peft"))
+            gap, runner_up = split_gap(*at_home, messages, ours, reply.text)
+            print(f"{quant}: {ours!r} / llama.cpp {reply.text!r}: top two logits {gap:.3f} apart")
+            assert gap < NEAR_TIE and runner_up, (quant, ours, reply.text, gap)  # a near-tie, not a wrong template or weights
+    print("llama.cpp answers identical to the server's (of 16):", same)
+    # This model trained for seconds: its answers are full of near-ties, which q8_0's rounding tips (measured: 6 of 16
+    # identical, every difference within 0.17 of a logit); f16 keeps them. Notebook 11 checks 15 of 16 at both on the
+    # course's model, whose answers are decided by wide margins.
+    assert same["f16"] >= 15, same
+
+
 def test_q4_k_m_is_reported_and_still_stops_in_form(held_out, served, gguf_export):
     from helpers.course import take_home
 
     took = json.loads((gguf_export["q4_k_m"] / "take_home.json").read_text())
     sizes = {q: (gguf_export[q] / json.loads((gguf_export[q] / "take_home.json").read_text())["gguf"]).stat().st_size for q in gguf_export}
-    assert sizes["q4_k_m"] < 0.5 * sizes["f16"], sizes
+    assert sizes["q4_k_m"] < sizes["q8_0"] < sizes["f16"], sizes
     replies = [take_home.chat(take_home.load(gguf_export["q4_k_m"] / took["gguf"]), m, 32) for m in held_out[:8]]
     print("q4_k_m:", sum(r.text == s.message.content for r, s in zip(replies, served)), "of 8 the server's; sizes MB",
           {q: round(b / 1e6) for q, b in sizes.items()})
