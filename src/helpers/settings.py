@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     vllm_gpu_memory: float = 0.5
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
-    #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds.
+    #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds (30: its job of 20 steps lasts as long).
     load_seconds: float = 30.0
 
 
