@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     vllm_gpu_memory: float = 0.5
     #: The Chromium the browser test drives.
     chromium: Path = Path("/usr/bin/chromium")
-    #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds (30: its job of 20 steps lasts as long).
+    #: How long the load test (tests/test_faults.py) keeps 20 clients busy, in seconds (the job it trains beside them has 20 steps).
     load_seconds: float = 30.0
 
 

@@ -237,17 +237,17 @@ def fit_findings(table: pd.DataFrame, baseline: str, chance: float | None = None
             continue
         loss, base_loss = row["last validation loss"], base["last validation loss"]
         accuracy, base_accuracy = row["last checkpoint accuracy"], base["last checkpoint accuracy"]
-        losses = f"({loss:.3f} against {base_loss:.3f})"
+        compared = f"({loss:.3f} against {base_loss:.3f})"
         if abs(loss - base_loss) <= SAME_LOSS * base_loss:
-            lines.append(f"{name} trained as many epochs as {baseline} and ended at about the same validation loss {losses}, "
+            lines.append(f"{name} trained as many epochs as {baseline} and ended at about the same validation loss {compared}, "
                          f"within {SAME_LOSS:.0%}: on this data the step size changed little.")
         elif loss < base_loss and accuracy < base_accuracy:
-            lines.append(f"{name} ended at a lower validation loss than {baseline} {losses} but at a lower held-out accuracy "
+            lines.append(f"{name} ended at a lower validation loss than {baseline} {compared} but at a lower held-out accuracy "
                          f"({accuracy:.3f} against {base_accuracy:.3f}): the loss counts every token of the answer, the "
                          "accuracy only the code, so a lower loss alone does not make a better model.")
         elif loss < base_loss:
             lines.append(f"{name} trained as many epochs as {baseline} with a larger step and ended at a lower validation loss "
-                         f"{losses}: a larger step learns faster, up to the size where it breaks the model.")
+                         f"{compared}: a larger step learns faster, up to the size where it breaks the model.")
     better = [name for name, row in table.iterrows() if name != baseline and row["last checkpoint accuracy"] > base["last checkpoint accuracy"]]
     clear = [name for name in better if table.loc[name, "last accuracy ci low"] > base["last accuracy ci high"]]
     close = [name for name in better if name not in clear]

@@ -358,8 +358,11 @@ def run_python(graders: list[Grader], sample: dict[str, Any], item: dict[str, An
     """Each python grader on one sample, in one sandboxed process."""
     request = {"limits": PYTHON_LIMITS, "cases": [[g.spec.source, sample, item] for g in graders]}
 
-    def failed(detail: str) -> list[Outcome]:  # the grader's own doing
-        return [Outcome(0.0, {"python_grader_runtime_error": True, "python_grader_runtime_error_details": detail}, detail) for _ in graders]
+    def runtime_error(detail: str) -> Outcome:  # the grader's own doing
+        return Outcome(0.0, {"python_grader_runtime_error": True, "python_grader_runtime_error_details": detail}, detail)
+
+    def failed(detail: str) -> list[Outcome]:
+        return [runtime_error(detail) for _ in graders]
 
     def unrun(detail: str) -> list[Outcome]:  # the machine's: the sandbox could not start
         return [Outcome(0.0, {"python_grader_server_error": True, "python_grader_server_error_type": "sandbox"}, detail) for _ in graders]
@@ -380,7 +383,7 @@ def run_python(graders: list[Grader], sample: dict[str, Any], item: dict[str, An
             return unrun(f"the sandbox could not start: {done.stderr.strip()[-300:]}")
         return failed(f"it was stopped without an answer (at its limits: {PYTHON_LIMITS['cpu_s']} "
                       f"CPU seconds, {PYTHON_LIMITS['memory_bytes'] >> 20} MB)")
-    return [Outcome(r["score"]) if "score" in r else failed(r["error"])[0] for r in results]
+    return [Outcome(r["score"]) if "score" in r else runtime_error(r["error"]) for r in results]
 
 
 # -- the endpoints' answers ------------------------------------------------------------------------------------------
