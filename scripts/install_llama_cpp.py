@@ -15,6 +15,8 @@ import tarfile
 import time
 from pathlib import Path
 
+from first_builds import record
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_ROOT = Path(sys.prefix) / "llama.cpp"  # as helpers.server.llamacpp finds it
 # Not for this CPU alone (GGML_NATIVE off): AVX2, FMA, F16C and BMI2, which every x86-64 machine of this kind has (AMD
@@ -91,6 +93,7 @@ def main() -> int:
                            capture_output=True, text=True, env=env, timeout=3600)
             built_with.write_text(CMAKE_ARGS)
             say(f"llama.cpp built and installed in {time.monotonic() - started:.0f} s")
+            record(f"llama.cpp ({requirement}) built from source", time.monotonic() - started)
         missing = missing_dependencies()
         if missing:  # a first install with --no-deps left them out (CI's fresh clone: "No module named 'diskcache'")
             subprocess.run([*pip, "install", "--quiet", *missing], check=True, capture_output=True, text=True, timeout=900)

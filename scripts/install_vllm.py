@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from first_builds import record
+
 from helpers.server.vllm_engine import vllm_env_dir, vllm_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +65,7 @@ def main() -> int:
         say(f"{wanted} installed but vLLM does not import in {env}: run `{python} -c 'import vllm'` to see why")
         return 1
     say(f"{wanted} installed in {time.monotonic() - started:.0f} s")
+    record(f"vLLM's environment ({wanted}) made", time.monotonic() - started)
     return 0
 
 
