@@ -72,10 +72,9 @@ def fp32():
 def pytest_terminal_summary(terminalreporter):
     """The one-time builds this environment's set-up made (``scripts/first_builds.py``), so a fresh clone's run says
     how much of ``make test`` they took: the 50-minute budget excepts them."""
-    import sys
+    from helpers.paths import FIRST_BUILDS_LOG
 
-    log = Path(sys.prefix) / "first-builds.log"
-    if log.exists():
+    if FIRST_BUILDS_LOG.exists():
         terminalreporter.write_sep("-", "one-time builds of this environment (excepted from make test's 50 minutes)")
-        for line in log.read_text().splitlines():
+        for line in FIRST_BUILDS_LOG.read_text().splitlines():
             terminalreporter.write_line(line)

@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from helpers.settings import REPO_ROOT, settings
 
-__all__ = ["DATA_DIR", "NOTEBOOK_DIR", "REPO_ROOT", "notebook_names", "shown", "user_cache_dir"]
+__all__ = ["DATA_DIR", "FIRST_BUILDS_LOG", "NOTEBOOK_DIR", "REPO_ROOT", "notebook_names", "shown", "user_cache_dir"]
 
 #: Shipped course data and the dated tables (prices, model catalogue): ``WORKBOOK_DATA_DIR``.
 DATA_DIR = settings().data_dir
 #: The course notebooks: each ``NN_name.ipynb`` paired (jupytext) with its text source ``NN_name.py``.
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: The one-time builds of this environment's set-up (llama.cpp from source, vLLM's environment), a line each with its
+#: date and duration: written by ``scripts/first_builds.py``, printed by the test run's summary.
+FIRST_BUILDS_LOG = Path(sys.prefix) / "first-builds.log"
 
 
 def notebook_names() -> list[str]:
