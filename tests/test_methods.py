@@ -74,7 +74,8 @@ def test_each_methods_step_puts_gradients_on_the_adapter_only(chat, shared):
             model = shared.peft
             model.train()
             model.zero_grad(set_to_none=True)
-            loss, accuracy = method.step(model, batch, settings, pad_id, localmodels.default_device())
+            stepped = method.step(model, batch, settings, pad_id, localmodels.default_device())
+            loss, accuracy = stepped.loss, stepped.accuracy
             trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
         assert not loss.requires_grad and 0 <= accuracy <= 1
         assert trained and all("lora_" in n for n in trained), name

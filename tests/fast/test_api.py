@@ -387,6 +387,6 @@ def test_the_methods_the_server_trains_are_its_registry_and_the_catalogues():
 
     assert tuple(METHODS) == OPEN_MODEL_METHODS  # what a brought model's catalogue entry says it can be trained with
     for name, method in METHODS.items():
-        assert method.name == name and method.examples in ("chat", "preference")
-        assert set(hyperparameters(None, name)) == {*COMMON, *method.own_hyperparameters}
+        assert method.name == name and method.examples in ("chat", "preference", "prompt")
+        assert set(hyperparameters(None, name)) == {*COMMON, *method.own_hyperparameters, *method.fixed_hyperparameters}
         assert resolve_auto(name, {}, 100)["learning_rate_multiplier"] == method.auto_lr_multiplier

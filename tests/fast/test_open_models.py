@@ -27,7 +27,7 @@ def brought(tmp_path, monkeypatch):
 def test_a_brought_model_is_an_open_model_under_its_own_and_its_fine_tuned_names(brought):
     for name in ("my-model", "ft:my-model:local:billing:ftjob-abc", "team/llama"):
         info = model_info(name)
-        assert info.open and info.fine_tunable and info.methods == ("supervised", "dpo") and info.encoding == "o200k_base"
+        assert info.open and info.fine_tunable and info.methods == ("supervised", "dpo", "reinforcement") and info.encoding == "o200k_base"
         assert not has_openai_price(name)
     assert model_info("smollm2-135m-instruct").open  # the shipped model under its own name is one too
     assert not model_info("gpt-4.1-mini").open and has_openai_price("gpt-4.1-mini")  # OpenAI's names stay OpenAI's

@@ -32,6 +32,9 @@ from typing import Any
 
 CHAT = "chat"
 PREFERENCE = "preference"
+#: reinforcement fine-tuning's: a conversation that ends with the user's turn (the model answers it, a grader scores the
+#: answer), and any other fields, which the grader reads as ``item`` (a reference answer, for example)
+PROMPT = "prompt"
 
 ROLES = ("system", "user", "assistant", "tool", "function")
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -98,8 +101,14 @@ class Issue:
 
 
 def detect_format(example: dict[str, Any]) -> str | None:
-    """``"chat"``, ``"preference"`` or ``None`` when the object matches neither format."""
+    """``"chat"``, ``"preference"``, ``"prompt"`` or ``None`` when the object matches none of them. A conversation that
+    ends with the user's turn and has no assistant message is a prompt (a file's first example decides the file's
+    format: a chat file's example without its reply is checked as chat, and told what it lacks)."""
     if "messages" in example:
+        messages = example["messages"]
+        if (isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages)
+                and messages[-1].get("role") == "user" and not any(m.get("role") == "assistant" for m in messages)):
+            return PROMPT
         return CHAT
     if "input" in example or "preferred_output" in example or "non_preferred_output" in example:
         return PREFERENCE
@@ -307,6 +316,15 @@ def _check_output(output: Any, key: str, errors: list[Issue]) -> None:
         errors.append(Issue("invalid_output", f"'{key}' message must have role 'assistant', got {output[0].get('role')!r}."))
         return
     check_messages(output, errors, [], context=key)
+
+
+def check_prompt_example(example: dict[str, Any]) -> tuple[list[Issue], list[Issue], dict[str, int]]:
+    """Check one reinforcement prompt: valid messages ending with the user's turn; every other field is the grader's."""
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
+    counts = check_messages(example.get("messages"), errors, warnings)
+    _check_tools(example, errors)
+    return errors, warnings, counts
 
 
 def check_preference_example(example: dict[str, Any]) -> tuple[list[Issue], list[Issue], dict[str, int]]:

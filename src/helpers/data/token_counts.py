@@ -28,7 +28,7 @@ from typing import Any
 
 import tiktoken
 
-from helpers.data.chat_format import CHAT
+from helpers.data.chat_format import CHAT, PROMPT
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -114,7 +114,7 @@ def token_parts(example: dict[str, Any], fmt: str, role_tokens: dict[str, int], 
     """Split a *valid* example into overhead and texts (``tools_tokens`` counts an object's tool defs)."""
     texts: list[str] = []
     trained: list[bool] = []
-    if fmt == CHAT:
+    if fmt in (CHAT, PROMPT):  # a prompt's messages are counted as a chat's (none of them is trained)
         overhead = REPLY_PRIMER + tools_tokens(example)
         for message in example["messages"]:
             overhead += _message_parts(message, role_tokens, texts, trained)

@@ -186,8 +186,10 @@ class _Validator:
         fmt = cf.detect_format(obj)
         if fmt is None:
             keys = ", ".join(sorted(obj)) or "none"
-            self.errors.add(number, "unknown_format", f"not a fine-tuning example (keys: {keys}). A chat example needs 'messages'; a preference (DPO) example needs 'input', 'preferred_output' and 'non_preferred_output'.")
+            self.errors.add(number, "unknown_format", f"not a fine-tuning example (keys: {keys}). A chat example needs 'messages'; a preference (DPO) example needs 'input', 'preferred_output' and 'non_preferred_output'; a reinforcement prompt needs 'messages' that end with the user's turn.")
             return None
+        if fmt == cf.PROMPT and self.format == cf.CHAT:
+            fmt = cf.CHAT  # a chat example without its reply: the chat rules say what it lacks
         if self.format is None:
             self.format = fmt
         elif fmt != self.format:
@@ -195,6 +197,8 @@ class _Validator:
             return None
         if fmt == cf.CHAT:
             errors, warnings, counts = cf.check_chat_example(obj)
+        elif fmt == cf.PROMPT:
+            errors, warnings, counts = cf.check_prompt_example(obj)
         else:
             errors, warnings, counts = cf.check_preference_example(obj)
         for issue in errors:
@@ -205,7 +209,7 @@ class _Validator:
             return None
         self.missing_system += counts["system"] == 0
         self.missing_user += counts["user"] == 0
-        messages = obj["messages"] if fmt == cf.CHAT else obj["input"]["messages"]
+        messages = obj["input"]["messages"] if fmt == cf.PREFERENCE else obj["messages"]
         self.messages_hist[len(messages)] += 1
         return fmt
 

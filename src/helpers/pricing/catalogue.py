@@ -19,7 +19,7 @@ BROUGHT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 #: How the course counts an open model's tokens: as OpenAI's current models do (its own tokenizer is the server's
 #: business), so a file's counts, limits and epochs read the same whichever model it is for.
 OPEN_MODEL_ENCODING = "o200k_base"
-OPEN_MODEL_METHODS = ("supervised", "dpo")
+OPEN_MODEL_METHODS = ("supervised", "dpo", "reinforcement")
 
 
 class ModelSourceError(ValueError):

@@ -32,7 +32,10 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 HYPERPARAMETER_RANGES: dict[str, tuple[type, float, float]] = {
-    "n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-4, 10), "beta": (float, 1e-4, 2)}
+    "n_epochs": (int, 1, 50), "batch_size": (int, 1, 256), "learning_rate_multiplier": (float, 1e-4, 10), "beta": (float, 1e-4, 2),
+    # reinforcement's: answers sampled per prompt scale with compute_multiplier (4 at 1: methods.reinforcement.GROUP);
+    # every eval_interval steps, eval_samples answers to each validation prompt are graded
+    "compute_multiplier": (float, 0.5, 4), "eval_interval": (int, 1, 1000), "eval_samples": (int, 1, 16)}
 
 
 def hyperparameter(value: Any, name: str) -> int | float | Literal["auto"]:
@@ -55,11 +58,16 @@ def hyperparameters(raw: Any, method: str) -> dict[str, Any]:
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise problem("'hyperparameters' must be an object.", "hyperparameters")
+    fixed = METHODS[method].fixed_hyperparameters
     known = {*COMMON, *METHODS[method].own_hyperparameters}
-    unknown = set(raw) - known
+    unknown = set(raw) - known - set(fixed)
     if unknown:
-        raise problem(f"Unknown hyperparameter(s) {sorted(unknown)} for a {method} job; known: {sorted(known)}.", "hyperparameters")
-    return {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
+        raise problem(f"Unknown hyperparameter(s) {sorted(unknown)} for a {method} job; known: {sorted(known | set(fixed))}.", "hyperparameters")
+    for name, (value, why) in fixed.items():
+        if raw.get(name) not in (None, value):
+            raise problem(f"'{name}' can only be {value!r} on the local backend ({why}), got {raw[name]!r}.", name)
+    resolved = {name: hyperparameter(raw.get(name), name) for name in sorted(known, key=list(HYPERPARAMETER_RANGES).index)}
+    return {**resolved, **{name: value for name, (value, _) in fixed.items()}}
 
 
 def auto_lr_multiplier(kind: str, width: int = REFERENCE_WIDTH) -> float:
@@ -78,4 +86,6 @@ def resolve_auto(kind: str, requested: dict[str, Any], n_examples: int, width: i
     }
     for name, auto in METHODS[kind].own_hyperparameters.items():
         resolved[name] = auto if requested.get(name, "auto") == "auto" else requested[name]
+    for name, (value, _) in METHODS[kind].fixed_hyperparameters.items():
+        resolved[name] = value
     return resolved

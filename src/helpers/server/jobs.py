@@ -10,6 +10,7 @@ last checkpoint (or from the start) when the server starts again.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import shutil
 import threading
@@ -22,7 +23,7 @@ from typing import Any
 from helpers.data.dataprep import read_jsonl
 from helpers.data.validate import MIN_EXAMPLES, ValidationReport, validate_file
 from helpers.pricing import catalogue
-from helpers.server import chat_template, localmodels
+from helpers.server import chat_template, graders, localmodels
 from helpers.server.bases import Bases
 from helpers.server.fair_queue import FairQueue
 from helpers.server.hyperparameters import resolve_auto
@@ -193,7 +194,7 @@ class JobRunner:
             train_report, _ = reports
             hyper = resolve_auto(job.kind, {**job.hyperparameters, **job.method_hyperparameters}, train_report.stats["valid_examples"],
                                  localmodels.hidden_size(base))
-            job = self.jobs.update(job_id, status=JobStatus.QUEUED, **hyperparameter_fields(job.kind, hyper),
+            job = self.jobs.update(job_id, status=JobStatus.QUEUED, **hyperparameter_fields(job.kind, hyper, job.grader),
                                    billing_tokens=train_report.stats["billing_tokens_per_epoch"])
             self.event(job_id, "Files validated, moving job to queued state")
         if job_id in self._cancel:
@@ -221,6 +222,7 @@ class JobRunner:
                                           learning_rate_multiplier=float(hyper["learning_rate_multiplier"]),
                                           beta=float(hyper.get("beta") or 0.1), seed=job.seed)
         chat = localmodels.load_chat(base)
+        settings = dataclasses.replace(settings, **method.job_settings(job, chat, graders.Sandbox.for_server(self.store.data_dir)))
         train_examples = self._examples(job, owner, chat, base, job.training_file)
         valid_examples = self._examples(job, owner, chat, base, job.validation_file)
         start = self._starting_point(job, owner)

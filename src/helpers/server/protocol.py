@@ -101,6 +101,7 @@ class CreateJob(RequestBody):
     integrations: Any = None
     _kind: str = PrivateAttr("supervised")
     _hyper: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _grader: dict[str, Any] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _method_and_hyperparameters(self) -> CreateJob:
@@ -114,6 +115,10 @@ class CreateJob(RequestBody):
         if self.hyperparameters and method_hyper:
             raise problem("Give hyperparameters either at the top level or under 'method', not both.", "hyperparameters")
         self._kind = kind
+        if METHODS[kind].graded:  # the grader as it was given, once it is one the server can run
+            given = settings.get("grader") if isinstance(settings, dict) else None
+            _grader(given, f"method.{kind}.grader")
+            self._grader = given
         self._hyper = hyperparameters(method_hyper if method_hyper is not None else self.hyperparameters, kind)
         if self.integrations:
             raise problem("Integrations (Weights & Biases) are not available on the local backend.", "integrations")
@@ -125,15 +130,20 @@ class CreateJob(RequestBody):
         return self._kind
 
     @property
+    def grader(self) -> dict[str, Any] | None:
+        """A graded method's grader (checked: the server can run it), as it was given; None for other methods."""
+        return self._grader
+
+    @property
     def resolved(self) -> dict[str, Any]:
         """The method's hyperparameters, each a value or "auto"."""
         return dict(self._hyper)
 
 
 # -- graders (reinforcement fine-tuning) ---------------------------------------------------------------------------
-def _grader(value: Any) -> Grader:
+def _grader(value: Any, param: str = "grader") -> Grader:
     try:
-        return graders.check(value)
+        return graders.check(value, param)
     except graders.GraderError as exc:
         raise problem(str(exc), exc.param, code="invalid_grader") from None
 

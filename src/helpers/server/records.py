@@ -76,8 +76,13 @@ class JobRecord(BaseModel):
 
     @property
     def kind(self) -> str:
-        """The training method: ``supervised`` or ``dpo``."""
+        """The training method: a name in ``helpers.server.methods.METHODS``."""
         return str(self.method.get("type", "supervised"))
+
+    @property
+    def grader(self) -> dict[str, Any] | None:
+        """A reinforcement job's grader, as the job was created with it (None for other methods)."""
+        return self.method.get(self.kind, {}).get("grader")
 
     @property
     def method_hyperparameters(self) -> dict[str, Any]:
@@ -97,11 +102,12 @@ class JobRecord(BaseModel):
 SERVER_FIELDS = {name for name, field in JobRecord.model_fields.items() if field.serialization_alias}
 
 
-def hyperparameter_fields(kind: str, hyper: dict[str, Any]) -> dict[str, Any]:
+def hyperparameter_fields(kind: str, hyper: dict[str, Any], grader: dict[str, Any] | None = None) -> dict[str, Any]:
     """A job's ``hyperparameters`` and ``method`` fields for a ``kind`` job with hyperparameters ``hyper`` (each a value
-    or "auto"), as OpenAI's job shows them: the top-level three, and the method's own (with DPO's ``beta``)."""
+    or "auto"), as OpenAI's job shows them: the top-level three, and the method's own (with DPO's ``beta``), and a
+    reinforcement job's grader as it was given."""
     return {"hyperparameters": {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")},
-            "method": {"type": kind, kind: {"hyperparameters": dict(hyper)}}}
+            "method": {"type": kind, kind: {**({"grader": grader} if grader is not None else {}), "hyperparameters": dict(hyper)}}}
 
 
 def stored_names(**changes: Any) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class TrainSettings:
     lora_b_lr_ratio: float = 1.0        # LoRA+ (Hayou et al., 2024): B learns this many times faster (sweep only)
     neftune_alpha: float = 5.0          # NEFTune (Jain et al., 2023): noise on the input embeddings while training (supervised)
     lora_top_layers: int = 0            # adapt only the top N decoder layers, 0 = all (sweep only): backward stops below them
+    grading: Any = None                 # a reinforcement job's (helpers.server.methods.reinforcement.Grading)
 
     @property
     def learning_rate(self) -> float:
@@ -76,6 +77,11 @@ class StepMetrics:
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # a reinforcement job's (helpers.server.methods.reinforcement): its answers' mean reward, length, grader failures, KL
+    train_reward_mean: float | None = None
+    train_answer_tokens_mean: float | None = None
+    train_grader_failures: int | None = None
+    train_kl: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -351,12 +357,12 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                 with hold():
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
-                    loss, accuracy = method.step(model, chunk, settings, pad_id, device)
+                    stepped = method.step(model, chunk, settings, pad_id, device)
                     torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
                     scheduler.step()
                 step += 1
-                metrics = StepMetrics(step, total_steps, float(loss), accuracy)
+                metrics = StepMetrics(step, total_steps, float(stepped.loss), stepped.accuracy, **stepped.reported)
                 if validating and (step % settings.eval_every == 0 or step == total_steps):
                     sample = random.Random(step).sample(valid_examples, min(len(valid_examples), settings.batch_size))
                     with hold():

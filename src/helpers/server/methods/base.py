@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -29,6 +29,16 @@ class Preparation:
     keep: Callable[..., Any]
 
 
+@dataclass
+class Stepped:
+    """One step of a method: the batch's loss (detached), its accuracy (tokens for a supervised job, pairs ranked right
+    for DPO, the mean reward for reinforcement), and what else the method reports for the step (``StepMetrics``' names)."""
+
+    loss: torch.Tensor
+    accuracy: float
+    reported: dict[str, Any] = field(default_factory=dict)
+
+
 class Method(ABC):
     """One training method: its name on the wire (``method.type``), its hyperparameters, its examples, its step."""
 
@@ -39,6 +49,10 @@ class Method(ABC):
     auto_lr_multiplier: ClassVar[float]
     #: the method's own hyperparameters beyond n_epochs, batch_size and learning_rate_multiplier, each with its "auto"
     own_hyperparameters: ClassVar[dict[str, float]] = {}
+    #: hyperparameters OpenAI names that take one value here: name -> (that value, why)
+    fixed_hyperparameters: ClassVar[dict[str, tuple[Any, str]]] = {}
+    #: whether a job of this method is created with a grader (``method.<name>.grader``), which scores its answers
+    graded: ClassVar[bool] = False
     #: whether the job reports a validation loss on its validation file as it trains
     validation_loss: ClassVar[bool] = True
     #: whether NEFTune's noise is added to the input embeddings in its training passes
@@ -59,10 +73,14 @@ class Method(ABC):
     def length(self, example: Any) -> int:
         """An encoded example's tokens in its longest forward pass (batches are grouped by it)."""
 
+    def job_settings(self, job: JobRecord, chat: ChatTemplate, sandbox: Any) -> dict[str, Any]:
+        """``TrainSettings`` fields of the method's own for ``job`` (a reinforcement job's grading); most have none.
+        ``sandbox``: where the server runs python graders (``graders.Sandbox``)."""
+        return {}
+
     def prepare(self, preparation: Preparation) -> None:  # noqa: B027  # most methods prepare nothing
         """What the method needs before the first step (the training adapter is on the model, as the job starts)."""
 
     @abstractmethod
-    def step(self, model: Any, batch: list, settings: TrainSettings, pad_id: int, device: str) -> tuple[torch.Tensor, float]:
-        """The gradients of one batch, accumulated on the model's trainable weights; the batch's loss (detached) and its
-        accuracy (tokens for a supervised job, pairs ranked right for DPO)."""
+    def step(self, model: Any, batch: list, settings: TrainSettings, pad_id: int, device: str) -> Stepped:
+        """The gradients of one batch, accumulated on the model's trainable weights, and what the step measured."""

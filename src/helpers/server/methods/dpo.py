@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers.server.methods.base import Method, Preparation
+from helpers.server.methods.base import Method, Preparation, Stepped
 
 REFERENCE_BATCH = 8  # pairs per forward pass when their reference log-probabilities are computed
 
@@ -54,4 +54,4 @@ class Dpo(Method):
 
         loss, accuracy = dpo_loss(model, batch, settings.beta, pad_id)
         loss.backward()
-        return loss.detach(), accuracy
+        return Stepped(loss.detach(), accuracy)

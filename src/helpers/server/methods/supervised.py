@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from helpers.server import chat_template
-from helpers.server.methods.base import Method
+from helpers.server.methods.base import Method, Stepped
 
 
 class Supervised(Method):
@@ -25,4 +25,4 @@ class Supervised(Method):
         from helpers.server.training import accumulate_gradients
 
         loss, accuracy = accumulate_gradients(model, batch, pad_id, device)
-        return loss.detach(), accuracy
+        return Stepped(loss.detach(), accuracy)

@@ -81,7 +81,7 @@ async def create_job(request: Request, state: State, owner: Owner) -> dict[str, 
     job = Jobs(state.store).put(JobRecord(
         id=new_id("ftjob"), model=asked.model, created_at=now(), organization_id=ORGANIZATION,
         status=JobStatus.VALIDATING_FILES, validation_file=validation_file, training_file=training_file,
-        **hyperparameter_fields(asked.kind, asked.resolved),
+        **hyperparameter_fields(asked.kind, asked.resolved, asked.grader),
         seed=asked.seed if asked.seed is not None else secrets.randbelow(MAX_SEED),
         metadata=asked.metadata, user_provided_suffix=asked.suffix,
         base=base.name, start_from=asked.model if start else None), owner)

@@ -1,0 +1,191 @@
+"""Reinforcement fine-tuning (``method.type = "reinforcement"``) by group-relative policy optimisation (GRPO: Shao et
+al., 2024, DeepSeekMath): for each prompt of a batch the model samples a group of answers with the training adapter on,
+a grader scores each, and an answer's advantage is its reward minus its group's mean, over the group's spread. The
+policy loss raises the log-probabilities of answers better than their group's and lowers the others' (per token, the
+clipped ratio of GRPO, which is 1 in its single on-policy update), and a KL term (the k3 estimator, per token) holds
+the policy near the model with the adapter off. A group whose answers all score the same teaches nothing: its
+advantages are 0.
+
+The examples are prompts: a conversation that ends with the user's turn, and the row's other fields, which the
+grader's templates read as ``item``."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from helpers.server.methods.base import Method, Stepped
+
+if TYPE_CHECKING:
+    import torch
+
+#: answers sampled per prompt at ``compute_multiplier`` 1 ("auto"); the multiplier scales it (at least 2: one answer
+#: has no group to be compared with)
+GROUP = 4
+#: the longest answer sampled, in tokens (a course answer is about 15)
+MAX_ANSWER_TOKENS = 48
+#: sampling temperature: answers must differ for a group to teach anything
+TEMPERATURE = 1.0
+#: the KL term's weight (GRPO's beta: 0.04 in DeepSeekMath)
+KL_WEIGHT = 0.04
+#: GRPO's clip range on the probability ratio (inactive in one on-policy update, kept so that the loss is GRPO's)
+CLIP = 0.2
+
+
+@dataclass
+class Grading:
+    """What a reinforcement job's steps need beside the model: its grader (as the job was created with it), where python
+    graders run, the tokens that end the model's turn, how answers become text, and the compute multiplier."""
+
+    grader: dict[str, Any]
+    sandbox: Any  # helpers.server.graders.Sandbox
+    stop_ids: list[int]
+    decode: Callable[[list[int]], str]
+    compute_multiplier: float = 1.0
+
+
+def group_size(compute_multiplier: float) -> int:
+    """Answers sampled per prompt for a ``compute_multiplier``."""
+    return max(2, round(GROUP * compute_multiplier))
+
+
+@dataclass
+class Rewards:
+    """What one step's sampling and grading saw: the mean reward, the answers' mean length in tokens, how many
+    answers the grader failed on (scored 0), and the mean per-token KL to the model with the adapter off."""
+
+    reward_mean: float
+    answer_tokens_mean: float
+    grader_failures: int
+    kl: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"train_reward_mean": self.reward_mean, "train_answer_tokens_mean": self.answer_tokens_mean,
+                "train_grader_failures": self.grader_failures, "train_kl": self.kl}
+
+
+def advantages(rewards: list[float], group: int) -> list[float]:
+    """Each answer's reward minus its group's mean, over the group's standard deviation (0 where all score alike)."""
+    import statistics
+
+    out = []
+    for first in range(0, len(rewards), group):
+        scores = rewards[first : first + group]
+        mean, spread = statistics.fmean(scores), statistics.pstdev(scores)
+        out += [(s - mean) / spread if spread > 1e-6 else 0.0 for s in scores]
+    return out
+
+
+class Reinforcement(Method):
+    name = "reinforcement"
+    examples = "prompt"
+    #: 2e-4 on SmolLM2-135M (measured: tests/test_methods.py's reward rose within a few steps at this rate)
+    auto_lr_multiplier = 0.1
+    own_hyperparameters = {"compute_multiplier": 1.0, "eval_interval": 1, "eval_samples": 1}
+    fixed_hyperparameters = {"reasoning_effort": ("default", "the local models answer without a separate reasoning phase")}
+    graded = True
+    validation_loss = False  # a validation file of prompts is graded, not scored by a loss
+
+    def encode(self, chat, row: dict[str, Any]) -> dict[str, Any]:
+        from helpers.server import chat_template
+
+        functions = chat_template.functions_of(row.get("tools") or row.get("functions"))
+        return {"prompt": chat.prompt_ids(row["messages"], functions), "item": {k: v for k, v in row.items() if k != "messages"}}
+
+    def job_settings(self, job, chat, sandbox) -> dict[str, Any]:
+        tokenizer = chat.tokenizer
+        return {"grading": Grading(job.grader or {}, sandbox, sorted(chat.stop_ids),
+                                   lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                   float(job.method_hyperparameters.get("compute_multiplier", 1.0)))}
+
+    def length(self, example: dict[str, Any]) -> int:
+        return len(example["prompt"]) + MAX_ANSWER_TOKENS
+
+    def step(self, model, batch, settings, pad_id: int, device: str) -> Stepped:
+        from helpers.server import graders
+
+        grading: Grading = settings.grading
+        grader = graders.check(grading.grader)
+        group = group_size(grading.compute_multiplier)
+        answers = sample(model, [example["prompt"] for example in batch], group, grading.stop_ids, pad_id)
+        outcomes = [graders.grade(grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox)
+                    for i, answer in enumerate(answers)]
+        rewards = [outcome.score for outcome in outcomes]
+        loss, kl = policy_loss(model, [(batch[i // group]["prompt"], a.ids) for i, a in enumerate(answers)],
+                               advantages(rewards, group), pad_id)
+        loss.backward()
+        report = Rewards(sum(rewards) / len(rewards), sum(len(a.text_ids) for a in answers) / len(answers),
+                         sum(outcome.failed for outcome in outcomes), kl)
+        return Stepped(loss.detach(), report.reward_mean, report.as_metrics())
+
+
+@dataclass
+class Answer:
+    """A sampled answer: its tokens as learned (ending with the end-of-turn token when the model stopped) and as text."""
+
+    ids: list[int]
+    text_ids: list[int]
+
+
+def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad_id: int) -> list[Answer]:
+    """``group`` answers to each prompt, sampled in one batch (prompts left-padded), ``group`` consecutive per prompt."""
+    import torch
+
+    from helpers.server.training import autocast
+
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast(model):
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=TEMPERATURE,
+                                 top_k=0, top_p=1.0, max_new_tokens=MAX_ANSWER_TOKENS, num_return_sequences=group,
+                                 eos_token_id=list(stop_ids), pad_token_id=pad_id)
+    finally:
+        model.train(was_training)
+    answers = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, token in enumerate(row) if token in stop_ids), None)
+        answers.append(Answer(row[: end + 1], row[:end]) if end is not None else Answer(row, row))
+    return answers
+
+
+def token_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of each answer token of each ``(prompt, answer)`` and the row each belongs to."""
+    import torch
+
+    from helpers.server.chat_template import IGNORE
+    from helpers.server.training import collate, labelled_logits
+
+    device = str(next(model.parameters()).device)
+    batch = collate([(prompt + answer, [IGNORE] * len(prompt) + answer) for prompt, answer in sequences], pad_id, device)
+    logits, wanted, mask = labelled_logits(model, batch)
+    return torch.log_softmax(logits, -1).gather(-1, wanted[:, None]).squeeze(-1), mask.nonzero()[:, 0]
+
+
+def policy_loss(model, sequences: list[tuple[list[int], list[int]]], advantage: list[float], pad_id: int) -> tuple[torch.Tensor, float]:
+    """GRPO's loss over the answers (each answer's tokens averaged, then the answers), and the mean per-token KL."""
+    import torch
+
+    kept = [(s, a) for s, a in zip(sequences, advantage) if s[1]]  # an empty answer has no token to learn from
+    if not kept:
+        zero = sum(p.sum() * 0 for p in model.parameters() if p.requires_grad)
+        return zero, 0.0
+    sequences, advantage = [s for s, _ in kept], [a for _, a in kept]
+    policy, rows = token_logprobs(model, sequences, pad_id)
+    with torch.no_grad(), model.disable_adapter():
+        reference, _ = token_logprobs(model, sequences, pad_id)
+    weights = torch.tensor(advantage, device=policy.device)[rows]
+    ratio = torch.exp(policy - policy.detach())
+    surrogate = torch.minimum(ratio * weights, torch.clamp(ratio, 1 - CLIP, 1 + CLIP) * weights)
+    kl = torch.exp(reference - policy) - (reference - policy) - 1
+    per_token = -surrogate + KL_WEIGHT * kl
+    lengths = torch.zeros(len(sequences), device=policy.device).index_add(0, rows, torch.ones_like(policy))
+    per_answer = torch.zeros(len(sequences), device=policy.device).index_add(0, rows, per_token) / lengths
+    return per_answer.mean(), float(kl.detach().mean())
