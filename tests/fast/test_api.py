@@ -390,3 +390,50 @@ def test_the_methods_the_server_trains_are_its_registry_and_the_catalogues():
         assert method.name == name and method.examples in ("chat", "preference", "prompt")
         assert set(hyperparameters(None, name)) == {*COMMON, *method.own_hyperparameters, *method.fixed_hyperparameters}
         assert resolve_auto(name, {}, 100)["learning_rate_multiplier"] == method.auto_lr_multiplier
+
+
+CODE_GRADER = {"type": "string_check", "name": "code", "input": "{{ sample.output_text }}", "reference": "{{ item.code }}",
+               "operation": "eq"}
+PROMPT = {"messages": [{"role": "user", "content": "Lipid panel?"}], "code": "80061"}
+
+
+def test_a_reinforcement_job_keeps_its_grader_and_openais_hyperparameters(api):
+    """OpenAI's shape: ``method.reinforcement`` with a grader and its hyperparameters; the job shows both back, and
+    ``reasoning_effort`` stays "default" (the local models do not reason apart)."""
+    from openai.types.fine_tuning import FineTuningJob
+
+    file_id = upload(api, [PROMPT] * 10)
+    body = api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": file_id, "method": {
+        "type": "reinforcement", "reinforcement": {"grader": CODE_GRADER, "hyperparameters": {"compute_multiplier": 2}}}}).json()
+    job = FineTuningJob.model_validate(body)
+    assert job.method.type == "reinforcement" and job.method.reinforcement.grader.model_dump(exclude_none=True) == CODE_GRADER
+    hyper = job.method.reinforcement.hyperparameters
+    assert (hyper.compute_multiplier, hyper.eval_interval, hyper.reasoning_effort) == (2.0, "auto", "default")
+
+
+@pytest.mark.parametrize("reinforcement, param, needle", [
+    ({}, "method.reinforcement.grader", "'method.reinforcement.grader' must be an object"),
+    ({"grader": {**CODE_GRADER, "operation": "contains"}}, "method.reinforcement.grader.operation", "'eq', 'ne'"),
+    ({"grader": CODE_GRADER, "hyperparameters": {"reasoning_effort": "high"}}, "reasoning_effort", "can only be 'default'"),
+    ({"grader": CODE_GRADER, "hyperparameters": {"compute_multiplier": 9}}, "compute_multiplier", "between 0.5 and 4"),
+    ({"grader": CODE_GRADER, "hyperparameters": {"beta": 0.1}}, "hyperparameters", "Unknown hyperparameter(s) ['beta']"),
+])
+def test_a_bad_reinforcement_job_is_a_400_naming_the_field(api, reinforcement, param, needle):
+    response = api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": "file-x",
+                                                      "method": {"type": "reinforcement", "reinforcement": reinforcement}})
+    assert response.status_code == 400
+    problem = error(response)
+    assert problem["param"] == param and needle in problem["message"], problem
+
+
+def test_a_prompt_file_validates_as_prompts_and_a_chat_file_missing_a_reply_still_says_so(tmp_path):
+    from helpers.data.validate import validate_file
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({**PROMPT, "code": str(80061 + i)}) + "\n" for i in range(10)))
+    report = validate_file(prompts, model="gpt-4.1-mini")
+    assert report.ok and report.format == "prompt" and report.n_examples == 10
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(CHAT) + "\n" + json.dumps(PROMPT) + "\n")
+    codes = [issue.code for issue in validate_file(mixed, model="gpt-4.1-mini", min_examples=1).errors]
+    assert codes == ["no_assistant_message"]

@@ -248,6 +248,10 @@ class JobRunner:
             text = f"Step {m.step}/{m.total_steps}: training loss={m.train_loss:.4f}"
             if m.valid_loss is not None:
                 text += f", validation loss={m.valid_loss:.4f}"
+            if m.train_reward_mean is not None:  # a reinforcement job's
+                text += f", mean reward={m.train_reward_mean:.3f}"
+            if m.valid_reward_mean is not None:
+                text += f", validation mean reward={m.valid_reward_mean:.3f}"
             elapsed = time.monotonic() - started
             done = m.step - resume_step
             finish = now() + int(elapsed / done * (m.total_steps - m.step)) if done else None

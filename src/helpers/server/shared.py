@@ -91,6 +91,17 @@ def adapter_name(weights: Path) -> str:
     return "m" + hashlib.sha1(str(weights.resolve()).encode()).hexdigest()[:16]
 
 
+def set_attention(model, implementation: str) -> str:
+    """Make ``model`` (a causal LM) attend with ``implementation`` ("sdpa" or "eager": see INFERENCE_ATTENTION); returns
+    the one it had."""
+    had = model.config._attn_implementation
+    if implementation == "sdpa" and not getattr(model, "_supports_sdpa", False):
+        implementation = "eager"  # a family transformers has no SDPA for (Gemma 2: its attention softcap)
+    if had != implementation:
+        model.set_attn_implementation(implementation)
+    return had
+
+
 #: ``SharedModel._active`` when the adapter layers are disabled: the plain base answers.
 OFF = ("", False)
 
@@ -230,10 +241,7 @@ class SharedModel:
         self._active = None  # adding an adapter may change which one peft has active
 
     def _attention(self, implementation: str) -> None:
-        if implementation == "sdpa" and not getattr(self.model, "_supports_sdpa", False):
-            implementation = "eager"  # a family transformers has no SDPA for (Gemma 2: its attention softcap)
-        if self.model.config._attn_implementation != implementation:
-            self.model.set_attn_implementation(implementation)
+        set_attention(self.model, implementation)
 
     def _activate(self, name: str, *, trainable: bool) -> None:
         """Make ``name`` the active adapter (a walk over every module in peft: skipped when it already is)."""

@@ -14,6 +14,7 @@ AdamW's state stay in fp32, and the loss is computed in fp32.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -82,6 +83,7 @@ class StepMetrics:
     train_answer_tokens_mean: float | None = None
     train_grader_failures: int | None = None
     train_kl: float | None = None
+    valid_reward_mean: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -370,6 +372,9 @@ def train(model, tokenizer, train_examples: list, valid_examples: list, settings
                 if validating and step % steps_per_epoch == 0:  # as OpenAI: the whole file at each epoch's end
                     with hold():
                         metrics.full_valid_loss, metrics.full_valid_mean_token_accuracy = evaluate(model, valid_examples, settings.batch_size, pad_id, device)
+                if valid_examples:
+                    with hold():
+                        metrics = dataclasses.replace(metrics, **method.evaluate(model, valid_examples, settings, step, pad_id))
                 on_step(metrics)
             with hold():
                 on_epoch_end(epoch + 1, step, metrics)

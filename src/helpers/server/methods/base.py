@@ -78,6 +78,11 @@ class Method(ABC):
         ``sandbox``: where the server runs python graders (``graders.Sandbox``)."""
         return {}
 
+    def evaluate(self, model: Any, examples: list, settings: TrainSettings, step: int, pad_id: int) -> dict[str, Any]:
+        """What the method measures on the validation examples after ``step`` beyond the loop's validation loss
+        (``StepMetrics``' names); most measure nothing more."""
+        return {}
+
     def prepare(self, preparation: Preparation) -> None:  # noqa: B027  # most methods prepare nothing
         """What the method needs before the first step (the training adapter is on the model, as the job starts)."""
 

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 GROUP = 4
 #: the longest answer sampled, in tokens (a course answer is about 15)
 MAX_ANSWER_TOKENS = 48
-#: sampling temperature: answers must differ for a group to teach anything
-TEMPERATURE = 1.0
+#: sampling temperature: answers must differ for a group to teach anything, and stay answers (at 1.0 SmolLM2-135M's
+#: answers to the course's requests were mostly word salad)
+TEMPERATURE = 0.7
 #: the KL term's weight (GRPO's beta: 0.04 in DeepSeekMath)
 KL_WEIGHT = 0.04
 #: GRPO's clip range on the probability ratio (inactive in one on-policy update, kept so that the loss is GRPO's)
@@ -42,6 +43,8 @@ class Grading:
     stop_ids: list[int]
     decode: Callable[[list[int]], str]
     compute_multiplier: float = 1.0
+    eval_interval: int = 1
+    eval_samples: int = 1
 
 
 def group_size(compute_multiplier: float) -> int:
@@ -94,28 +97,41 @@ class Reinforcement(Method):
 
     def job_settings(self, job, chat, sandbox) -> dict[str, Any]:
         tokenizer = chat.tokenizer
+        hyper = job.method_hyperparameters  # numbers once the files are validated
         return {"grading": Grading(job.grader or {}, sandbox, sorted(chat.stop_ids),
                                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                   float(job.method_hyperparameters.get("compute_multiplier", 1.0)))}
+                                   float(hyper["compute_multiplier"]), int(hyper["eval_interval"]), int(hyper["eval_samples"]))}
 
     def length(self, example: dict[str, Any]) -> int:
         return len(example["prompt"]) + MAX_ANSWER_TOKENS
 
-    def step(self, model, batch, settings, pad_id: int, device: str) -> Stepped:
+    def evaluate(self, model, examples: list, settings, step: int, pad_id: int) -> dict[str, Any]:
+        """Every ``eval_interval`` steps: ``eval_samples`` answers to each validation prompt, sampled and graded as in
+        training (no update), their mean reward."""
+        grading: Grading = settings.grading
+        if not examples or step % grading.eval_interval:
+            return {}
+        rewards = self._grade(model, examples, grading, grading.eval_samples, pad_id)[1]
+        return {"valid_reward_mean": sum(rewards) / len(rewards)}
+
+    def _grade(self, model, batch: list, grading: Grading, group: int, pad_id: int) -> tuple[list[Answer], list[float], int]:
+        """``group`` answers to each prompt of ``batch``, their rewards, and how many the grader failed on (scored 0)."""
         from helpers.server import graders
 
-        grading: Grading = settings.grading
         grader = graders.check(grading.grader)
-        group = group_size(grading.compute_multiplier)
         answers = sample(model, [example["prompt"] for example in batch], group, grading.stop_ids, pad_id)
         outcomes = [graders.grade(grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox)
                     for i, answer in enumerate(answers)]
-        rewards = [outcome.score for outcome in outcomes]
+        return answers, [outcome.score for outcome in outcomes], sum(outcome.failed for outcome in outcomes)
+
+    def step(self, model, batch, settings, pad_id: int, device: str) -> Stepped:
+        grading: Grading = settings.grading
+        group = group_size(grading.compute_multiplier)
+        answers, rewards, failures = self._grade(model, batch, grading, group, pad_id)
         loss, kl = policy_loss(model, [(batch[i // group]["prompt"], a.ids) for i, a in enumerate(answers)],
                                advantages(rewards, group), pad_id)
         loss.backward()
-        report = Rewards(sum(rewards) / len(rewards), sum(len(a.text_ids) for a in answers) / len(answers),
-                         sum(outcome.failed for outcome in outcomes), kl)
+        report = Rewards(sum(rewards) / len(rewards), sum(len(a.text_ids) for a in answers) / len(answers), failures, kl)
         return Stepped(loss.detach(), report.reward_mean, report.as_metrics())
 
 
@@ -131,7 +147,8 @@ def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad
     """``group`` answers to each prompt, sampled in one batch (prompts left-padded), ``group`` consecutive per prompt."""
     import torch
 
-    from helpers.server.training import autocast
+    from helpers.server.shared import INFERENCE_ATTENTION, set_attention
+    from helpers.server.training import _causal_lm, autocast
 
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
@@ -142,12 +159,14 @@ def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad
         mask[row, width - len(prompt):] = 1
     was_training = model.training
     model.eval()
+    had = set_attention(_causal_lm(model), INFERENCE_ATTENTION)  # SDPA generates faster; training attends eagerly
     try:
         with torch.no_grad(), autocast(model):
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=TEMPERATURE,
                                  top_k=0, top_p=1.0, max_new_tokens=MAX_ANSWER_TOKENS, num_return_sequences=group,
                                  eos_token_id=list(stop_ids), pad_token_id=pad_id)
     finally:
+        set_attention(_causal_lm(model), had)
         model.train(was_training)
     answers = []
     for row in out[:, width:].tolist():
