@@ -21,6 +21,10 @@ ADAPTER = "train_methods"
 CHAT = [json.loads(line) for line in (DATA / "billing" / "train.jsonl").read_text().splitlines()[:4]]
 PAIRS = [{"input": {"messages": row["messages"][:-1]}, "preferred_output": [row["messages"][-1]],
           "non_preferred_output": [{"role": "assistant", "content": "I am not sure."}]} for row in CHAT]
+PROMPTS = [{"messages": row["messages"][:-1], "answer": row["messages"][-1]["content"]} for row in CHAT]
+#: how close an answer is to the course's: a score that differs between any two answers, so every group teaches
+CLOSE_GRADER = {"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}",
+                "evaluation_metric": "fuzzy_match"}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +65,13 @@ def test_dpo_encodes_both_outputs_as_the_template_ends_a_turn(chat):
 def test_each_methods_step_puts_gradients_on_the_adapter_only(chat, shared):
     """A real step of each method through the shared model, as a job takes it (DPO's reference prepared first); in
     bf16 the reference's batches and the step's sum a little differently (up to 0.05 nats a pair, test_server)."""
+    from helpers.server.graders import Sandbox
+    from helpers.server.methods.reinforcement import Grading
+
     pad_id = training.padding_id(chat.tokenizer)
-    settings = training.TrainSettings(method="dpo", beta=0.1)
-    for name, rows in (("supervised", CHAT), ("dpo", PAIRS)):
+    grading = Grading(CLOSE_GRADER, Sandbox(), sorted(chat.stop_ids), lambda ids: chat.tokenizer.decode(ids, skip_special_tokens=True))
+    settings = training.TrainSettings(method="dpo", beta=0.1, grading=grading)
+    for name, rows in (("supervised", CHAT), ("dpo", PAIRS), ("reinforcement", PROMPTS)):
         method = METHODS[name]
         batch, _ = method.encode_file(chat, rows, training.MAX_SEQ_LEN)
         kept: dict = {}
@@ -81,3 +89,7 @@ def test_each_methods_step_puts_gradients_on_the_adapter_only(chat, shared):
         assert trained and all("lora_" in n for n in trained), name
         if name == "dpo":  # before any update the policy is its reference: the loss is log 2
             assert float(loss) == pytest.approx(math.log(2), abs=0.03)
+        if name == "reinforcement":  # a group of 4 answers to each prompt, graded; before any update the KL is 0
+            reported = stepped.reported
+            assert reported["train_reward_mean"] == accuracy and 0 < reported["train_answer_tokens_mean"] <= 48
+            assert reported["train_grader_failures"] == 0 and reported["train_kl"] == pytest.approx(0, abs=1e-3)

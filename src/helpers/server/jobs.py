@@ -340,10 +340,14 @@ class JobRunner:
         return history
 
     def _results_file(self, owner: str, job_id: str, history: list) -> str:
-        lines = ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"]
+        # OpenAI's five columns, then what a method reports beside them (a reinforcement job's rewards, KL, lengths)
+        extra = [name for name in ("train_reward_mean", "valid_reward_mean", "train_kl", "train_answer_tokens_mean", "train_grader_failures")
+                 if any(getattr(m, name) is not None for m in history)]
+        lines = [",".join(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy", *extra])]
+        fmt = lambda v: "" if v is None else f"{v:.5f}"  # noqa: E731
         for m in history:
-            fmt = lambda v: "" if v is None else f"{v:.5f}"  # noqa: E731
-            lines.append(f"{m.step},{fmt(m.train_loss)},{fmt(m.train_mean_token_accuracy)},{fmt(m.valid_loss)},{fmt(m.valid_mean_token_accuracy)}")
+            lines.append(",".join([str(m.step), *(fmt(v) for v in (m.train_loss, m.train_mean_token_accuracy, m.valid_loss,
+                                                                      m.valid_mean_token_accuracy, *(getattr(m, n) for n in extra)))]))
         data = base64.b64encode(("\n".join(lines) + "\n").encode())
         file_id = new_id("file")
         self.store.write_file(owner, file_id, data)

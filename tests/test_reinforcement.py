@@ -1,0 +1,70 @@
+"""Reinforcement fine-tuning through the real server with the official client: a ``reinforcement`` job with a
+``string_check`` grader trains SmolLM2 by GRPO, and its mean reward rises; what it reports per step, its checkpoints,
+and the files it refuses."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from conftest import DATA
+from server_harness import ServerProcess, wait_for_job
+
+ROWS = [json.loads(line) for line in (DATA / "billing" / "train.jsonl").read_text().splitlines()]
+#: the course's form, which SmolLM2-135M writes now and then before any training (about 1 answer in 5 at temperature
+#: 0.7): a reward a group of answers can tell apart
+FORM = {"type": "string_check", "name": "form", "input": "{{ sample.output_text }}", "reference": "%CPT Code%", "operation": "ilike"}
+EPOCHS, BATCH = 3, 4
+
+
+def prompts(rows: list[dict]) -> bytes:
+    """Prompt rows as OpenAI's reinforcement fine-tuning takes them: the conversation up to the user's turn, and the
+    fields the grader reads (here the expected answer)."""
+    return "".join(json.dumps({"messages": r["messages"][:-1], "answer": r["messages"][-1]["content"]}) + "\n" for r in rows).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = ServerProcess(tmp_path_factory.mktemp("reinforcement") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def job(server):
+    client = server.client()
+    train = client.files.create(file=("prompts.jsonl", prompts(ROWS[:16])), purpose="fine-tune")
+    valid = client.files.create(file=("valid.jsonl", prompts(ROWS[-4:])), purpose="fine-tune")
+    created = client.fine_tuning.jobs.create(
+        training_file=train.id, validation_file=valid.id, model="gpt-4.1-mini", seed=7, suffix="form",
+        method={"type": "reinforcement", "reinforcement": {"grader": FORM, "hyperparameters": {
+            "n_epochs": EPOCHS, "batch_size": BATCH, "eval_interval": 4, "eval_samples": 2}}})
+    return wait_for_job(client, created.id, timeout_s=1200)
+
+
+def test_a_reinforcement_job_raises_its_mean_reward(server, job):
+    client = server.client()
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "form"
+    hyper = job.method.reinforcement.hyperparameters
+    assert (hyper.n_epochs, hyper.batch_size, hyper.compute_multiplier, hyper.reasoning_effort) == (EPOCHS, BATCH, 1.0, "default")
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    steps = sorted((e.data for e in events if e.type == "metrics"), key=lambda m: m["step"])
+    rewards = [m["train_reward_mean"] for m in steps]
+    print("mean reward by step:", [round(r, 2) for r in rewards], "validation:",
+          [(m["step"], m["valid_reward_mean"]) for m in steps if "valid_reward_mean" in m])
+    assert len(steps) == EPOCHS * 16 // BATCH and all(m["train_grader_failures"] == 0 for m in steps)
+    assert statistics.fmean(rewards[-4:]) > statistics.fmean(rewards[:4]) + 0.2, rewards
+    assert [m["step"] for m in steps if "valid_reward_mean" in m] == [4, 8, 12]  # every eval_interval steps
+    assert all(m["train_answer_tokens_mean"] > 0 and m["train_kl"] >= 0 for m in steps)
+    assert any("mean reward=" in e.message for e in events)
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [12, 8, 4]  # one per epoch
+
+
+def test_a_reinforcement_job_on_chat_examples_fails_naming_the_format(server):
+    client = server.client()
+    chat = client.files.create(file=("chat.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS[:10]).encode()), purpose="fine-tune")
+    job = wait_for_job(client, client.fine_tuning.jobs.create(training_file=chat.id, model="gpt-4.1-mini", method={
+        "type": "reinforcement", "reinforcement": {"grader": FORM}}).id)
+    assert job.status == "failed" and job.error.param == "training_file"
+    assert "A reinforcement job needs prompt examples" in job.error.message
