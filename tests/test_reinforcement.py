@@ -11,10 +11,10 @@ from conftest import DATA
 from server_harness import ServerProcess, wait_for_job
 
 ROWS = [json.loads(line) for line in (DATA / "billing" / "train.jsonl").read_text().splitlines()]
-#: the course's form, which SmolLM2-135M writes now and then before any training (about 1 answer in 5 at temperature
-#: 0.7): a reward a group of answers can tell apart
-FORM = {"type": "string_check", "name": "form", "input": "{{ sample.output_text }}", "reference": "%CPT Code%", "operation": "ilike"}
-EPOCHS, BATCH = 3, 4
+#: the course's form, which SmolLM2-135M writes now and then before any training (measured: 5 answers in 16 at
+#: temperature 0.7): a reward a group of answers can tell apart ("ilike": the answer holds it, in any case)
+FORM = {"type": "string_check", "name": "form", "input": "{{ sample.output_text }}", "reference": "CPT Code", "operation": "ilike"}
+EPOCHS, BATCH = 2, 4
 
 
 def prompts(rows: list[dict]) -> bytes:
@@ -38,7 +38,7 @@ def job(server):
     created = client.fine_tuning.jobs.create(
         training_file=train.id, validation_file=valid.id, model="gpt-4.1-mini", seed=7, suffix="form",
         method={"type": "reinforcement", "reinforcement": {"grader": FORM, "hyperparameters": {
-            "n_epochs": EPOCHS, "batch_size": BATCH, "eval_interval": 4, "eval_samples": 2}}})
+            "n_epochs": EPOCHS, "batch_size": BATCH, "eval_interval": 4, "eval_samples": 2}}})  # 8 steps
     return wait_for_job(client, created.id, timeout_s=1200)
 
 
@@ -54,11 +54,11 @@ def test_a_reinforcement_job_raises_its_mean_reward(server, job):
     print("mean reward by step:", [round(r, 2) for r in rewards], "validation:",
           [(m["step"], m["valid_reward_mean"]) for m in steps if "valid_reward_mean" in m])
     assert len(steps) == EPOCHS * 16 // BATCH and all(m["train_grader_failures"] == 0 for m in steps)
-    assert statistics.fmean(rewards[-4:]) > statistics.fmean(rewards[:4]) + 0.2, rewards
-    assert [m["step"] for m in steps if "valid_reward_mean" in m] == [4, 8, 12]  # every eval_interval steps
+    assert statistics.fmean(rewards[-3:]) > statistics.fmean(rewards[:3]) + 0.2, rewards
+    assert [m["step"] for m in steps if "valid_reward_mean" in m] == [4, 8]  # every eval_interval steps
     assert all(m["train_answer_tokens_mean"] > 0 and m["train_kl"] >= 0 for m in steps)
     assert any("mean reward=" in e.message for e in events)
-    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [12, 8, 4]  # one per epoch
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [8, 4]  # one per epoch
 
 
 def test_a_reinforcement_job_on_chat_examples_fails_naming_the_format(server):

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 #: answers sampled per prompt at ``compute_multiplier`` 1 ("auto"); the multiplier scales it (at least 2: one answer
 #: has no group to be compared with)
 GROUP = 4
-#: the longest answer sampled, in tokens (a course answer is about 15)
-MAX_ANSWER_TOKENS = 48
+#: the longest answer sampled, in tokens (a course answer is about 15; the notebooks ask for 32)
+MAX_ANSWER_TOKENS = 32
 #: sampling temperature: answers must differ for a group to teach anything, and stay answers (at 1.0 SmolLM2-135M's
 #: answers to the course's requests were mostly word salad)
 TEMPERATURE = 0.7
@@ -82,8 +82,10 @@ def advantages(rewards: list[float], group: int) -> list[float]:
 class Reinforcement(Method):
     name = "reinforcement"
     examples = "prompt"
-    #: 2e-4 on SmolLM2-135M (measured: tests/test_methods.py's reward rose within a few steps at this rate)
-    auto_lr_multiplier = 0.1
+    #: 5e-4 on SmolLM2-135M. Measured on 16 course prompts with a grader of the form ("CPT Code" in the answer), steps of
+    #: 4 prompts x 4 answers: the mean reward went 0.31 -> 0.81 in 8 steps; at 2e-3 it reached 1.0 in 3 steps with a KL
+    #: of 0.5 to the base and answers that no longer stopped (the reward did not ask them to)
+    auto_lr_multiplier = 0.25
     own_hyperparameters = {"compute_multiplier": 1.0, "eval_interval": 1, "eval_samples": 1}
     fixed_hyperparameters = {"reasoning_effort": ("default", "the local models answer without a separate reasoning phase")}
     graded = True
