@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 
+import httpx
 import pytest
 from conftest import DATA
 from server_harness import ServerProcess, wait_for_job
@@ -68,3 +69,22 @@ def test_a_reinforcement_job_on_chat_examples_fails_naming_the_format(server):
         "type": "reinforcement", "reinforcement": {"grader": FORM}}).id)
     assert job.status == "failed" and job.error.param == "training_file"
     assert "A reinforcement job needs prompt examples" in job.error.message
+
+
+def test_a_job_from_a_fine_tuned_model_is_held_near_that_model_not_the_base(server, job):
+    """The KL term compares with the model a job starts from: at the first step, before any update, the policy is that
+    model, so the KL is 0 (measured). Against the base it was 0.15 for this start, and about 2 per token from 03's model."""
+    client = server.client()
+    train = client.files.create(file=("few.jsonl", prompts(ROWS[16:26])), purpose="fine-tune")
+    again = wait_for_job(client, client.fine_tuning.jobs.create(
+        training_file=train.id, model=job.fine_tuned_model, seed=7, method={"type": "reinforcement", "reinforcement": {
+            "grader": FORM, "hyperparameters": {"n_epochs": 1, "batch_size": 5}}}).id, timeout_s=600)  # 2 steps
+    assert again.status == "succeeded", again.error
+    events = client.fine_tuning.jobs.list_events(again.id, limit=100).data
+    first = min((e.data for e in events if e.type == "metrics"), key=lambda m: m["step"])
+    print("KL to the starting model at step 1:", first["train_kl"])
+    assert first["train_kl"] < 0.01, first
+    assert any(f"compares with {job.fine_tuned_model}" in e.message for e in events)
+    # the frozen copy left with the job
+    loaded = httpx.get(f"{server.url}/health", timeout=10).json()["models"][0]
+    assert loaded["training_adapters"] == loaded["reference_adapters"] == 0, loaded

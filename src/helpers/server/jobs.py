@@ -27,7 +27,7 @@ from helpers.server import chat_template, graders, localmodels
 from helpers.server.bases import Bases
 from helpers.server.fair_queue import FairQueue
 from helpers.server.hyperparameters import resolve_auto
-from helpers.server.methods import METHODS, Preparation
+from helpers.server.methods import METHODS, JobFailure, Preparation
 from helpers.server.records import (
     CheckpointRecord,
     Checkpoints,
@@ -212,6 +212,8 @@ class JobRunner:
             self._train(job, owner, base)
         except Cancelled:
             self._finish(job_id, JobStatus.CANCELLED, message="Fine-tuning job cancelled")
+        except JobFailure as failure:
+            self._finish(job_id, JobStatus.FAILED, error=failure.error)
 
     def _train(self, job: JobRecord, owner: str, base: catalogue.LocalBase) -> None:
         from helpers.server import training
@@ -236,7 +238,8 @@ class JobRunner:
             model = shared.add_training_adapter(adapter, settings, resume_from)
         try:
             method.prepare(Preparation(self._job(job_id), train_examples, shared, adapter, cancelled=lambda: job_id in self._cancel,
-                                       event=partial(self.event, job_id), keep=partial(self.jobs.update, job_id)))
+                                       event=partial(self.event, job_id), keep=partial(self.jobs.update, job_id), settings=settings,
+                                       start_weights=self.store.model_dir(owner, job.start_from) if job.start_from else None))
         except BaseException:
             with shared.hold():
                 shared.remove_training_adapter(adapter)

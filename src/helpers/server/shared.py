@@ -132,6 +132,7 @@ class SharedModel:
         self.peft: Any = None  # a PeftModel around self.model, from the first adapter on
         self._inference: OrderedDict[str, None] = OrderedDict()  # inference adapters, least recently used first
         self._training: set[str] = set()
+        self._references: dict[str, str] = {}  # training adapter -> the frozen adapter of the model its job starts from
         # (adapter, trainable) now active; OFF: adapter layers disabled; None: unknown (peft picks an adapter itself
         # when one is added or deleted), so the next request sets the state it needs
         self._active: tuple[str, bool] | None = None
@@ -141,10 +142,11 @@ class SharedModel:
         return not self._training and self.hold.idle()
 
     def describe(self) -> dict:
-        """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training."""
+        """What is loaded (for /health): the base, its dtype, the adapters attached for inference and training, and
+        the frozen copies of starting models that training jobs compare with."""
         return {"base": self.base.name, "parameters": self.parameters, "device": str(self.model.device),
-                "dtype": str(self.model.dtype).removeprefix("torch."),
-                "inference_adapters": len(self._inference), "training_adapters": len(self._training)}
+                "dtype": str(self.model.dtype).removeprefix("torch."), "inference_adapters": len(self._inference),
+                "training_adapters": len(self._training), "reference_adapters": len(self._references)}
 
     # -- inference ------------------------------------------------------------------------------
     def for_inference(self, weights: Path | None):
@@ -215,10 +217,31 @@ class SharedModel:
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS))
         self.peft.peft_config[name].save_pretrained(str(folder))
 
+    def add_reference_adapter(self, training: str, weights: Path) -> str:
+        """A frozen copy of the model the job of adapter ``training`` starts from (the adapter in ``weights``), for a
+        method that compares its policy with it as it trains; removed with the training adapter. Returns its name."""
+        name = f"reference_{training.removeprefix('train_')}"  # not containing the training adapter's name: peft matches names within keys
+        self._attach(name, lambda: self._load(weights, name, trainable=False))
+        self._references[training] = name
+        return name
+
+    @contextmanager
+    def reference_turn(self, training: str) -> Iterator[None]:
+        """Within ``training``'s turn: its reference adapter active (frozen), then ``training`` active and trainable again."""
+        self._activate(self._references[training], trainable=False)
+        try:
+            yield
+        finally:
+            self._activate(training, trainable=True)
+
     def remove_training_adapter(self, name: str) -> None:
         if name in self._training:
             self._training.discard(name)
             self.peft.delete_adapter(name)
+            self._active = None
+        reference = self._references.pop(name, None)
+        if reference is not None:
+            self.peft.delete_adapter(reference)
             self._active = None
 
     # -- internals ------------------------------------------------------------------------------
@@ -229,6 +252,12 @@ class SharedModel:
         if self.peft is None:
             self.peft = PeftModel.from_pretrained(self.model, weights, adapter_name=name, is_trainable=trainable,
                                                   autocast_adapter_dtype=trainable)
+        elif self.peft.active_adapter not in self.peft.peft_config:
+            # every adapter was deleted (a job ended, nothing answered since), and peft still names the last one active:
+            # loading a trainable adapter would read its config (KeyError). Loaded frozen, it is made trainable (and
+            # active) by the training turn's set_adapter.
+            self.peft.load_adapter(weights, adapter_name=name, is_trainable=False, autocast_adapter_dtype=trainable)
+            self.peft.peft_config[name].inference_mode = not trainable
         else:
             self.peft.load_adapter(weights, adapter_name=name, is_trainable=trainable, autocast_adapter_dtype=trainable)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -27,6 +28,17 @@ class Preparation:
     cancelled: Callable[[], bool]
     event: Callable[[str], None]
     keep: Callable[..., Any]
+    settings: TrainSettings | None = None
+    #: the adapter folder of the fine-tuned model the job starts from (``job.start_from``); None for a job from the base
+    start_weights: Path | None = None
+
+
+class JobFailure(Exception):
+    """What fails a job with an error of OpenAI's shape (``code``, ``param``, ``message``) rather than a server error."""
+
+    def __init__(self, code: str, param: str | None, message: str) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "param": param, "message": message}
 
 
 @dataclass

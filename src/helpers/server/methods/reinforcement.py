@@ -3,7 +3,8 @@ al., 2024, DeepSeekMath): for each prompt of a batch the model samples a group o
 a grader scores each, and an answer's advantage is its reward minus its group's mean, over the group's spread. The
 policy loss raises the log-probabilities of answers better than their group's and lowers the others' (per token, the
 clipped ratio of GRPO, which is 1 in its single on-policy update), and a KL term (the k3 estimator, per token) holds
-the policy near the model with the adapter off. A group whose answers all score the same teaches nothing: its
+the policy near the model the job starts from: the base (the adapter off), or the fine-tuned model it continues (that
+model's adapter, frozen beside the one that trains). A group whose answers all score the same teaches nothing: its
 advantages are 0.
 
 The examples are prompts: a conversation that ends with the user's turn, and the row's other fields, which the
@@ -11,10 +12,11 @@ grader's templates read as ``item``."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from helpers.server.methods.base import Method, Stepped
+from helpers.server.methods.base import JobFailure, Method, Preparation, Stepped
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +47,9 @@ class Grading:
     compute_multiplier: float = 1.0
     eval_interval: int = 1
     eval_samples: int = 1
+    #: the model the KL term compares with, active inside it: the starting fine-tuned model's frozen adapter (set by
+    #: ``prepare``); None: the base, with the adapter off
+    reference: Callable[[], AbstractContextManager] | None = None
 
 
 def group_size(compute_multiplier: float) -> int:
@@ -107,6 +112,24 @@ class Reinforcement(Method):
     def length(self, example: dict[str, Any]) -> int:
         return len(example["prompt"]) + MAX_ANSWER_TOKENS
 
+    def prepare(self, preparation: Preparation) -> None:
+        """A job that continues a fine-tuned model keeps that model's adapter, frozen, beside the one that trains: the KL
+        term holds the policy near it (near the base instead, it would pull the model back to what it was before its
+        first fine-tuning: a KL of about 2 per token from 03's model, measured)."""
+        if preparation.start_weights is None or preparation.settings is None:
+            return
+        from helpers.server.shared import ADAPTER_CONFIG
+
+        job = preparation.job
+        if not (preparation.start_weights / ADAPTER_CONFIG).exists():
+            raise JobFailure("model_not_available", "model", f"The model {job.start_from} this job started from was deleted: "
+                             "a reinforcement job compares its answers with that model's, so it cannot go on without it.")
+        shared, adapter = preparation.shared, preparation.adapter
+        with shared.hold():
+            shared.add_reference_adapter(adapter, preparation.start_weights)
+        preparation.settings.grading.reference = lambda: shared.reference_turn(adapter)
+        preparation.event(f"The KL term compares with {job.start_from}, the model this job starts from.")
+
     def evaluate(self, model, examples: list, settings, step: int, pad_id: int) -> dict[str, Any]:
         """Every ``eval_interval`` steps: ``eval_samples`` answers to each validation prompt, sampled and graded as in
         training (no update), their mean reward."""
@@ -131,7 +154,7 @@ class Reinforcement(Method):
         group = group_size(grading.compute_multiplier)
         answers, rewards, failures = self._grade(model, batch, grading, group, pad_id)
         loss, kl = policy_loss(model, [(batch[i // group]["prompt"], a.ids) for i, a in enumerate(answers)],
-                               advantages(rewards, group), pad_id)
+                               advantages(rewards, group), pad_id, grading.reference)
         loss.backward()
         report = Rewards(sum(rewards) / len(rewards), sum(len(a.text_ids) for a in answers) / len(answers), failures, kl)
         return Stepped(loss.detach(), report.reward_mean, report.as_metrics())
@@ -190,8 +213,10 @@ def token_logprobs(model, sequences: list[tuple[list[int], list[int]]], pad_id: 
     return torch.log_softmax(logits, -1).gather(-1, wanted[:, None]).squeeze(-1), mask.nonzero()[:, 0]
 
 
-def policy_loss(model, sequences: list[tuple[list[int], list[int]]], advantage: list[float], pad_id: int) -> tuple[torch.Tensor, float]:
-    """GRPO's loss over the answers (each answer's tokens averaged, then the answers), and the mean per-token KL."""
+def policy_loss(model, sequences: list[tuple[list[int], list[int]]], advantage: list[float], pad_id: int,
+                reference: Callable[[], AbstractContextManager] | None = None) -> tuple[torch.Tensor, float]:
+    """GRPO's loss over the answers (each answer's tokens averaged, then the answers), and the mean per-token KL to the
+    ``reference`` (the model with the adapter off when None)."""
     import torch
 
     kept = [(s, a) for s, a in zip(sequences, advantage) if s[1]]  # an empty answer has no token to learn from
@@ -200,12 +225,12 @@ def policy_loss(model, sequences: list[tuple[list[int], list[int]]], advantage: 
         return zero, 0.0
     sequences, advantage = [s for s, _ in kept], [a for _, a in kept]
     policy, rows = token_logprobs(model, sequences, pad_id)
-    with torch.no_grad(), model.disable_adapter():
-        reference, _ = token_logprobs(model, sequences, pad_id)
+    with torch.no_grad(), (reference() if reference is not None else model.disable_adapter()):
+        reference_logprobs, _ = token_logprobs(model, sequences, pad_id)
     weights = torch.tensor(advantage, device=policy.device)[rows]
     ratio = torch.exp(policy - policy.detach())
     surrogate = torch.minimum(ratio * weights, torch.clamp(ratio, 1 - CLIP, 1 + CLIP) * weights)
-    kl = torch.exp(reference - policy) - (reference - policy) - 1
+    kl = torch.exp(reference_logprobs - policy) - (reference_logprobs - policy) - 1
     per_token = -surrogate + KL_WEIGHT * kl
     lengths = torch.zeros(len(sequences), device=policy.device).index_add(0, rows, torch.ones_like(policy))
     per_answer = torch.zeros(len(sequences), device=policy.device).index_add(0, rows, per_token) / lengths
