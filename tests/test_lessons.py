@@ -350,3 +350,34 @@ def test_privacy_checks_find_identifiers_and_the_scrubber_removes_them():
     assert privacy.scrub("Pt name: John Carter, MRN 00482913") == "Pt name: [NAME], MRN [RECORD]"
     assert privacy.scan(read_jsonl(TRAIN)).empty  # the course's requests carry ages (under 90) and sex only
     assert privacy.scrub("Office visit - CPT Code: 99213, 45yo M") == "Office visit - CPT Code: 99213, 45yo M"  # codes and ages stay
+
+
+def test_12s_grader_is_one_the_server_accepts_and_scores_code_and_form_apart(tmp_path):
+    from helpers.course import rewards
+    from helpers.server import graders
+
+    grader = rewards.billing_grader(0.8)
+    checked = graders.check(grader)  # the server's own check: the 400 a job would get
+    assert checked.type == "multi"
+    sandbox = graders.Sandbox.for_server(tmp_path)
+    item = {"code": "99285"}
+    right, wrong_code, wrong_form = ("Emergency department visit, high complexity - CPT Code: 99285",
+                                     "Emergency department visit, high complexity - CPT Code: 99284", "99285 it is")
+    scores = [graders.grade(checked, text, item, sandbox).score for text in (right, wrong_code, wrong_form)]
+    assert scores == pytest.approx([1.0, 0.2, 0.0])
+    with pytest.raises(ValueError, match="CODE_WEIGHT must be between 0 and 1"):
+        rewards.billing_grader(1.5)
+
+
+def test_12s_sentences_call_a_change_only_where_the_intervals_part():
+    from helpers.course import rewards
+
+    table = {"start": {"right": 41, "n": 48, "seconds": 0}, "RFT": {"right": 40, "n": 48, "seconds": 87},
+             "SFT": {"right": 35, "n": 48, "seconds": 8}, "big": {"right": 12, "n": 48, "seconds": 5}}
+    lines = rewards.compare_findings(table, "start", ["RFT", "SFT", "big"])
+    assert lines[0].startswith("The starting model answered 41 of 48")
+    assert "1 fewer right answers than the start" in lines[1] and "cannot tell it from no change" in lines[1]
+    assert "6 fewer" in lines[2] and "cannot tell" in lines[2]  # 0.729 against 0.854: the intervals overlap at n=48
+    assert "a change the intervals tell apart" in lines[3]
+    samples = pd.DataFrame({"prompt": [0, 0, 1, 1, 2, 2], "reward": [1.0, 1.0, 0.2, 1.0, 0.2, 0.2]})
+    assert rewards.learnable(samples) == {"prompts": 3, "answers differ": 1, "all right": 1, "all alike, not right": 1}
