@@ -518,3 +518,20 @@ def test_make_reports_runs_01_after_the_notebooks_whose_accuracy_it_prices():
     assert sorted(order) == sorted(notebook_names()) and order[-1] == "01_when_to_fine_tune"
     assert order.index("04_inference_and_eval") < order.index("05_distillation")
     assert set(scenarios.MEASURED_IN[name][0] for name in scenarios.MEASURED_IN) <= set(order[:-1])
+
+
+def test_12_rewards_rise_and_the_comparison_says_what_its_intervals_allow(nbval_run):
+    from helpers.course import rewards
+
+    metrics = nbval_run["12_reinforcement"]
+    assert metrics["rft_status"] == metrics["sft_status"] == "succeeded"
+    assert metrics["start_model"] == nbval_run["03_training"]["fine_tuned_model"]
+    groups = metrics["groups"]
+    assert groups["prompts"] == metrics["n_prompts"] == groups["answers differ"] + groups["all right"] + groups["all alike, not right"]
+    assert groups["answers differ"] > 0  # requests the model sometimes gets right: RFT has something to learn from
+    curves = pd.DataFrame(metrics["curves"])
+    assert (curves["train_kl"] >= 0).all() and curves["train_kl"].iloc[0] < 0.01  # held near the model it starts from
+    assert curves["valid_reward_mean"].notna().any()
+    table = metrics["held_out"]
+    assert {row["n"] for row in table.values()} == {metrics["n_test"]}
+    assert metrics["findings"]["held out"] == rewards.compare_findings(table, "start", ["RFT", "SFT"])
