@@ -95,7 +95,7 @@ print(meta["chat template"])
 
 # %% [markdown]
 # ### 3.3 The same answers?
-# Each held-out request goes to the server and to llama.cpp (one thread, one request at a time, greedy), for each
+# Each held-out request goes to the server and to llama.cpp (one request at a time, greedy), for each
 # GGUF file, and for the adapter alone applied to the 4-bit (Q4_1) GGUF file the server's base model was made from:
 
 # %%

@@ -381,3 +381,13 @@ def test_12s_sentences_call_a_change_only_where_the_intervals_part():
     assert "a change the intervals tell apart" in lines[3]
     samples = pd.DataFrame({"prompt": [0, 0, 1, 1, 2, 2], "reward": [1.0, 1.0, 0.2, 1.0, 0.2, 0.2]})
     assert rewards.learnable(samples) == {"prompts": 3, "answers differ": 1, "all right": 1, "all alike, not right": 1}
+    two = rewards.compare_findings(table, "start", ["RFT", "SFT"])
+    assert len(two) == 4 and two[3].startswith("RFT against SFT: 5 more right answers than SFT") and "10.9 times as long" in two[3]
+    assert "cannot tell" in two[3]  # 40 against 35 of 48: the intervals overlap
+    few = rewards.group_findings({"prompts": 32, "answers differ": 5, "all right": 21, "all alike, not right": 6})
+    assert few[0].startswith("5 of 32 requests got answers that scored differently") and "expect little change" in few[1]
+    assert len(rewards.group_findings({"prompts": 32, "answers differ": 16, "all right": 10, "all alike, not right": 6})) == 1
+    assert "No request can teach" in rewards.group_findings({"prompts": 4, "answers differ": 0, "all right": 4, "all alike, not right": 0})[1]
+    curves = pd.DataFrame({"step": [1, 2, 3, 4], "valid_reward_mean": [None, 0.7, None, 0.9], "train_kl": [0.0, 0.02, 0.05, 0.04]}).set_index("step")
+    assert rewards.curve_findings(curves) == ["Mean reward on the validation requests: 0.70 at step 2, 0.90 at step 4 (a few requests: a small move is noise).",
+                                              "KL to the starting model: at most 0.050 per answer token."]

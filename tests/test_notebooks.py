@@ -520,7 +520,7 @@ def test_make_reports_runs_01_after_the_notebooks_whose_accuracy_it_prices():
     assert set(scenarios.MEASURED_IN[name][0] for name in scenarios.MEASURED_IN) <= set(order[:-1])
 
 
-def test_12_rewards_rise_and_the_comparison_says_what_its_intervals_allow(nbval_run):
+def test_12_counts_what_rewards_can_teach_and_the_comparison_says_what_its_intervals_allow(nbval_run):
     from helpers.course import rewards
 
     metrics = nbval_run["12_reinforcement"]
@@ -535,3 +535,6 @@ def test_12_rewards_rise_and_the_comparison_says_what_its_intervals_allow(nbval_
     table = metrics["held_out"]
     assert {row["n"] for row in table.values()} == {metrics["n_test"]}
     assert metrics["findings"]["held out"] == rewards.compare_findings(table, "start", ["RFT", "SFT"])
+    assert metrics["findings"]["groups"] == rewards.group_findings(groups)
+    assert metrics["findings"]["curves"] == rewards.curve_findings(curves.set_index("step"))
+    assert table["RFT"]["seconds"] > table["SFT"]["seconds"] > 0  # sampling and grading cost what examples do not
