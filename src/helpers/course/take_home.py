@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,11 @@ import pandas as pd
 
 from helpers.course import billing
 
-LLAMA_THREADS = 1  # measured (2026-12-04): one thread held 55-60 tokens/s under load where two collapsed
+# Every core, at most 4 (measured only on 2 cores; a 135M model's steps are short). Measured on 2 cores with nothing else computing
+# (2026-12-06): 16 held-out answers took 7.5 s with two threads against 13.3 s with one (f16; q8_0 4.9 against 8.4 s).
+# Beside another computing process one thread is steadier (2026-12-04: 55-60 tokens/s where two collapsed): pass
+# ``threads=1`` there.
+LLAMA_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 LLAMA_CONTEXT = 2048
 #: Another family's chat template, as a runtime configured for another model writes the chat: llama-cpp-python's
 #: name for Llama 2's (``[INST] <<SYS>> ... <</SYS>> ... [/INST]``)
