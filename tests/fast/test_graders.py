@@ -91,7 +91,15 @@ def test_a_python_grader_that_fails_scores_0_and_says_why(client, source, says, 
     ({"type": "multi", "name": "m", "graders": {"code": CODE}, "calculate_output": "__import__('os')"}, "grader.calculate_output", "calls"),
     ({"type": "multi", "name": "m", "graders": {"code": {**CODE, "operation": "?"}}, "calculate_output": "code"},
      "grader.graders.code.operation", "'eq'"),
-    ({"type": "score_model", "name": "s", "input": [], "model": "gpt-4.1-mini"}, "grader.type", "not run by the local backend"),
+    ({"type": "score_model", "name": "s", "input": [], "model": "gpt-4.1-mini"}, "grader.input", "at least one message"),
+    ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": "{{ answer }}"}], "model": "gpt-4.1-mini"},
+     "grader.input.0.content", "may name only sample"),
+    ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}],
+      "model": "gpt-4.1-mini"}, "grader.input.0.content.0", "text only"),
+    ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini", "range": [1, 0]},
+     "grader.range", "the lower first"),
+    ({"type": "label_model", "name": "l", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini",
+      "labels": ["yes", "no"], "passing_labels": ["maybe"]}, "grader.passing_labels", "'maybe' is not one"),
 ])
 def test_a_grader_the_server_cannot_run_is_a_400_naming_its_field(client, grader, param, says):
     for call in (lambda: client.fine_tuning.alpha.graders.validate(grader=grader), lambda: run(client, grader)):
@@ -117,3 +125,33 @@ def test_validate_returns_the_grader_it_checked(client):
     both = {"type": "multi", "name": "billing", "graders": {"code": CODE, "form": FORM}, "calculate_output": "min(code, form)"}
     raw = client.fine_tuning.alpha.graders.with_raw_response.validate(grader=both).http_response.json()
     assert raw["grader"] == both
+
+
+def judged(kind: str, **more) -> dict:
+    """A model grader whose model reads the answer alone: this app's fake engine answers with it reversed."""
+    return {"type": kind, "name": "judge", "model": "gpt-4.1-mini", **more,
+            "input": [{"role": "system", "content": "Grade the billing answer."}, {"role": "user", "content": "{{ sample.output_text }}"}]}
+
+
+def test_a_model_grader_asks_its_model_and_reads_a_score_or_a_label(client):
+    assert run(client, judged("score_model"), sample="8.0").reward == pytest.approx(0.8)  # the model answered "0.8"
+    assert run(client, judged("score_model", range=[0, 10]), sample="7 :erocS").reward == pytest.approx(7.0)
+    first = run(client, judged("score_model"), sample="3.0 ro 7.0 :llet t'nac")  # "can't tell: 0.7 or 0.3": the first number
+    assert first.reward == pytest.approx(0.7)
+    outside = run(client, judged("score_model"), sample="9")
+    assert outside.reward == 0.0 and outside.metadata.errors.api_model_grader_parse_error
+    labels = {"labels": ["right", "wrong"], "passing_labels": ["right"]}
+    assert run(client, judged("label_model", **labels), sample=".THGIR").reward == 1.0  # case and punctuation aside
+    assert run(client, judged("label_model", **labels), sample="gnorw").reward == 0.0
+    odd = run(client, judged("label_model", **labels), sample="ebyam")
+    assert odd.reward == 0.0 and odd.metadata.errors.api_model_grader_parse_error
+    both = {"type": "multi", "name": "m", "graders": {"code": CODE, "judge": judged("score_model")}, "calculate_output": "code * judge"}
+    scored = run(client, both, sample="80061 :edoC TPC - 5.0")  # holds the code; its model answers "0.5 - CPT Code: 16008"
+    assert scored.sub_rewards == {"code": 1.0, "judge": pytest.approx(0.5)} and scored.reward == pytest.approx(0.5)
+
+
+def test_a_model_grader_names_a_model_the_caller_has(client):
+    with pytest.raises(openai.BadRequestError) as raised:
+        run(client, {"type": "multi", "name": "m", "calculate_output": "judge",
+                     "graders": {"judge": {**judged("score_model"), "model": "ft:gpt-4.1-mini:local:nobody:x"}}})
+    assert raised.value.param == "grader.graders.judge.model" and "does not exist" in raised.value.message

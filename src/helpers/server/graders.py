@@ -12,7 +12,13 @@ what each checks, its templates, and a run's answer (the ``openai`` package's ``
   why in ``metadata.errors``.
 - ``multi``: named graders combined by ``calculate_output``, a formula of their names, numbers, ``+ - * / ^`` and
   ``min max abs floor ceil exp sqrt log``.
-- ``score_model`` and ``label_model`` (a model as the grader) are not run by the local backend yet: a 400 says so.
+- ``score_model`` and ``label_model``: a model the server serves (a base or a fine-tuned model) reads the grader's
+  ``input`` messages (templates, text only) and answers; ``score_model`` takes the first number of its answer, which
+  must lie in ``range`` (default [0, 1]), as the score; ``label_model`` takes its answer as one of ``labels`` (case and
+  surrounding punctuation aside) and scores 1 for a passing label, 0 for another. An answer that is neither is a
+  ``model_grader_parse_error`` (reward 0). Who runs the model is the caller's :data:`Judge`: the inference engine for
+  ``graders.run``, the job's own copy of the base while a reinforcement job trains (so a job's model grader must be on
+  the job's base model).
 
 Templates are OpenAI's: ``{{ sample.output_text }}``, ``{{ sample.output_json.field }}`` (when the sample is JSON),
 ``{{ item.field }}`` (the dataset row). They are rendered by Jinja's sandbox; a template that names anything but
@@ -26,6 +32,7 @@ import json
 import math
 import operator
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,11 +63,14 @@ from helpers.server.errors import bad_request
 TYPES: dict[str, type[pydantic.BaseModel]] = {
     "string_check": StringCheckGrader, "text_similarity": TextSimilarityGrader, "python": PythonGrader, "multi": MultiGrader,
     "score_model": ScoreModelGrader, "label_model": LabelModelGrader}
-NOT_HERE = {"score_model": "a model as the grader", "label_model": "a model as the grader"}
+MODEL_GRADERS = ("score_model", "label_model")
 NO_DATA = {"cosine": "an embedding model", "meteor": "WordNet's data (NLTK downloads it from the internet)"}
 TEMPLATE_FIELDS = {"string_check": ("input", "reference"), "text_similarity": ("input", "reference")}
 FORMULA_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil, "exp": math.exp,
                      "sqrt": math.sqrt, "log": math.log}
+#: the longest answer a grader model may write here (``sampling_params.max_completions_tokens``), and its default: a
+#: score or a label is a few tokens
+MAX_JUDGE_TOKENS, JUDGE_TOKENS = 256, 16
 #: the python grader's process: CPU seconds, wall seconds, address space, bytes it may print
 PYTHON_LIMITS = {"cpu_s": 10, "wall_s": 20, "memory_bytes": 2 << 30, "output_bytes": 1 << 20}
 _ENV = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
@@ -99,9 +109,6 @@ def check(raw: Any, param: str = "grader") -> Grader:
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in TYPES:
         raise GraderError(f"'{param}.type' must be one of {', '.join(TYPES)}, got {kind!r}.", f"{param}.type")
-    if kind in NOT_HERE:
-        raise GraderError(f"'{param}.type' {kind!r} ({NOT_HERE[kind]}) is not run by the local backend yet; use "
-                          "string_check, text_similarity, python or multi.", f"{param}.type")
     body = dict(raw)
     inner = body.pop("graders", None) if kind == "multi" else None
     try:
@@ -117,6 +124,8 @@ def check(raw: Any, param: str = "grader") -> Grader:
                           f"{param}.evaluation_metric")
     for name in TEMPLATE_FIELDS.get(kind, ()):
         _check_template(getattr(spec, name), f"{param}.{name}")
+    if kind in MODEL_GRADERS:
+        _check_model_grader(spec, param)
     if kind == "python":
         try:
             compile(spec.source, "<grader>", "exec")
@@ -152,6 +161,60 @@ def _check_template(text: str, param: str) -> None:
     if unknown:
         raise GraderError(f"'{param}' names {', '.join(unknown)}; a template may name only sample (sample.output_text, "
                           "sample.output_json) and item (the dataset row's fields).", param)
+
+
+def message_text(content: Any, param: str) -> str:
+    """A model grader's message content as text: a string, a text part, or a list of them (images and audio are not
+    read by the local backend: a :class:`GraderError` naming the field)."""
+    parts = content if isinstance(content, list) else [content]
+    texts = []
+    for i, part in enumerate(parts):
+        text = part if isinstance(part, str) else getattr(part, "text", None)
+        if not isinstance(text, str):
+            where = f"{param}.{i}" if isinstance(content, list) else param
+            raise GraderError(f"'{where}': the local backend's model graders read text only (a string, input_text or "
+                              f"output_text), got {getattr(part, 'type', type(part).__name__)!r}.", where)
+        texts.append(text)
+    return "".join(texts)
+
+
+def _check_model_grader(spec: Any, param: str) -> None:
+    if not spec.input:
+        raise GraderError(f"'{param}.input' must hold at least one message for the grader model to read.", f"{param}.input")
+    for i, message in enumerate(spec.input):
+        _check_template(message_text(message.content, f"{param}.input.{i}.content"), f"{param}.input.{i}.content")
+    if spec.type == "label_model":
+        if not spec.labels or any(not label.strip() for label in spec.labels):
+            raise GraderError(f"'{param}.labels' must be a list of non-empty labels.", f"{param}.labels")
+        strangers = [label for label in spec.passing_labels if label not in spec.labels]
+        if not spec.passing_labels or strangers:
+            raise GraderError(f"'{param}.passing_labels' must name some of its labels ({', '.join(spec.labels)})"
+                              + (f"; {', '.join(map(repr, strangers))} is not one." if strangers else "."), f"{param}.passing_labels")
+        return
+    low, high = score_range(spec)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or len(spec.range or [0, 1]) != 2:
+        raise GraderError(f"'{param}.range' must be two numbers, the lower first, got {spec.range!r}.", f"{param}.range")
+    wanted = spec.sampling_params.max_completions_tokens if spec.sampling_params else None
+    if wanted is not None and not 1 <= wanted <= MAX_JUDGE_TOKENS:
+        raise GraderError(f"'{param}.sampling_params.max_completions_tokens' must be between 1 and {MAX_JUDGE_TOKENS} "
+                          f"here, got {wanted}.", f"{param}.sampling_params.max_completions_tokens")
+
+
+def score_range(spec: Any) -> tuple[float, float]:
+    """A ``score_model`` grader's range: ``[0, 1]`` unless it says otherwise."""
+    bounds = list(spec.range) if spec.range else [0.0, 1.0]
+    return (float(bounds[0]), float(bounds[-1])) if bounds else (0.0, 1.0)
+
+
+def models_asked(grader: Grader, param: str = "grader") -> dict[str, str]:
+    """The models a grader asks (its model graders', a ``multi``'s included), each with the field that names it: each
+    must exist for the caller."""
+    if grader.type in MODEL_GRADERS:
+        return {str(grader.spec.model): f"{param}.model"}
+    asked: dict[str, str] = {}
+    for name, sub in grader.graders.items():
+        asked = models_asked(sub, f"{param}.graders.{name}") | asked
+    return asked
 
 
 def _formula(text: str, names: set[str], param: str) -> ast.Expression:
@@ -210,14 +273,76 @@ def sample_namespace(model_sample: str) -> dict[str, Any]:
     return {"output_text": model_sample, "output_json": output_json}
 
 
-def grade(grader: Grader, model_sample: str, item: Any, sandbox: Sandbox, param: str = "grader") -> Outcome:
-    """``grader``'s score of ``model_sample`` for the dataset row ``item`` (``param``: the grader's path, for errors)."""
+@dataclass(frozen=True)
+class JudgeAsk:
+    """What a model grader asks of its model: the rendered messages and how to sample."""
+
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int = JUDGE_TOKENS
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class JudgeUnavailable(RuntimeError):
+    """The grader model could not answer (not loaded, deleted, on another base): the sample fails, not the job."""
+
+
+#: runs a model grader's model: its answer's text (or :class:`JudgeUnavailable`)
+Judge = Callable[[JudgeAsk], str]
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _ask_model(grader: Grader, sample: dict[str, Any], row: dict[str, Any], judge: Judge | None, param: str) -> Outcome:
+    spec = grader.spec
+    messages = []
+    for i, message in enumerate(spec.input):
+        try:
+            messages.append({"role": "system" if message.role == "developer" else message.role,
+                             "content": _render(message_text(message.content, f"{param}.input.{i}.content"), sample, row)})
+        except jinja2.UndefinedError as exc:
+            fields = ", ".join(sorted(row)) or "none"
+            return Outcome(0.0, {"invalid_variable_error": True}, f"'{param}.input.{i}.content': {exc.message} (the item's "
+                           f"fields: {fields}).", f"{param}.input.{i}.content")
+    sampling = spec.sampling_params if spec.type == "score_model" else None
+    ask = JudgeAsk(str(spec.model), messages, (sampling.max_completions_tokens if sampling else None) or JUDGE_TOKENS,
+                   (sampling.temperature if sampling else None) or 0.0, (sampling.top_p if sampling else None) or 1.0,
+                   sampling.seed if sampling else None)
+    if judge is None:
+        return Outcome(0.0, {"model_grader_server_error": True}, "no model can answer for this grader here", param)
+    try:
+        answer = judge(ask).strip()
+    except JudgeUnavailable as exc:
+        return Outcome(0.0, {"model_grader_server_error": True, "model_grader_server_error_details": str(exc)}, str(exc), f"{param}.model")
+    if spec.type == "label_model":
+        said = answer.strip(" \t\n.,;:!?\"'`*").casefold()
+        label = next((label for label in spec.labels if label.casefold() == said), None)
+        if label is None:
+            return Outcome(0.0, {"model_grader_parse_error": True}, f"{spec.model} answered {answer[:200]!r}, which is not "
+                           f"one of the labels ({', '.join(spec.labels)}).", param)
+        return Outcome(float(label in spec.passing_labels))
+    low, high = score_range(spec)
+    found = _NUMBER.search(answer)
+    score = float(found.group()) if found else None
+    if score is None or not low <= score <= high:
+        return Outcome(0.0, {"model_grader_parse_error": True}, f"{spec.model} answered {answer[:200]!r}, which holds no "
+                       f"number from {low:g} to {high:g}.", param)
+    return Outcome(score)
+
+
+def grade(grader: Grader, model_sample: str, item: Any, sandbox: Sandbox, param: str = "grader",
+          judge: Judge | None = None) -> Outcome:
+    """``grader``'s score of ``model_sample`` for the dataset row ``item`` (``param``: the grader's path, for errors;
+    ``judge``: who runs a model grader's model)."""
     sample, row = sample_namespace(model_sample), item if isinstance(item, dict) else {}
     kind = grader.type
     if kind == "python":
         return run_python([grader], sample, row, sandbox)[0]
+    if kind in MODEL_GRADERS:
+        return _ask_model(grader, sample, row, judge, param)
     if kind == "multi":
-        parts = {name: grade(sub, model_sample, item, sandbox, f"{param}.graders.{name}") for name, sub in grader.graders.items()}
+        parts = {name: grade(sub, model_sample, item, sandbox, f"{param}.graders.{name}", judge) for name, sub in grader.graders.items()}
         scores = {name: part.score for name, part in parts.items()}
         failed = next((part for part in parts.values() if part.failed), None)
         try:
@@ -392,15 +517,15 @@ ERROR_FLAGS = ("formula_parse_error", "invalid_variable_error", "model_grader_pa
                "sample_parse_error", "truncated_observation_error", "unresponsive_reward_error")
 
 
-def run_response(grader: Grader, model_sample: str, item: Any, sandbox: Sandbox) -> dict[str, Any]:
+def run_response(grader: Grader, model_sample: str, item: Any, sandbox: Sandbox, judge: Judge | None = None) -> dict[str, Any]:
     """``POST /v1/fine_tuning/alpha/graders/run``'s answer, as the ``openai`` package types it. A template naming a
     field the item does not have is the caller's mistake: a 400 naming the template's field."""
     started = time.perf_counter()
-    outcome = grade(grader, model_sample, item, sandbox)
+    outcome = grade(grader, model_sample, item, sandbox, judge=judge)
     if outcome.flags.get("invalid_variable_error"):
         raise bad_request(outcome.detail or "A template names a field the item does not have.", outcome.param, code="invalid_grader")
     errors: dict[str, Any] = {flag: bool(outcome.flags.get(flag)) for flag in ERROR_FLAGS}
-    errors.update(model_grader_server_error_details=None,
+    errors.update(model_grader_server_error_details=outcome.flags.get("model_grader_server_error_details"),
                   python_grader_runtime_error_details=outcome.flags.get("python_grader_runtime_error_details"),
                   python_grader_server_error_type=outcome.flags.get("python_grader_server_error_type"))
     body = {"reward": outcome.score, "sub_rewards": dict(outcome.sub), "model_grader_token_usage_per_model": {},

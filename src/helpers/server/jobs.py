@@ -239,7 +239,8 @@ class JobRunner:
         try:
             method.prepare(Preparation(self._job(job_id), train_examples, shared, adapter, cancelled=lambda: job_id in self._cancel,
                                        event=partial(self.event, job_id), keep=partial(self.jobs.update, job_id), settings=settings,
-                                       start_weights=self.store.model_dir(owner, job.start_from) if job.start_from else None))
+                                       start_weights=self.store.model_dir(owner, job.start_from) if job.start_from else None,
+                                       model_weights=lambda name: self.store.model_dir(owner, name) if name.startswith("ft:") else None))
         except BaseException:
             with shared.hold():
                 shared.remove_training_adapter(adapter)

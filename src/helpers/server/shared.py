@@ -234,6 +234,18 @@ class SharedModel:
         finally:
             self._activate(training, trainable=True)
 
+    @contextmanager
+    def judge_turn(self, training: str, weights: Path | None) -> Iterator[Any]:
+        """Within ``training``'s turn: another model of this base answering (the adapter in ``weights``, frozen, as for
+        inference; None: the base), for a grader that asks a model; then ``training`` active and trainable again."""
+        was_training = self.peft.training
+        try:
+            yield self.for_inference(weights)
+        finally:
+            self._activate(training, trainable=True)
+            self._attention(TRAINING_ATTENTION)
+            self.peft.train(was_training)
+
     def remove_training_adapter(self, name: str) -> None:
         if name in self._training:
             self._training.discard(name)

@@ -31,6 +31,8 @@ class Preparation:
     settings: TrainSettings | None = None
     #: the adapter folder of the fine-tuned model the job starts from (``job.start_from``); None for a job from the base
     start_weights: Path | None = None
+    #: a model name of the job's owner as the adapter folder that makes it (None: the base itself)
+    model_weights: Callable[[str], Path | None] | None = None
 
 
 class JobFailure(Exception):

@@ -50,6 +50,12 @@ class Grading:
     #: the model the KL term compares with, active inside it: the starting fine-tuned model's frozen adapter (set by
     #: ``prepare``); None: the base, with the adapter off
     reference: Callable[[], AbstractContextManager] | None = None
+    #: a conversation as the model's prompt tokens (its chat template), for a grader model's messages
+    prompt_ids: Callable[[list[dict[str, Any]]], list[int]] | None = None
+    #: who answers a model grader (``score_model``, ``label_model``): set by ``prepare`` when the grader has one
+    judge: Callable[[Any], str] | None = None
+    #: tells the job's events (set by ``prepare``): why the grader failed on answers, so a user sees more than a count
+    tell: Callable[[str], None] | None = None
 
 
 def group_size(compute_multiplier: float) -> int:
@@ -107,16 +113,22 @@ class Reinforcement(Method):
         hyper = job.method_hyperparameters  # numbers once the files are validated
         return {"grading": Grading(job.grader or {}, sandbox, sorted(chat.stop_ids),
                                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                   float(hyper["compute_multiplier"]), int(hyper["eval_interval"]), int(hyper["eval_samples"]))}
+                                   float(hyper["compute_multiplier"]), int(hyper["eval_interval"]), int(hyper["eval_samples"]),
+                                   prompt_ids=lambda messages: chat.prompt_ids(messages, None))}
 
     def length(self, example: dict[str, Any]) -> int:
         return len(example["prompt"]) + MAX_ANSWER_TOKENS
 
     def prepare(self, preparation: Preparation) -> None:
-        """A job that continues a fine-tuned model keeps that model's adapter, frozen, beside the one that trains: the KL
-        term holds the policy near it (near the base instead, it would pull the model back to what it was before its
-        first fine-tuning: a KL of about 2 per token from 03's model, measured)."""
-        if preparation.start_weights is None or preparation.settings is None:
+        """A grader that asks a model gets that model, answering on this job's copy of the base between its steps' own
+        sampling. A job that continues a fine-tuned model keeps that model's adapter, frozen, beside the one that
+        trains: the KL term holds the policy near it (near the base instead, it would pull the model back to what it
+        was before its first fine-tuning: a KL of about 2 per token from 03's model, measured)."""
+        if preparation.settings is None:
+            return
+        preparation.settings.grading.tell = preparation.event
+        self._prepare_judge(preparation, preparation.settings.grading)
+        if preparation.start_weights is None:
             return
         from helpers.server.shared import ADAPTER_CONFIG
 
@@ -129,6 +141,30 @@ class Reinforcement(Method):
             shared.add_reference_adapter(adapter, preparation.start_weights)
         preparation.settings.grading.reference = lambda: shared.reference_turn(adapter)
         preparation.event(f"The KL term compares with {job.start_from}, the model this job starts from.")
+
+    def _prepare_judge(self, preparation: Preparation, grading: Grading) -> None:
+        from helpers.server import graders
+        from helpers.server.shared import ADAPTER_CONFIG
+        from helpers.server.training import padding_id
+
+        asked = graders.models_asked(graders.check(grading.grader))
+        if not asked or preparation.model_weights is None:
+            return
+        weights = {name: preparation.model_weights(name) for name in asked}
+        shared, adapter, pad_id = preparation.shared, preparation.adapter, padding_id(preparation.shared.tokenizer)
+
+        def judge(ask: graders.JudgeAsk) -> str:
+            folder = weights.get(ask.model)
+            if folder is not None and not (folder / ADAPTER_CONFIG).exists():
+                raise graders.JudgeUnavailable(f"the grader's model {ask.model} was deleted while the job trained")
+            prompt = grading.prompt_ids(ask.messages) if grading.prompt_ids else []
+            with shared.judge_turn(adapter, folder) as model:
+                answer = sample(model, [prompt], 1, grading.stop_ids, pad_id, temperature=ask.temperature,
+                                top_p=ask.top_p, max_tokens=ask.max_tokens)[0]
+            return grading.decode(answer.text_ids)
+
+        grading.judge = judge
+        preparation.event(f"The grader asks {', '.join(sorted(asked))}, which answers on this job's copy of the base.")
 
     def evaluate(self, model, examples: list, settings, step: int, pad_id: int) -> dict[str, Any]:
         """Every ``eval_interval`` steps: ``eval_samples`` answers to each validation prompt, sampled and graded as in
@@ -145,9 +181,13 @@ class Reinforcement(Method):
 
         grader = graders.check(grading.grader)
         answers = sample(model, [example["prompt"] for example in batch], group, grading.stop_ids, pad_id)
-        outcomes = [graders.grade(grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox)
-                    for i, answer in enumerate(answers)]
-        return answers, [outcome.score for outcome in outcomes], sum(outcome.failed for outcome in outcomes)
+        outcomes = [graders.grade(grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox,
+                                  judge=grading.judge) for i, answer in enumerate(answers)]
+        failed = [outcome for outcome in outcomes if outcome.failed]
+        if failed and grading.tell is not None:
+            grading.tell(f"The grader failed on {len(failed)} of {len(outcomes)} answers, each scored 0; the first: "
+                         f"{failed[0].detail or ', '.join(failed[0].flags)}.")
+        return answers, [outcome.score for outcome in outcomes], len(failed)
 
     def step(self, model, batch, settings, pad_id: int, device: str) -> Stepped:
         grading: Grading = settings.grading
@@ -168,8 +208,10 @@ class Answer:
     text_ids: list[int]
 
 
-def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad_id: int) -> list[Answer]:
-    """``group`` answers to each prompt, sampled in one batch (prompts left-padded), ``group`` consecutive per prompt."""
+def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad_id: int, *, temperature: float = TEMPERATURE,
+           top_p: float = 1.0, max_tokens: int = MAX_ANSWER_TOKENS) -> list[Answer]:
+    """``group`` answers to each prompt, sampled in one batch (prompts left-padded), ``group`` consecutive per prompt
+    (at temperature 0: the most likely answer)."""
     import torch
 
     from helpers.server.shared import INFERENCE_ATTENTION, set_attention
@@ -187,9 +229,10 @@ def sample(model, prompts: list[list[int]], group: int, stop_ids: list[int], pad
     had = set_attention(_causal_lm(model), INFERENCE_ATTENTION)  # SDPA generates faster; training attends eagerly
     try:
         with torch.no_grad(), autocast(model):
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=TEMPERATURE,
-                                 top_k=0, top_p=1.0, max_new_tokens=MAX_ANSWER_TOKENS, num_return_sequences=group,
-                                 eos_token_id=list(stop_ids), pad_token_id=pad_id)
+            how = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if temperature > 0
+                   else dict(do_sample=False, temperature=None, top_k=None, top_p=None))
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **how, max_new_tokens=max_tokens,
+                                 num_return_sequences=group, eos_token_id=list(stop_ids), pad_token_id=pad_id)
     finally:
         set_attention(_causal_lm(model), had)
         model.train(was_training)

@@ -8,7 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from helpers.server import graders
+from helpers.server.inference import Sampling
 from helpers.server.protocol import RunGrader, ValidateGrader
+from helpers.server.routes.models import grader_models
 from helpers.server.state import Owner, State, json_body, parsed
 
 router = APIRouter(prefix="/v1/fine_tuning/alpha/graders")
@@ -25,7 +27,14 @@ async def validate(request: Request, state: State, owner: Owner) -> dict[str, An
 async def run(request: Request, state: State, owner: Owner) -> dict[str, Any]:
     asked = parsed(await json_body(request), RunGrader)
     sandbox = graders.Sandbox.for_server(state.store.data_dir)
-    # a python grader runs in a process of its own for up to its wall limit: not on the event loop
+    targets = grader_models(state, owner, asked.grader)
+
+    def judge(ask: graders.JudgeAsk) -> str:  # a model grader's model answers through the inference engine
+        sampling = Sampling(max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p, seed=ask.seed)
+        return state.engine.submit(targets[ask.model], ask.messages, sampling).result().texts[0]
+
+    # a python grader runs in a process of its own for up to its wall limit, a model grader waits for the engine: not
+    # on the event loop
     return await asyncio.get_running_loop().run_in_executor(None, graders.run_response, asked.grader, asked.model_sample,
-                                                            asked.item, sandbox)
+                                                            asked.item, sandbox, judge)
 

@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from helpers.pricing import catalogue
+from helpers.server import graders
 from helpers.server.errors import ApiError, bad_request, not_found
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import MAX_SEED, CreateJob, page
 from helpers.server.queries import limit_param, metadata_filter, metadata_matches
 from helpers.server.records import CheckpointRecord, JobRecord, Jobs, JobStatus, ModelRecord, hyperparameter_fields
-from helpers.server.routes.models import tuned_model
+from helpers.server.routes.models import grader_models, tuned_model
 from helpers.server.state import Owner, ServerState, State, json_body, parsed
 from helpers.server.store import new_id, now
 
@@ -73,6 +74,8 @@ def starting_point(state: ServerState, owner: str, model: str) -> tuple[catalogu
 async def create_job(request: Request, state: State, owner: Owner) -> dict[str, Any]:
     asked = parsed(await json_body(request), CreateJob)
     base, start = starting_point(state, owner, asked.model)
+    if asked.grader is not None:  # its models must exist, on the job's base
+        grader_models(state, owner, graders.check(asked.grader), f"method.{asked.kind}.grader", base)
     training_file = fine_tunable_file(state, owner, asked.training_file, "training_file")
     validation_file = fine_tunable_file(state, owner, asked.validation_file, "validation_file") if asked.validation_file else None
     if state.limits.training_closed:

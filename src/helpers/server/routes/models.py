@@ -7,7 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from helpers.pricing import catalogue
+from helpers.server import graders
 from helpers.server.errors import ApiError, bad_request
+from helpers.server.graders import Grader
 from helpers.server.inference import Target
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.records import Checkpoints, Jobs, ModelRecord, Models
@@ -52,6 +55,28 @@ def find_model(state: ServerState, owner: str, name: str) -> tuple[ModelRecord, 
         raise ApiError(404, f"The model '{name}' cannot answer now: {state.bases.missing(card.base)}", param="model",
                        code="model_not_available")
     return card, Target(base, state.store.model_dir(owner, name))
+
+
+def grader_models(state: ServerState, owner: str, grader: Grader, param: str = "grader",
+                  base: catalogue.LocalBase | None = None) -> dict[str, Target]:
+    """What serves each model a grader asks (``graders.models_asked``), or a 400 naming the field: a model the caller
+    does not have, one that cannot answer now, or (``base`` given: a job's grader, which asks its model on the job's
+    own copy of the base) one on another base."""
+    targets = {}
+    for name, where in graders.models_asked(grader, param).items():
+        try:
+            _, target = find_model(state, owner, name)
+        except ApiError as exc:
+            raise bad_request(f"The grader's model: {exc.message}", where, code="invalid_grader") from None
+        unavailable = state.engine.unavailable(target.base)
+        if unavailable is not None:
+            raise bad_request(f"The grader's model '{name}' cannot answer on this server: {unavailable}", where, code="invalid_grader")
+        if base is not None and target.base.name != base.name:
+            raise bad_request(f"The grader's model '{name}' is made from {target.base.name}, and this job trains "
+                              f"{base.name}: here a job's grader model answers on the job's own copy of its base, so it "
+                              f"must be that base or a model fine-tuned from it.", where, code="invalid_grader")
+        targets[name] = target
+    return targets
 
 
 @router.get("")
