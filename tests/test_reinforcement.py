@@ -92,24 +92,27 @@ def test_a_job_from_a_fine_tuned_model_is_held_near_that_model_not_the_base(serv
 
 
 def test_a_model_grader_answers_through_the_engine_and_on_the_jobs_own_copy_while_it_trains(server, job):
-    """``label_model`` on the base: ``graders.run`` asks it through the inference engine; a job asks it on the job's own
-    copy of the base, between sampling and the update (the adapter off, then the one that trains active again, beside
-    the frozen copy of the fine-tuned model the job starts from). What it answers that is not a label fails the sample,
-    with an event that says what it answered."""
+    """Model graders on the base: ``graders.run`` asks through the inference engine; a job asks on the job's own copy
+    of the base, between sampling and the update (the adapter off, then the one that trains active again, beside the
+    frozen copy of the fine-tuned model the job starts from). An answer that is not a label or a number in range fails
+    the sample, with an event that says what the model answered."""
     client = server.client()
-    judge = {"type": "label_model", "name": "judge", "model": "gpt-4.1-mini", "labels": ["yes", "no"], "passing_labels": ["yes"],
-             "input": [{"role": "system", "content": "Reply with one word: yes or no."},
-                       {"role": "user", "content": "Does this answer name a CPT code? {{ sample.output_text }}"}]}
+    asked = [{"role": "system", "content": "Reply with one word: yes or no."},
+             {"role": "user", "content": "Does this answer name a CPT code? {{ sample.output_text }}"}]
+    judge = {"type": "label_model", "name": "judge", "model": "gpt-4.1-mini", "labels": ["yes", "no"], "passing_labels": ["yes"], "input": asked}
     both = {"type": "multi", "name": "both", "graders": {"form": FORM, "judge": judge}, "calculate_output": "0.5 * form + 0.5 * judge"}
     ran = client.fine_tuning.alpha.graders.run(grader=both, model_sample="Lipid panel - CPT Code: 80061", item={})
-    parse_error = ran.metadata.errors.api_model_grader_parse_error
-    print("graders.run:", ran.sub_rewards, "parse error:", parse_error)
+    print("graders.run:", ran.sub_rewards, "parse error:", ran.metadata.errors.api_model_grader_parse_error)
     assert ran.sub_rewards["form"] == 1.0 and ran.sub_rewards["judge"] in (0.0, 1.0)
     assert ran.reward == 0.5 * 1.0 + 0.5 * ran.sub_rewards["judge"]
-    train = client.files.create(file=("judged.jsonl", prompts(ROWS[26:30])), purpose="fine-tune")
+    score = {"type": "score_model", "name": "score", "model": "gpt-4.1-mini", "sampling_params": {"max_completions_tokens": 4}, "input": [
+        {"role": "system", "content": "Rate from 0 to 1 how surely the answer names a CPT code. Reply with the number only."},
+        {"role": "user", "content": "{{ sample.output_text }}"}]}
+    train = client.files.create(file=("judged.jsonl", prompts(ROWS[26:36])), purpose="fine-tune")
     judged = wait_for_job(client, client.fine_tuning.jobs.create(
         training_file=train.id, model=job.fine_tuned_model, seed=7, method={"type": "reinforcement", "reinforcement": {
-            "grader": both, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}}).id, timeout_s=600)  # 1 step, 16 answers
+            "grader": score, "hyperparameters": {"n_epochs": 1, "batch_size": 10, "compute_multiplier": 0.5}}}).id,
+        timeout_s=600)  # 1 step, 20 answers
     assert judged.status == "succeeded", judged.error
     events = client.fine_tuning.jobs.list_events(judged.id, limit=100).data
     messages = [e.message for e in events]
@@ -118,11 +121,12 @@ def test_a_model_grader_answers_through_the_engine_and_on_the_jobs_own_copy_whil
     step = next(e.data for e in events if e.type == "metrics")
     said = [m for m in messages if m.startswith("The grader failed on")]
     assert bool(said) == (step["train_grader_failures"] > 0)  # a failure is told, with what the model answered
-    assert all("gpt-4.1-mini answered" in m and "not one of the labels" in m for m in said)
-    assert step["train_kl"] < 0.01  # the frozen start was compared with, not the judge's base (about 0.15 from this start)
+    assert all("gpt-4.1-mini answered" in m and "holds no number from 0 to 1" in m for m in said)
+    assert 0 <= step["train_reward_mean"] <= 1
+    assert step["train_kl"] < 0.01  # compared with the frozen start, not with the judge's base (about 0.15 from this start)
     loaded = httpx.get(f"{server.url}/health", timeout=10).json()["models"][0]
     assert loaded["training_adapters"] == loaded["reference_adapters"] == 0, loaded
     with pytest.raises(openai.BadRequestError) as raised:  # the job's grader asks a model the caller does not have
         client.fine_tuning.jobs.create(training_file=train.id, model="gpt-4.1-mini", method={"type": "reinforcement", "reinforcement": {
-            "grader": {**judge, "model": "ft:gpt-4.1-mini:local:nobody:x"}}})
+            "grader": {**score, "model": "ft:gpt-4.1-mini:local:nobody:x"}}})
     assert raised.value.param == "method.reinforcement.grader.model"

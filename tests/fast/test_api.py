@@ -417,9 +417,11 @@ def test_a_reinforcement_job_keeps_its_grader_and_openais_hyperparameters(api):
     ({"grader": CODE_GRADER, "hyperparameters": {"reasoning_effort": "high"}}, "reasoning_effort", "can only be 'default'"),
     ({"grader": CODE_GRADER, "hyperparameters": {"compute_multiplier": 9}}, "compute_multiplier", "between 0.5 and 4"),
     ({"grader": CODE_GRADER, "hyperparameters": {"beta": 0.1}}, "hyperparameters", "Unknown hyperparameter(s) ['beta']"),
-    ({"grader": {"type": "label_model", "name": "judge", "model": "ft:gpt-4.1-mini:local:gone:x", "labels": ["yes", "no"],
-                 "passing_labels": ["yes"], "input": [{"role": "user", "content": "{{ sample.output_text }}"}]}},
+    ({"grader": {"type": "score_model", "name": "judge", "model": "ft:gpt-4.1-mini:local:gone:x",
+                 "input": [{"role": "user", "content": "{{ sample.output_text }}"}]}},
      "method.reinforcement.grader.model", "does not exist"),
+    ({"grader": {"type": "label_model", "name": "judge", "model": "gpt-4.1-mini", "labels": ["yes", "no"], "passing_labels": ["yes"],
+                 "input": [{"role": "user", "content": "{{ sample.output_text }}"}]}}, "method.reinforcement.grader.type", "put it in a multi"),
 ])
 def test_a_bad_reinforcement_job_is_a_400_naming_the_field(api, reinforcement, param, needle):
     response = api.post("/v1/fine_tuning/jobs", json={"model": "gpt-4.1-mini", "training_file": "file-x",

@@ -117,7 +117,10 @@ class CreateJob(RequestBody):
         self._kind = kind
         if METHODS[kind].graded:  # the grader as it was given, once it is one the server can run
             given = settings.get("grader") if isinstance(settings, dict) else None
-            _grader(given, f"method.{kind}.grader")
+            if _grader(given, f"method.{kind}.grader").type == "label_model":  # OpenAI's ReinforcementMethod.grader has none
+                raise problem("A job's grader cannot be a label_model (OpenAI's takes string_check, text_similarity, "
+                              "python, score_model or multi): put it in a multi grader, whose formula gives the reward.",
+                              f"method.{kind}.grader.type", code="invalid_grader")
             self._grader = given
         self._hyper = hyperparameters(method_hyper if method_hyper is not None else self.hyperparameters, kind)
         if self.integrations:

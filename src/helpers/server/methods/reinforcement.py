@@ -186,7 +186,7 @@ class Reinforcement(Method):
         failed = [outcome for outcome in outcomes if outcome.failed]
         if failed and grading.tell is not None:
             grading.tell(f"The grader failed on {len(failed)} of {len(outcomes)} answers, each scored 0; the first: "
-                         f"{failed[0].detail or ', '.join(failed[0].flags)}.")
+                         f"{(failed[0].detail or ', '.join(failed[0].flags)).rstrip('.')}.")
         return answers, [outcome.score for outcome in outcomes], len(failed)
 
     def step(self, model, batch, settings, pad_id: int, device: str) -> Stepped:
