@@ -98,6 +98,10 @@ def test_a_python_grader_that_fails_scores_0_and_says_why(client, source, says, 
       "model": "gpt-4.1-mini"}, "grader.input.0.content.0", "text only"),
     ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini", "range": [1, 0]},
      "grader.range", "the lower first"),
+    ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini",
+      "sampling_params": {"temperature": -1}}, "grader.sampling_params.temperature", "from 0 to 2"),
+    ({"type": "score_model", "name": "s", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini",
+      "sampling_params": {"max_completions_tokens": 100000}}, "grader.sampling_params.max_completions_tokens", "from 1 to 256"),
     ({"type": "label_model", "name": "l", "input": [{"role": "user", "content": "x"}], "model": "gpt-4.1-mini",
       "labels": ["yes", "no"], "passing_labels": ["maybe"]}, "grader.passing_labels", "'maybe' is not one"),
 ])
@@ -146,6 +150,9 @@ def test_a_model_grader_asks_its_model_and_reads_a_score_or_a_label(client):
     odd = run(client, judged("label_model", **labels), sample="ebyam")
     assert odd.reward == 0.0 and odd.metadata.errors.api_model_grader_parse_error
     both = {"type": "multi", "name": "m", "graders": {"code": CODE, "judge": judged("score_model")}, "calculate_output": "code * judge"}
+    long = run(client, judged("score_model"), sample="word " * 20000)  # more than the model reads: the sample fails, says why
+    assert long.reward == 0.0 and long.metadata.errors.api_model_grader_server_error
+    assert "more than gpt-4.1-mini reads" in long.metadata.errors.api_model_grader_server_error_details
     scored = run(client, both, sample="80061 :edoC TPC - 5.0")  # holds the code; its model answers "0.5 - CPT Code: 16008"
     assert scored.sub_rewards == {"code": 1.0, "judge": pytest.approx(0.5)} and scored.reward == pytest.approx(0.5)
 

@@ -194,10 +194,12 @@ def _check_model_grader(spec: Any, param: str) -> None:
     low, high = score_range(spec)
     if not (math.isfinite(low) and math.isfinite(high) and low < high) or len(spec.range or [0, 1]) != 2:
         raise GraderError(f"'{param}.range' must be two numbers, the lower first, got {spec.range!r}.", f"{param}.range")
-    wanted = spec.sampling_params.max_completions_tokens if spec.sampling_params else None
-    if wanted is not None and not 1 <= wanted <= MAX_JUDGE_TOKENS:
-        raise GraderError(f"'{param}.sampling_params.max_completions_tokens' must be between 1 and {MAX_JUDGE_TOKENS} "
-                          f"here, got {wanted}.", f"{param}.sampling_params.max_completions_tokens")
+    sampling = spec.sampling_params
+    for name, low_ok, high_ok in (("max_completions_tokens", 1, MAX_JUDGE_TOKENS), ("temperature", 0, 2), ("top_p", 0, 1)):
+        value = getattr(sampling, name, None) if sampling else None
+        if value is not None and not (low_ok <= value <= high_ok and (name != "top_p" or value > 0)):
+            raise GraderError(f"'{param}.sampling_params.{name}' must be {'above' if name == 'top_p' else 'from'} "
+                              f"{low_ok} to {high_ok} here, got {value}.", f"{param}.sampling_params.{name}")
 
 
 def score_range(spec: Any) -> tuple[float, float]:

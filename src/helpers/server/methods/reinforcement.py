@@ -158,6 +158,9 @@ class Reinforcement(Method):
             if folder is not None and not (folder / ADAPTER_CONFIG).exists():
                 raise graders.JudgeUnavailable(f"the grader's model {ask.model} was deleted while the job trained")
             prompt = grading.prompt_ids(ask.messages) if grading.prompt_ids else []
+            if len(prompt) + ask.max_tokens > shared.base.context_length:
+                raise graders.JudgeUnavailable(f"the grader's messages are {len(prompt):,} tokens, more than {ask.model} "
+                                               f"reads ({shared.base.context_length:,} with its answer)")
             with shared.judge_turn(adapter, folder) as model:
                 answer = sample(model, [prompt], 1, grading.stop_ids, pad_id, temperature=ask.temperature,
                                 top_p=ask.top_p, max_tokens=ask.max_tokens)[0]

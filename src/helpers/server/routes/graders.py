@@ -30,8 +30,16 @@ async def run(request: Request, state: State, owner: Owner) -> dict[str, Any]:
     targets = grader_models(state, owner, asked.grader)
 
     def judge(ask: graders.JudgeAsk) -> str:  # a model grader's model answers through the inference engine
+        target = targets[ask.model]
+        tokens = state.engine.prompt_tokens(target.base, ask.messages)
+        if tokens + ask.max_tokens > target.base.context_length:
+            raise graders.JudgeUnavailable(f"the grader's messages are {tokens:,} tokens, more than {ask.model} reads "
+                                           f"({target.base.context_length:,} with its answer)")
         sampling = Sampling(max_tokens=ask.max_tokens, temperature=ask.temperature, top_p=ask.top_p, seed=ask.seed)
-        return state.engine.submit(targets[ask.model], ask.messages, sampling).result().texts[0]
+        try:
+            return state.engine.submit(target, ask.messages, sampling).result().texts[0]
+        except Exception as exc:  # the engine's failure fails this sample (and says why), not the request
+            raise graders.JudgeUnavailable(f"{ask.model} could not answer: {exc}") from exc
 
     # a python grader runs in a process of its own for up to its wall limit, a model grader waits for the engine: not
     # on the event loop
