@@ -31,6 +31,8 @@ REPORT_PARAMETERS: dict[str, dict[str, Any]] = {
     "07_garbage_in": {"CORRUPTED_SHARES": [0.0, 0.15, 0.4]},
     # all 111 held-out requests on the server and in llama.cpp, and the 4-bit file too
     "11_take_it_home": {"N_COMPARE": 0, "QUANTS": ["f16", "q8_0", "q4_k_m"]},
+    # every validation request but the 8 whose reward the job reports, and all 111 held-out requests
+    "12_reinforcement": {"N_PROMPTS": 66, "N_TEST": 0},
 }
 
 
