@@ -68,7 +68,7 @@ def grader_models(state: ServerState, owner: str, grader: Grader, param: str = "
             _, target = find_model(state, owner, name)
         except ApiError as exc:
             raise bad_request(f"The grader's model: {exc.message}", where, code="invalid_grader") from None
-        unavailable = state.engine.unavailable(target.base)
+        unavailable = state.engine.unavailable(target.base) if base is None else None  # a job's asks its own copy
         if unavailable is not None:
             raise bad_request(f"The grader's model '{name}' cannot answer on this server: {unavailable}", where, code="invalid_grader")
         if base is not None and target.base.name != base.name:
