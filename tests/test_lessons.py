@@ -384,6 +384,10 @@ def test_12s_sentences_call_a_change_only_where_the_intervals_part():
     two = rewards.compare_findings(table, "start", ["RFT", "SFT"])
     assert len(two) == 4 and two[3].startswith("RFT against SFT: 5 more right answers than SFT") and "10.9 times as long" in two[3]
     assert "cannot tell" in two[3]  # 40 against 35 of 48: the intervals overlap
+    steps = rewards.step_findings({"RFT": 0.25, "SFT": 2.0})
+    assert steps == ["RFT trained at learning-rate multiplier 0.25 and SFT at 2, each its method's \"auto\": SFT's step was 8 "
+                     "times RFT's, so this compares the methods as each runs by default, not at one step size (exercise 4)."]
+    assert "the same learning-rate multiplier (0.25)" in rewards.step_findings({"RFT": 0.25, "SFT": 0.25})[0]
     few = rewards.group_findings({"prompts": 32, "answers differ": 5, "all right": 21, "all alike, not right": 6})
     assert few[0].startswith("5 of 32 requests got answers that scored differently") and "expect little change" in few[1]
     assert len(rewards.group_findings({"prompts": 32, "answers differ": 16, "all right": 10, "all alike, not right": 6})) == 1

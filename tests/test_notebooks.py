@@ -534,7 +534,8 @@ def test_12_counts_what_rewards_can_teach_and_the_comparison_says_what_its_inter
     assert curves["valid_reward_mean"].notna().any()
     table = metrics["held_out"]
     assert {row["n"] for row in table.values()} == {metrics["n_test"]}
-    assert metrics["findings"]["held out"] == rewards.compare_findings(table, "start", ["RFT", "SFT"])
+    assert metrics["findings"]["held out"] == (rewards.compare_findings(table, "start", ["RFT", "SFT"])
+                                               + rewards.step_findings(metrics["multipliers"]))
     assert metrics["findings"]["groups"] == rewards.group_findings(groups)
     assert metrics["findings"]["curves"] == rewards.curve_findings(curves.set_index("step"))
     assert table["RFT"]["seconds"] > table["SFT"]["seconds"] > 0  # sampling and grading cost what examples do not

@@ -148,6 +148,19 @@ def compare_findings(table: dict[str, dict[str, Any]], start: str, ways: list[st
     return lines
 
 
+def step_findings(multipliers: dict[str, float]) -> list[str]:
+    """A sentence on the learning-rate multipliers each way trained at (``name -> multiplier``, two ways): a comparison
+    of two methods at their own "auto" steps is not one at the same step."""
+    (one, a), (other, b) = multipliers.items()
+    if a == b:
+        return [f"{one} and {other} trained at the same learning-rate multiplier ({a:g})."]
+    larger, smaller = (one, other) if a > b else (other, one)
+    ratio = max(a, b) / min(a, b)
+    return [f"{one} trained at learning-rate multiplier {a:g} and {other} at {b:g}, each its method's \"auto\": "
+            f"{larger}'s step was {ratio:g} times {smaller}'s, so this compares the methods as each runs by default, not "
+            f"at one step size (exercise 4)."]
+
+
 def job_seconds(job) -> int:
     """A finished job's time from creation to finish, in seconds (its wait in the queue included: in this notebook
     each job is the only one)."""
