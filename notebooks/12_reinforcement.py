@@ -61,9 +61,9 @@ work = REPO_ROOT / ".workbook" / "data" / "reinforcement"
 #   answers score the same, the group teaches nothing. 3.2 counts such groups before any training.
 # - **The comparison.** Supervised fine-tuning from the same model, on the same requests with their answers written
 #   out, and held-out accuracy before and after each, with 95% intervals.
-- **On OpenAI.** Reinforcement fine-tuning takes only OpenAI's reasoning models (o4-mini, the dated price table's row,
-  billed per hour of training), which supervised fine-tuning does not take: 3.3 and 3.4 from one starting model are
-  the local backend's. Your grader and prompt files go to OpenAI unchanged.
+# - **On OpenAI.** Reinforcement fine-tuning takes only OpenAI's reasoning models (o4-mini, the dated price table's row,
+#   billed per hour of training), which supervised fine-tuning does not take: 3.3 and 3.4 from one starting model are
+#   the local backend's. Your grader and prompt files go to OpenAI unchanged.
 
 # %% [markdown]
 # ## 3. Hands-on
