@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from helpers.course.billing import ANSWER_PATTERN
+from helpers.course.billing import parse_answer
 from helpers.course.evaluation import wilson_interval
 
 #: the form check, run by the server in a sandboxed process (it sees the answer and the row, nothing else)
@@ -36,10 +36,10 @@ def billing_grader(code_weight: float) -> dict[str, Any]:
 
 def expected_code(row: dict[str, Any]) -> str:
     """The code of a course example's answer."""
-    match = ANSWER_PATTERN.match(row["messages"][-1]["content"].strip())
-    if not match:
+    parsed = parse_answer(row["messages"][-1]["content"])
+    if parsed is None:
         raise ValueError(f"not an answer in the course's form: {row['messages'][-1]['content']!r}")
-    return match.group(2)
+    return parsed[0]
 
 
 def write_prompts(rows: list[dict[str, Any]], path: Path) -> Path:
