@@ -13,12 +13,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from helpers.course.sending import send_all
 from helpers.data.dataprep import read_jsonl
 from helpers.settings import settings
 
@@ -85,9 +85,8 @@ def run(model: str = "gpt-4.1-mini", brought: list[str] | None = None, *, exampl
         say(f"training: {examples} examples x {epochs} epoch(s) on {model}: {job_s:.1f} s, {job.trained_tokens:,} trained tokens")
         held_out = [r["messages"][:-1] for r in read_jsonl(data / "test.jsonl")[:requests]]
         asked = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(held_out)) as pool:
-            answers = list(pool.map(lambda messages: client.chat.completions.create(
-                model=job.fine_tuned_model, messages=messages, max_tokens=max_tokens), held_out))
+        answers = send_all(lambda messages: client.chat.completions.create(
+            model=job.fine_tuned_model, messages=messages, max_tokens=max_tokens), held_out, len(held_out))
         answer_s = time.perf_counter() - asked
         tokens = sum(a.usage.completion_tokens for a in answers if a.usage)
         say(f"answers: {len(answers)} held-out requests at once in {answer_s:.1f} s, {tokens} tokens, "

@@ -8,12 +8,12 @@ with ``store=True`` and ``metadata`` (the run and the pool item), then read back
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
 from helpers.course.billing import chat_example, format_answer, load_codes, parse_answer, same_description
+from helpers.course.sending import send_all
 
 
 def label_pool(client, teacher: str, pool: list[dict], run_id: str, *, k: int = 5, max_tokens: int = 32,
@@ -27,8 +27,7 @@ def label_pool(client, teacher: str, pool: list[dict], run_id: str, *, k: int = 
             model=teacher, max_tokens=max_tokens, temperature=0, store=True, metadata={"run": run_id, "pool_id": item["id"]},
             messages=[{"role": "system", "content": rag_system_prompt(item["procedure"], k)}, {"role": "user", "content": item["procedure"]}])
 
-    with ThreadPoolExecutor(concurrency) as pool_executor:
-        list(pool_executor.map(one, pool))
+    send_all(one, pool, concurrency)
     return len(pool)
 
 

@@ -5,12 +5,12 @@ import json
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 
 from helpers.course.billing import load_codes, parse_answer, same_description
+from helpers.course.sending import send_all
 from helpers.pricing.costs import has_openai_price, query_cost
 
 
@@ -18,7 +18,8 @@ def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32,
         response_formats: list[dict] | None = None) -> list[dict]:
     """Send requests concurrently (the local server batches those that arrive together). ``response_formats``: one
     ``response_format`` per request (structured output), whose JSON answer's ``answer`` field is the answer."""
-    def one(messages: list[dict], response_format: dict | None) -> dict:
+    def one(request: tuple[list[dict], dict | None]) -> dict:
+        messages, response_format = request
         started = time.perf_counter()
         extra = {"response_format": response_format} if response_format else {}
         reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0, **extra)
@@ -28,8 +29,7 @@ def ask(client, model: str, requests: list[list[dict]], *, max_tokens: int = 32,
         return {"answer": answer, "latency_s": time.perf_counter() - started,
                 "prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens}
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(one, requests, response_formats or [None] * len(requests)))
+    return send_all(one, zip(requests, response_formats or [None] * len(requests)), concurrency)
 
 
 def _answer_field(text: str) -> str:

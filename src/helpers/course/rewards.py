@@ -5,14 +5,16 @@ with supervised fine-tuning on the same prompts, computed from the numbers."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from openai.types.chat import ChatCompletion
+from openai.types.fine_tuning.alpha import GraderRunResponse
 
 from helpers.course.billing import parse_answer
 from helpers.course.evaluation import wilson_interval
+from helpers.course.sending import send_all
 
 #: the form check, run by the server in a sandboxed process (it sees the answer and the row, nothing else)
 FORM_SOURCE = """import re
@@ -65,8 +67,8 @@ def sample_rewards(client, model: str, rows: list[dict[str, Any]], grader: dict[
                                                                 item=item).reward}
                 for choice in reply.choices]
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        return pd.DataFrame([answer for answers in pool.map(one, range(len(rows))) for answer in answers])
+    answered = send_all(one, range(len(rows)), concurrency, answers=(ChatCompletion, GraderRunResponse))
+    return pd.DataFrame([answer for answers in answered for answer in answers])
 
 
 def learnable(samples: pd.DataFrame) -> dict[str, int]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import random
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
 
 from helpers.course.billing import TRAIN_PHRASES, load_codes, same_description
+from helpers.course.sending import send_all
 from helpers.data.validate import duplicate_key
 
 SYSTEM_PROMPT = "You are a medical billing assistant. Answer every request with a call to one of your tools."
@@ -102,8 +102,7 @@ def evaluate(client, model: str, test: list[dict], *, tool_choice: str = "auto",
                                                temperature=0)
         return score_call(reply.choices[0].message, example)
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        return pd.DataFrame(list(pool.map(one, test)))
+    return pd.DataFrame(send_all(one, test, concurrency))
 
 
 def summarize(results: pd.DataFrame) -> dict[str, float]:

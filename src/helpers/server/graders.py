@@ -57,12 +57,15 @@ from openai.types.graders import (
     TextSimilarityGrader,
 )
 
+from helpers.openai_models import ready
 from helpers.paths import user_cache_dir
 from helpers.server.errors import bad_request
 
 TYPES: dict[str, type[pydantic.BaseModel]] = {
     "string_check": StringCheckGrader, "text_similarity": TextSimilarityGrader, "python": PythonGrader, "multi": MultiGrader,
     "score_model": ScoreModelGrader, "label_model": LabelModelGrader}
+# built now: a job's thread checks its grader at each step while a request may check one (helpers.openai_models)
+ready(*TYPES.values(), GraderRunResponse)
 MODEL_GRADERS = ("score_model", "label_model")
 NO_DATA = {"cosine": "an embedding model", "meteor": "WordNet's data (NLTK downloads it from the internet)"}
 TEMPLATE_FIELDS = {"string_check": ("input", "reference"), "text_similarity": ("input", "reference")}
