@@ -176,6 +176,7 @@ def test_a_chat_completion_through_the_fake_engine(api):
     ({"stop": ["a", ""]}, "stop", "'stop'"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "'role'"),
     ({"stream": "yes"}, "stream", "'stream'"),
+    ({"stream": True, "n": 2}, "n", "a stream on this server carries one answer"),
     ({"colour": "red"}, "colour", "Unknown field(s)"),
 ])
 def test_a_bad_chat_request_is_a_400_naming_the_parameter(api, extra, param, needle):

@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -93,11 +93,33 @@ class Engine(ABC):
         """Why this engine cannot answer for ``base`` (a sentence saying what to do), or None."""
         return None
 
-    @abstractmethod
     def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
                functions: list[dict[str, Any]] | None = None) -> Future:
         """Queue a request (whose answer may call ``functions``); the future holds its Generation. Waiting on it ties
-        up no thread (the HTTP server awaits it)."""
+        up no thread (the HTTP server awaits it).
+
+        ``n`` greedy answers are the one greedy answer ``n`` times, each billed (as OpenAI answers ``n`` at temperature
+        0): asked once, since transformers and vLLM both refuse ``n`` greedy sequences (this was a 500)."""
+        if sampling.temperature > 0 or sampling.n == 1:
+            return self._submit(target, messages, sampling, functions)
+        once = self._submit(target, messages, replace(sampling, n=1), functions)
+        answers: Future = Future()
+
+        def repeat(done: Future) -> None:
+            if (failure := done.exception()) is not None:
+                answers.set_exception(failure)
+                return
+            one = done.result()
+            answers.set_result(Generation(one.texts * sampling.n, one.finish_reasons * sampling.n, one.prompt_tokens,
+                                          one.completion_tokens * sampling.n))
+
+        once.add_done_callback(repeat)
+        return answers
+
+    @abstractmethod
+    def _submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+                functions: list[dict[str, Any]] | None) -> Future:
+        """``submit``, for a sampling this engine can honour as it is."""
 
     def generate(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
                  functions: list[dict[str, Any]] | None = None) -> Generation:
@@ -264,8 +286,8 @@ class LocalEngine(Engine):
                 shared.forget(weights)
 
     # -- generation -----------------------------------------------------------------------------
-    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
-               functions: list[dict[str, Any]] | None = None) -> Future:
+    def _submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+                functions: list[dict[str, Any]] | None) -> Future:
         """Queued for the next batch: every request that arrives can join one, up to MAX_BATCH."""
         request = _Request(target, messages, sampling, functions)
         self._requests.put(request)

@@ -275,6 +275,14 @@ class ChatCompletion(RequestBody):
                     "not_used": {k: body[k] for k in CHAT_FIELDS_NOT_USED if k in body}}
         return body
 
+    @model_validator(mode="after")
+    def _one_streamed_answer(self) -> ChatCompletion:
+        # a stream here carries one answer (choice 0): n answers streamed would lose n - 1 of them
+        if self.stream and self.n > 1:
+            raise problem(f"'n' is {self.n}, but a stream on this server carries one answer. Ask for the {self.n} answers "
+                          "without 'stream', or stream them one request at a time.", "n")
+        return self
+
     def sampling(self, max_completion_tokens: int, grammar: Any = None) -> Sampling:
         """How to sample, for a model that writes at most ``max_completion_tokens`` (a 400 above that)."""
         requested = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -373,8 +373,8 @@ class VllmEngine(Engine):
         return tokens
 
     # -- the engine ----------------------------------------------------------------------------------------
-    def submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
-               functions: list[dict[str, Any]] | None = None) -> Future:
+    def _submit(self, target: Target, messages: list[dict[str, Any]], sampling: Sampling,
+                functions: list[dict[str, Any]] | None) -> Future:
         """Sent at once: vLLM batches what is in flight (continuous batching), adapters included."""
         return self._pool.submit(self._complete, target, messages, sampling, functions)
 
