@@ -43,7 +43,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -375,6 +374,8 @@ def in_process(prompts: list[list[dict]]) -> dict:
 
 
 def over_http(client, prompts: list[list[dict]], concurrency: int) -> dict:
+    from helpers.course.sending import send_all
+
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -389,8 +390,7 @@ def over_http(client, prompts: list[list[dict]], concurrency: int) -> dict:
     if concurrency == 1:
         tokens = sum(one(m) for m in prompts)
     else:
-        with ThreadPoolExecutor(concurrency) as pool:
-            tokens = sum(pool.map(one, prompts))
+        tokens = sum(send_all(one, prompts, concurrency))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "p50_s": statistics.median(latencies), "p95_s": statistics.quantiles(latencies, n=20)[-1]}
@@ -519,6 +519,8 @@ def tuned_models(client, work: Path) -> list[str]:
 
 def serving_load(client, models: list[str], prompts: list[list[dict]]) -> dict:
     """``SERVING_REQUESTS`` requests, request i to model i mod N, ``SERVING_IN_FLIGHT`` at a time."""
+    from helpers.course.sending import send_all
+
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -533,8 +535,7 @@ def serving_load(client, models: list[str], prompts: list[list[dict]]) -> dict:
     for model in models:  # each adapter loaded once before the clock starts, on either engine
         client.chat.completions.create(model=model, messages=prompts[0], max_tokens=2)
     started = time.perf_counter()
-    with ThreadPoolExecutor(SERVING_IN_FLIGHT) as pool:
-        tokens = sum(pool.map(one, range(SERVING_REQUESTS)))
+    tokens = sum(send_all(one, range(SERVING_REQUESTS), SERVING_IN_FLIGHT))
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "p50_s": statistics.median(latencies), "p95_s": statistics.quantiles(latencies, n=20)[-1]}

@@ -305,11 +305,10 @@ def tuned(server, tmp_path_factory):
 
 
 def _answers(server, model: str) -> list[openai.types.chat.chat_completion.Choice]:
-    from concurrent.futures import ThreadPoolExecutor
+    from helpers.course.sending import send_all
 
     client = server.client(TUNED_KEY)
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda m: client.chat.completions.create(model=model, messages=m, max_tokens=32).choices[0], HELD_OUT))
+    return send_all(lambda m: client.chat.completions.create(model=model, messages=m, max_tokens=32).choices[0], HELD_OUT, 16)
 
 
 def _inference(server) -> dict:

@@ -18,9 +18,13 @@ import httpx
 import openai
 import pytest
 from conftest import DATA, REPO, head_lines
+from openai.pagination import SyncCursorPage
+from openai.types import FileDeleted, FileObject
+from openai.types.chat import ChatCompletion
 from server_harness import CONTRACT, ServerProcess, free_port, wait_for_job
 
 from helpers.course.backend import stop_local_server
+from helpers.openai_models import ready
 from helpers.settings import settings
 
 TRAIN = DATA / "billing" / "train.jsonl"
@@ -223,6 +227,8 @@ def test_20_clients_at_once_while_a_job_trains(tmp_path):
                 with lock:
                     latencies[kind].append(time.perf_counter() - started)
 
+        # the answers the participants parse, built before they do: their first build in many threads is not safe
+        ready(ChatCompletion, FileObject, FileDeleted, SyncCursorPage[FileObject])
         threads = [threading.Thread(target=participant, args=(i,)) for i in range(LOAD_CLIENTS)]
         for thread in threads:
             thread.start()

@@ -492,12 +492,11 @@ def held_out():
 @pytest.fixture(scope="module")
 def served(server, trained, held_out):
     """The server's greedy answers to the held-out requests (batched, as the notebooks ask)."""
-    from concurrent.futures import ThreadPoolExecutor
+    from helpers.course.sending import send_all
 
     client = server.client()
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda m: client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=m,
-                                                                      max_tokens=32, temperature=0).choices[0], held_out))
+    return send_all(lambda m: client.chat.completions.create(model=trained["job"].fine_tuned_model, messages=m,
+                                                             max_tokens=32, temperature=0).choices[0], held_out, 16)
 
 
 @pytest.fixture(scope="module")
