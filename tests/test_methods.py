@@ -65,11 +65,11 @@ def test_dpo_encodes_both_outputs_as_the_template_ends_a_turn(chat):
 def test_each_methods_step_puts_gradients_on_the_adapter_only(chat, shared):
     """A real step of each method through the shared model, as a job takes it (DPO's reference prepared first); in
     bf16 the reference's batches and the step's sum a little differently (up to 0.05 nats a pair, test_server)."""
-    from helpers.server.graders import Sandbox
+    from helpers.server.graders import Sandbox, check
     from helpers.server.methods.reinforcement import Grading
 
     pad_id = training.padding_id(chat.tokenizer)
-    grading = Grading(CLOSE_GRADER, Sandbox(), sorted(chat.stop_ids), lambda ids: chat.tokenizer.decode(ids, skip_special_tokens=True))
+    grading = Grading(check(CLOSE_GRADER), Sandbox(), sorted(chat.stop_ids), lambda ids: chat.tokenizer.decode(ids, skip_special_tokens=True))
     settings = training.TrainSettings(method="dpo", beta=0.1, grading=grading)
     for name, rows in (("supervised", CHAT), ("dpo", PAIRS), ("reinforcement", PROMPTS)):
         method = METHODS[name]

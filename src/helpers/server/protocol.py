@@ -102,6 +102,7 @@ class CreateJob(RequestBody):
     _kind: str = PrivateAttr("supervised")
     _hyper: dict[str, Any] = PrivateAttr(default_factory=dict)
     _grader: dict[str, Any] | None = PrivateAttr(None)
+    _checked_grader: Grader | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _method_and_hyperparameters(self) -> CreateJob:
@@ -117,11 +118,12 @@ class CreateJob(RequestBody):
         self._kind = kind
         if METHODS[kind].graded:  # the grader as it was given, once it is one the server can run
             given = settings.get("grader") if isinstance(settings, dict) else None
-            if _grader(given, f"method.{kind}.grader").type == "label_model":  # OpenAI's ReinforcementMethod.grader has none
+            checked = _grader(given, f"method.{kind}.grader")
+            if checked.type == "label_model":  # OpenAI's ReinforcementMethod.grader has none
                 raise problem("A job's grader cannot be a label_model (OpenAI's takes string_check, text_similarity, "
                               "python, score_model or multi): put it in a multi grader, whose formula gives the reward.",
                               f"method.{kind}.grader.type", code="invalid_grader")
-            self._grader = given
+            self._grader, self._checked_grader = given, checked
         self._hyper = hyperparameters(method_hyper if method_hyper is not None else self.hyperparameters, kind)
         if self.integrations:
             raise problem("Integrations (Weights & Biases) are not available on the local backend.", "integrations")
@@ -136,6 +138,11 @@ class CreateJob(RequestBody):
     def grader(self) -> dict[str, Any] | None:
         """A graded method's grader (checked: the server can run it), as it was given; None for other methods."""
         return self._grader
+
+    @property
+    def checked_grader(self) -> Grader | None:
+        """``grader`` as the server runs it (``helpers.server.graders.check``'s), so it is checked once."""
+        return self._checked_grader
 
     @property
     def resolved(self) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from helpers.server.methods.base import JobFailure, Method, Preparation, Stepped
 if TYPE_CHECKING:
     import torch
 
+    from helpers.server.graders import Grader
+
 #: answers sampled per prompt at ``compute_multiplier`` 1 ("auto"); the multiplier scales it (at least 2: one answer
 #: has no group to be compared with)
 GROUP = 4
@@ -37,10 +39,10 @@ CLIP = 0.2
 
 @dataclass
 class Grading:
-    """What a reinforcement job's steps need beside the model: its grader (as the job was created with it), where python
-    graders run, the tokens that end the model's turn, how answers become text, and the compute multiplier."""
+    """What a reinforcement job's steps need beside the model: its grader (the job's, checked once as the job starts),
+    where python graders run, the tokens that end the model's turn, how answers become text, and the compute multiplier."""
 
-    grader: dict[str, Any]
+    grader: Grader
     sandbox: Any  # helpers.server.graders.Sandbox
     stop_ids: list[int]
     decode: Callable[[list[int]], str]
@@ -111,7 +113,9 @@ class Reinforcement(Method):
     def job_settings(self, job, chat, sandbox) -> dict[str, Any]:
         tokenizer = chat.tokenizer
         hyper = job.method_hyperparameters  # numbers once the files are validated
-        return {"grading": Grading(job.grader or {}, sandbox, sorted(chat.stop_ids),
+        from helpers.server import graders
+
+        return {"grading": Grading(graders.check(job.grader), sandbox, sorted(chat.stop_ids),
                                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                    float(hyper["compute_multiplier"]), int(hyper["eval_interval"]), int(hyper["eval_samples"]),
                                    prompt_ids=lambda messages: chat.prompt_ids(messages, None))}
@@ -147,7 +151,7 @@ class Reinforcement(Method):
         from helpers.server.shared import ADAPTER_CONFIG
         from helpers.server.training import padding_id
 
-        asked = graders.models_asked(graders.check(grading.grader))
+        asked = graders.models_asked(grading.grader)
         if not asked or preparation.model_weights is None:
             return
         weights = {name: preparation.model_weights(name) for name in asked}
@@ -182,9 +186,8 @@ class Reinforcement(Method):
         """``group`` answers to each prompt of ``batch``, their rewards, and how many the grader failed on (scored 0)."""
         from helpers.server import graders
 
-        grader = graders.check(grading.grader)
         answers = sample(model, [example["prompt"] for example in batch], group, grading.stop_ids, pad_id)
-        outcomes = [graders.grade(grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox,
+        outcomes = [graders.grade(grading.grader, grading.decode(answer.text_ids), batch[i // group]["item"], grading.sandbox,
                                   judge=grading.judge) for i, answer in enumerate(answers)]
         failed = [outcome for outcome in outcomes if outcome.failed]
         if failed and grading.tell is not None:

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from helpers.pricing import catalogue
-from helpers.server import graders
 from helpers.server.errors import ApiError, bad_request, not_found
 from helpers.server.jobs import ORGANIZATION
 from helpers.server.protocol import MAX_SEED, CreateJob, page
@@ -74,8 +73,8 @@ def starting_point(state: ServerState, owner: str, model: str) -> tuple[catalogu
 async def create_job(request: Request, state: State, owner: Owner) -> dict[str, Any]:
     asked = parsed(await json_body(request), CreateJob)
     base, start = starting_point(state, owner, asked.model)
-    if asked.grader is not None:  # its models must exist, on the job's base
-        grader_models(state, owner, graders.check(asked.grader), f"method.{asked.kind}.grader", base)
+    if asked.checked_grader is not None:  # its models must exist, on the job's base
+        grader_models(state, owner, asked.checked_grader, f"method.{asked.kind}.grader", base)
     training_file = fine_tunable_file(state, owner, asked.training_file, "training_file")
     validation_file = fine_tunable_file(state, owner, asked.validation_file, "validation_file") if asked.validation_file else None
     if state.limits.training_closed:
