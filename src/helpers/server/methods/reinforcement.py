@@ -111,10 +111,10 @@ class Reinforcement(Method):
         return {"prompt": chat.prompt_ids(row["messages"], functions), "item": {k: v for k, v in row.items() if k != "messages"}}
 
     def job_settings(self, job, chat, sandbox) -> dict[str, Any]:
-        tokenizer = chat.tokenizer
-        hyper = job.method_hyperparameters  # numbers once the files are validated
         from helpers.server import graders
 
+        tokenizer = chat.tokenizer
+        hyper = job.method_hyperparameters  # numbers once the files are validated
         return {"grading": Grading(graders.check(job.grader), sandbox, sorted(chat.stop_ids),
                                    lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                    float(hyper["compute_multiplier"]), int(hyper["eval_interval"]), int(hyper["eval_samples"]),
